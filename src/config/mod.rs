@@ -1,0 +1,543 @@
+//! Configuration: the TOML file parsed into [`raw`] types, then validated into the typed,
+//! ready-to-use values below. Nothing unvalidated leaves this module: templates are compiled,
+//! durations parsed, URLs checked, secrets read from the environment. Every error names the file,
+//! the line and the key.
+//!
+//! Relative paths (`store.path`, a file target's `path`, `template`) are resolved against the
+//! directory of the config file; for the built-in default, the working directory.
+
+mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raw::{RawConfig, RawRetry, RawTarget};
+use toml::Spanned;
+
+use crate::deliver::RetryPolicy;
+use crate::normalize::SourceKind;
+use crate::template::{Escape, TemplateRef, Templates, DEFAULT_BODY};
+
+/// The `config.toml` shipped at the repository root, built into the binary so the relay runs
+/// with no file at all.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config.toml");
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<SourceConfig>,
+    pub targets: Vec<TargetConfig>,
+    pub templates: Arc<Templates>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests and deliveries.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub dedup_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    pub path: String,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub kind: TargetKind,
+    pub ordering_key: OrderingKey,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    /// Only events from these sources are routed here; `None` means all.
+    pub sources: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Webhook(WebhookSpec),
+    File(FileSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSpec {
+    pub method: reqwest::Method,
+    pub url: TemplateRef,
+    /// Scheme, host and port of the configured URL. A rendered URL must keep them.
+    pub origin: (String, String, u16),
+    pub headers: Vec<(reqwest::header::HeaderName, TemplateRef)>,
+    pub body: TemplateRef,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    pub path: PathBuf,
+}
+
+/// How a delivery's ordering key is computed. The default, one alert field, is read directly
+/// on the ingest path instead of going through a template render.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderingKey {
+    AlertField(String),
+    Template(TemplateRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: ", self.file, line)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads `path`, or with `None` `./config.toml` when it exists and the built-in default
+    /// otherwise.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
+        };
+        match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(&p).map_err(|e| ConfigError {
+                    file: name.clone(),
+                    line: None,
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                let base = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Config::parse(&text, &name, base)
+            }
+            None => Config::parse(DEFAULT_CONFIG, "<built-in config.toml>", Path::new(".")),
+        }
+    }
+
+    /// Parses and validates config text; `file` names it in errors, `base` anchors relative
+    /// paths.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let v = Validator { file, text, base };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: e.span().map(|s| v.line_of(s.start)),
+            key: String::new(),
+            message: e.message().trim().to_owned(),
+        })?;
+        v.validate(raw)
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    text: &'a str,
+    base: &'a Path,
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+const NAME_HELP: &str = "use letters, digits, '-', '_' or '.'";
+
+impl Validator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err<T>(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: impl Into<String>) -> Result<T> {
+        Err(ConfigError {
+            file: self.file.to_owned(),
+            line: span.map(|s| self.line_of(s.start)),
+            key: key.to_owned(),
+            message: msg.into(),
+        })
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration> {
+        let Some(v) = v else { return Ok(default) };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) => Ok(d),
+            Err(_) => self.err(
+                Some(v.span()),
+                key,
+                format!("{:?} is not a duration like \"2s\", \"5m\" or \"30d\"", v.get_ref()),
+            ),
+        }
+    }
+
+    fn int(&self, v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> Result<i64> {
+        let Some(v) = v else { return Ok(default) };
+        let n = *v.get_ref();
+        if !range.contains(&n) {
+            return self.err(
+                Some(v.span()),
+                key,
+                format!("{n} is out of range ({} to {})", range.start(), range.end()),
+            );
+        }
+        Ok(n)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn name(&self, v: &Spanned<String>, key: &str, seen: &mut HashSet<String>) -> Result<String> {
+        let n = v.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return self.err(Some(v.span()), key, format!("{n:?} is not a valid name: {NAME_HELP}"));
+        }
+        if !seen.insert(n.clone()) {
+            return self.err(Some(v.span()), key, format!("{n:?} is used twice"));
+        }
+        Ok(n.clone())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config> {
+        let listen_text = raw.server.listen.as_ref();
+        let listen = match listen_text {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(l) => match l.get_ref().parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    return self.err(
+                        Some(l.span()),
+                        "server.listen",
+                        format!("{:?} is not an address like \"127.0.0.1:8080\"", l.get_ref()),
+                    )
+                }
+            },
+        };
+        let server = ServerConfig {
+            listen,
+            max_body_bytes: self.int(&raw.server.max_body_bytes, "server.max_body_bytes", 1..=64 << 20, 1 << 20)? as usize,
+            shutdown_grace: self.duration(&raw.server.shutdown_grace, "server.shutdown_grace", Duration::from_secs(10))?,
+        };
+        let store = StoreConfig {
+            path: self.path(raw.store.path.as_ref().map_or("data", |p| p.get_ref().as_str())),
+            dedup_window: self.duration(&raw.store.dedup_window, "store.dedup_window", Duration::from_secs(30 * 86_400))?,
+        };
+        let delivery = DeliveryConfig {
+            connect_timeout: self.duration(&raw.delivery.connect_timeout, "delivery.connect_timeout", Duration::from_secs(5))?,
+            timeout: self.duration(&raw.delivery.timeout, "delivery.timeout", Duration::from_secs(30))?,
+            user_agent: raw
+                .delivery
+                .user_agent
+                .as_ref()
+                .map_or_else(|| concat!("hookrelay/", env!("CARGO_PKG_VERSION")).to_owned(), |u| u.get_ref().clone()),
+        };
+        let default_concurrency = self.int(&raw.delivery.concurrency, "delivery.concurrency", 1..=256, 4)?;
+        self.retry(&raw.retry, "retry")?;
+
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        let mut sources = Vec::new();
+        for (i, s) in raw.sources.iter().enumerate() {
+            let key = |k: &str| format!("sources[{i}].{k}");
+            let name = self.name(&s.name, &key("name"), &mut names)?;
+            let kind = match s.kind.get_ref().as_str() {
+                "statusgator" => SourceKind::Statusgator,
+                "pagerduty" => SourceKind::Pagerduty,
+                other => {
+                    return self.err(Some(s.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"statusgator\" or \"pagerduty\""))
+                }
+            };
+            let path = s.path.get_ref();
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() < 2 {
+                return self.err(Some(s.path.span()), &key("path"), format!("{path:?} must be a URL path like \"/com.statusgator/v1\""));
+            }
+            let path = path.trim_end_matches('/').to_owned();
+            if !paths.insert(path.clone()) {
+                return self.err(Some(s.path.span()), &key("path"), format!("{path:?} is used by two sources"));
+            }
+            let token = match (&s.token, &s.token_env) {
+                (Some(t), Some(_)) => return self.err(Some(t.span()), &key("token"), "set either token or token_env, not both"),
+                (Some(t), None) => Some(t.get_ref().clone()),
+                (None, Some(var)) => match std::env::var(var.get_ref()) {
+                    Ok(t) => Some(t),
+                    Err(_) => return self.err(Some(var.span()), &key("token_env"), format!("environment variable {} is not set", var.get_ref())),
+                },
+                (None, None) => None,
+            };
+            if let Some(t) = &token {
+                let bad = t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+                if bad {
+                    let span = s.token.as_ref().or(s.token_env.as_ref()).map(|t| t.span());
+                    return self.err(span, &key("token"), "a token must be non-empty and use only letters, digits, '-', '_', '.' or '~' (it travels in a URL)");
+                }
+            }
+            sources.push(SourceConfig { name, kind, path, token });
+        }
+        if sources.is_empty() {
+            return self.err(None, "sources", "no [[sources]] configured: the relay would accept nothing");
+        }
+
+        let mut templates = Templates::default();
+        let mut targets = Vec::new();
+        let mut target_names = HashSet::new();
+        for (i, t) in raw.targets.iter().enumerate() {
+            targets.push(self.target(i, t, &raw.retry, &sources, &mut target_names, &mut templates, default_concurrency as usize, delivery.timeout)?);
+        }
+        Ok(Config { server, store, delivery, sources, targets, templates: Arc::new(templates) })
+    }
+
+    fn retry(&self, r: &RawRetry, key: &str) -> Result<RetryPolicy> {
+        let d = RetryPolicy::default();
+        let k = |s: &str| format!("{key}.{s}");
+        let policy = RetryPolicy {
+            max_retries: self.int(&r.max_retries, &k("max_retries"), 0..=1000, d.max_retries as i64)? as u32,
+            initial_delay: self.duration(&r.initial_delay, &k("initial_delay"), d.initial_delay)?,
+            multiplier: r.multiplier.as_ref().map_or(d.multiplier, |m| *m.get_ref()),
+            jitter: r.jitter.as_ref().map_or(d.jitter, |j| *j.get_ref()),
+            max_delay: match &r.max_delay {
+                None => None,
+                some => Some(self.duration(some, &k("max_delay"), Duration::ZERO)?),
+            },
+            retry_after_max: self.duration(&r.retry_after_max, &k("retry_after_max"), d.retry_after_max)?,
+        };
+        if let Some(m) = &r.multiplier {
+            if !(1.0..=100.0).contains(m.get_ref()) {
+                return self.err(Some(m.span()), &k("multiplier"), "must be between 1.0 and 100.0");
+            }
+        }
+        if let Some(j) = &r.jitter {
+            if !(0.0..1.0).contains(j.get_ref()) {
+                return self.err(Some(j.span()), &k("jitter"), "must be at least 0.0 and below 1.0");
+            }
+        }
+        if policy.initial_delay.is_zero() {
+            return self.err(r.initial_delay.as_ref().map(|s| s.span()), &k("initial_delay"), "must be longer than zero");
+        }
+        Ok(policy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn target(
+        &self,
+        i: usize,
+        t: &RawTarget,
+        global_retry: &RawRetry,
+        sources: &[SourceConfig],
+        names: &mut HashSet<String>,
+        templates: &mut Templates,
+        default_concurrency: usize,
+        default_timeout: Duration,
+    ) -> Result<TargetConfig> {
+        let key = |k: &str| format!("targets[{i}].{k}");
+        let name = self.name(&t.name, &key("name"), names)?;
+        let kind_name = t.kind.get_ref().as_str();
+        let allowed: &[&str] = match kind_name {
+            "webhook" => &["url", "method", "headers", "body", "template", "body_escape"],
+            "file" => &["path"],
+            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\" or \"file\"")),
+        };
+        let specific: [(&str, Option<std::ops::Range<usize>>); 7] = [
+            ("url", t.url.as_ref().map(|v| v.span())),
+            ("method", t.method.as_ref().map(|v| v.span())),
+            ("headers", t.headers.as_ref().and_then(|h| h.values().next()).map(|v| v.span())),
+            ("body", t.body.as_ref().map(|v| v.span())),
+            ("template", t.template.as_ref().map(|v| v.span())),
+            ("body_escape", t.body_escape.as_ref().map(|v| v.span())),
+            ("path", t.path.as_ref().map(|v| v.span())),
+        ];
+        for (k, span) in specific {
+            let present = span.is_some() || (k == "headers" && t.headers.is_some());
+            if present && !allowed.contains(&k) {
+                return self.err(span.or(Some(t.kind.span())), &key(k), format!("a {kind_name:?} target has no key {k:?}"));
+            }
+        }
+        let kind = match kind_name {
+            "webhook" => TargetKind::Webhook(self.webhook(i, &name, t, templates)?),
+            _ => match &t.path {
+                Some(p) if !p.get_ref().is_empty() => TargetKind::File(FileSpec { path: self.path(p.get_ref()) }),
+                _ => return self.err(Some(t.name.span()), &key("path"), "a \"file\" target needs a path"),
+            },
+        };
+        let ordering_key = match &t.ordering_key {
+            None => OrderingKey::AlertField("entity_id".into()),
+            Some(src) => match alert_field(src.get_ref()) {
+                Some(field) => OrderingKey::AlertField(field.to_owned()),
+                None => OrderingKey::Template(
+                    templates
+                        .register(Escape::None, &format!("{name}/ordering_key"), src.get_ref())
+                        .or_else(|e| self.err(Some(src.span()), &key("ordering_key"), format!("bad template: {e}")))?,
+                ),
+            },
+        };
+        let mut retry = global_retry.clone();
+        if let Some(over) = &t.retry {
+            let o = over.get_ref();
+            macro_rules! overlay { ($($f:ident),*) => { $( if o.$f.is_some() { retry.$f = o.$f.clone(); } )* } }
+            overlay!(max_retries, initial_delay, multiplier, jitter, max_delay, retry_after_max);
+        }
+        let retry = self.retry(&retry, &key("retry"))?;
+        if let Some(list) = &t.sources {
+            for s in list.get_ref() {
+                if !sources.iter().any(|src| &src.name == s) {
+                    return self.err(Some(list.span()), &key("sources"), format!("unknown source {s:?}"));
+                }
+            }
+        }
+        Ok(TargetConfig {
+            name,
+            kind,
+            ordering_key,
+            retry,
+            timeout: self.duration(&t.timeout, &key("timeout"), default_timeout)?,
+            concurrency: self.int(&t.concurrency, &key("concurrency"), 1..=256, default_concurrency as i64)? as usize,
+            sources: t.sources.as_ref().map(|s| s.get_ref().clone()),
+        })
+    }
+
+    fn webhook(&self, i: usize, name: &str, t: &RawTarget, templates: &mut Templates) -> Result<WebhookSpec> {
+        let key = |k: &str| format!("targets[{i}].{k}");
+        let Some(url) = &t.url else {
+            return self.err(Some(t.name.span()), &key("url"), "a \"webhook\" target needs a url");
+        };
+        let origin = self.origin(url, &key("url"))?;
+        let url_ref = templates
+            .register(Escape::Url, &format!("{name}/url"), url.get_ref())
+            .or_else(|e| self.err(Some(url.span()), &key("url"), format!("bad template: {e}")))?;
+        let method = match &t.method {
+            None => reqwest::Method::POST,
+            Some(m) => match reqwest::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(m) => m,
+                Err(_) => return self.err(Some(m.span()), &key("method"), format!("{:?} is not an HTTP method", m.get_ref())),
+            },
+        };
+        let mut headers = Vec::new();
+        let mut content_type = None;
+        for (h, v) in t.headers.iter().flatten() {
+            let hk = format!("targets[{i}].headers.{h}");
+            let Ok(hname) = reqwest::header::HeaderName::from_bytes(h.as_bytes()) else {
+                return self.err(Some(v.span()), &hk, format!("{h:?} is not a valid header name"));
+            };
+            if hname == reqwest::header::CONTENT_TYPE {
+                content_type = Some(v.get_ref().to_ascii_lowercase());
+            }
+            let r = templates
+                .register(Escape::None, &format!("{name}/header/{h}"), v.get_ref())
+                .or_else(|e| self.err(Some(v.span()), &hk, format!("bad template: {e}")))?;
+            headers.push((hname, r));
+        }
+        let (body_src, body_span, body_key) = match (&t.body, &t.template) {
+            (Some(b), Some(_)) => return self.err(Some(b.span()), &key("body"), "set either body or template, not both"),
+            (Some(b), None) => (b.get_ref().clone(), Some(b.span()), key("body")),
+            (None, Some(p)) => match std::fs::read_to_string(self.path(p.get_ref())) {
+                Ok(s) => (s, Some(p.span()), key("template")),
+                Err(e) => return self.err(Some(p.span()), &key("template"), format!("cannot read {}: {e}", self.path(p.get_ref()).display())),
+            },
+            (None, None) => {
+                if content_type.is_none() {
+                    let r = templates
+                        .register(Escape::None, &format!("{name}/header/content-type"), "application/json")
+                        .expect("a constant template compiles");
+                    headers.push((reqwest::header::CONTENT_TYPE, r));
+                    content_type = Some("application/json".into());
+                }
+                (DEFAULT_BODY.to_owned(), None, key("body"))
+            }
+        };
+        let escape = match t.body_escape.as_ref().map(|e| e.get_ref().as_str()) {
+            None if content_type.as_deref().is_some_and(|c| c.contains("json")) => Escape::Json,
+            None | Some("none") => Escape::None,
+            Some("json") => Escape::Json,
+            Some(other) => {
+                let span = t.body_escape.as_ref().map(|e| e.span());
+                return self.err(span, &key("body_escape"), format!("unknown escape {other:?}: expected \"json\" or \"none\""));
+            }
+        };
+        let body = templates
+            .register(escape, &format!("{name}/body"), &body_src)
+            .or_else(|e| self.err(body_span.clone(), &body_key, format!("bad template: {e}")))?;
+        Ok(WebhookSpec { method, url: url_ref, origin, headers, body })
+    }
+
+    /// The scheme, host and port of a URL template. They must be written out literally: an
+    /// event may fill in the path and query, never choose where the request goes.
+    fn origin(&self, url: &Spanned<String>, key: &str) -> Result<(String, String, u16)> {
+        let text = url.get_ref();
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return self.err(Some(url.span()), key, format!("{text:?} must start with http:// or https://"));
+        };
+        if scheme != "http" && scheme != "https" {
+            return self.err(Some(url.span()), key, format!("scheme {scheme:?} is not http or https"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('{') || authority.contains('}') {
+            return self.err(Some(url.span()), key, "the host and port must be written out, not templated (an event must not choose where a request goes)");
+        }
+        match reqwest::Url::parse(&format!("{scheme}://{authority}/")) {
+            Ok(u) if u.host_str().is_some() => Ok((
+                u.scheme().to_owned(),
+                u.host_str().unwrap_or_default().to_owned(),
+                u.port_or_known_default().unwrap_or(0),
+            )),
+            _ => self.err(Some(url.span()), key, format!("{authority:?} is not a valid host")),
+        }
+    }
+}
+
+/// `{{alert.NAME}}` (spaces allowed inside the braces) → `NAME`.
+fn alert_field(src: &str) -> Option<&str> {
+    let inner = src.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
+    let field = inner.strip_prefix("alert.")?;
+    (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(field)
+}
+
+#[cfg(test)]
+mod tests;

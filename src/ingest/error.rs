@@ -1,0 +1,63 @@
+//! The one place ingest failures become HTTP answers.
+//!
+//! Senders treat 4xx as permanent (PagerDuty drops the webhook and counts it towards disabling
+//! the subscription; StatusGator counts any non-200), so a 4xx is only for requests that will
+//! never succeed. Anything the relay itself could not do right now is 503, which both senders
+//! retry.
+
+use hyper::StatusCode;
+
+use crate::normalize::NormalizeError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no source is configured at this path")]
+    NotFound,
+    #[error("only POST is accepted here")]
+    MethodNotAllowed,
+    #[error("missing or wrong token")]
+    Unauthorized,
+    #[error("unsupported Content-Type {0:?}: send application/json or application/x-www-form-urlencoded")]
+    UnsupportedMediaType(String),
+    #[error("request body is larger than the {0}-byte limit")]
+    PayloadTooLarge(usize),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Invalid(#[from] NormalizeError),
+    #[error("the event could not be stored; retry later")]
+    Unavailable(#[source] StoreError),
+}
+
+impl IngestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::NotFound => StatusCode::NOT_FOUND,
+            IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IngestError::Unauthorized => StatusCode::UNAUTHORIZED,
+            IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BodyRead(_) | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
+            IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable machine-readable name for the error, beside the human message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::NotFound => "not_found",
+            IngestError::MethodNotAllowed => "method_not_allowed",
+            IngestError::Unauthorized => "unauthorized",
+            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::PayloadTooLarge(_) => "payload_too_large",
+            IngestError::BodyRead(_) => "body_read",
+            IngestError::Invalid(NormalizeError::Empty) => "empty_body",
+            IngestError::Invalid(NormalizeError::NotUtf8(_)) => "invalid_utf8",
+            IngestError::Invalid(NormalizeError::Json(_)) => "malformed_json",
+            IngestError::Invalid(NormalizeError::Form(_)) => "malformed_form",
+            IngestError::Invalid(NormalizeError::Shape(_)) => "unrecognized_payload",
+            IngestError::Unavailable(_) => "store_unavailable",
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Ingest: the HTTP side senders talk to. A request is routed to its source by path,
+//! authenticated by URL token, read within the body limit, normalized into events, routed to
+//! targets, and stored in one durable write. Only then does the sender get its 2xx: exactly
+//! `200` for StatusGator (anything else counts towards disabling the integration), `202` for
+//! PagerDuty.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+pub use error::IngestError;
+
+use crate::config::{OrderingKey, SourceConfig};
+use crate::deliver::{context, now_ms, TargetRuntime};
+use crate::normalize::{classify_content_type, normalize, Event, Received, SourceKind};
+use crate::store::{clamp_ordering_key, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, NewEvent, Store};
+use crate::template::Templates;
+
+pub struct Ingest<S> {
+    pub store: Arc<S>,
+    pub sources: Vec<SourceConfig>,
+    pub targets: Vec<Arc<TargetRuntime>>,
+    pub templates: Arc<Templates>,
+    pub max_body_bytes: usize,
+    pub dedup_window_ms: u64,
+}
+
+/// What a stored request produced.
+struct Accepted {
+    kind: SourceKind,
+    stored: Vec<String>,
+    duplicates: usize,
+}
+
+impl<S: Store> Ingest<S> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match self.accept(req).await {
+            Ok(a) => {
+                let status = match a.kind {
+                    SourceKind::Statusgator => StatusCode::OK,
+                    SourceKind::Pagerduty => StatusCode::ACCEPTED,
+                };
+                let body = if a.stored.is_empty() && a.duplicates > 0 {
+                    json!({"status": "duplicate"})
+                } else {
+                    json!({"status": "accepted", "events": a.stored, "duplicates": a.duplicates})
+                };
+                respond(status, &body)
+            }
+            Err(e) => {
+                let status = e.status();
+                if status.is_server_error() {
+                    tracing::error!(error = %e, source_error = ?std::error::Error::source(&e), "ingest failed");
+                } else {
+                    tracing::info!(code = e.code(), error = %e, "request rejected");
+                }
+                let mut resp = respond(status, &json!({"error": e.to_string(), "code": e.code()}));
+                match e {
+                    IngestError::MethodNotAllowed => {
+                        resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+                    }
+                    IngestError::Unavailable(_) => {
+                        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                    }
+                    _ => {}
+                }
+                resp
+            }
+        }
+    }
+
+    /// `(source, token from the path)` for a request path: the source's own path, or its path
+    /// followed by one secret segment.
+    fn route<'a>(&'a self, path: &'a str) -> Option<(&'a SourceConfig, Option<&'a str>)> {
+        let path = path.trim_end_matches('/');
+        self.sources.iter().find_map(|s| {
+            if path == s.path {
+                return Some((s, None));
+            }
+            let rest = path.strip_prefix(s.path.as_str())?.strip_prefix('/')?;
+            (!rest.contains('/') && s.token.is_some()).then_some((s, Some(rest)))
+        })
+    }
+
+    async fn accept(&self, req: Request<Incoming>) -> Result<Accepted, IngestError> {
+        let (req, body) = req.into_parts();
+        let (source, path_token) = self.route(req.uri.path()).ok_or(IngestError::NotFound)?;
+        if req.method != Method::POST {
+            return Err(IngestError::MethodNotAllowed);
+        }
+        let mut query = BTreeMap::new();
+        let mut query_token = None;
+        for (k, v) in form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes()) {
+            if k == "token" {
+                query_token = Some(v.into_owned());
+            } else {
+                query.insert(k.into_owned(), v.into_owned());
+            }
+        }
+        if let Some(expected) = &source.token {
+            let given = path_token.or(query_token.as_deref()).unwrap_or("");
+            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                return Err(IngestError::Unauthorized);
+            }
+        }
+        let content_type = req.headers.get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if classify_content_type(content_type.as_deref()).is_none() {
+            return Err(IngestError::UnsupportedMediaType(content_type.unwrap_or_default()));
+        }
+        let declared = req.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(IngestError::PayloadTooLarge(self.max_body_bytes));
+        }
+        let webhook_id = req.headers.get("x-webhook-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = Limited::new(body, self.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    IngestError::PayloadTooLarge(self.max_body_bytes)
+                } else {
+                    IngestError::BodyRead(e.to_string())
+                }
+            })?
+            .to_bytes();
+        let received_ms = now_ms();
+        let events = normalize(&Received {
+            source: &source.name,
+            kind: source.kind,
+            content_type: content_type.as_deref(),
+            body,
+            query,
+            received_at: chrono::DateTime::from_timestamp_millis(received_ms as i64).unwrap_or_default(),
+            webhook_id: webhook_id.as_deref(),
+        })?;
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let batch = IngestBatch {
+            events: events.into_iter().map(|event| self.route_event(event)).collect(),
+            now_ms: received_ms,
+            dedup_until_ms: received_ms + self.dedup_window_ms,
+        };
+        let touched: Vec<usize> = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| batch.events.iter().any(|e| e.deliveries.iter().any(|d| d.target == t.id)))
+            .map(|(i, _)| i)
+            .collect();
+        let outcomes = self.store.ingest(batch).await.map_err(IngestError::Unavailable)?;
+        for i in touched {
+            self.targets[i].notify.notify_waiters();
+        }
+        let mut accepted = Accepted { kind: source.kind, stored: Vec::new(), duplicates: 0 };
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            match outcome {
+                EventOutcome::Stored => accepted.stored.push(id),
+                EventOutcome::Duplicate => accepted.duplicates += 1,
+            }
+        }
+        tracing::debug!(source = %source.name, stored = accepted.stored.len(), duplicates = accepted.duplicates, "accepted");
+        Ok(accepted)
+    }
+
+    /// One delivery per target that takes events from this source.
+    fn route_event(&self, event: Event) -> NewEvent {
+        let deliveries = self
+            .targets
+            .iter()
+            .filter(|t| t.config.sources.as_ref().is_none_or(|s| s.iter().any(|s| *s == event.source)))
+            .map(|t| NewDelivery { target: t.id, ordering_key: self.ordering_key(t, &event) })
+            .collect();
+        NewEvent { event, deliveries }
+    }
+
+    fn ordering_key(&self, target: &TargetRuntime, event: &Event) -> String {
+        let mut key = match &target.config.ordering_key {
+            OrderingKey::AlertField(field) => event.alert.get(field).cloned().unwrap_or_default(),
+            OrderingKey::Template(t) => {
+                let placeholder = Delivery {
+                    seq: 0,
+                    event_id: uuid::Uuid::nil(),
+                    target: target.id,
+                    ordering_key: String::new(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    due_ms: 0,
+                    created_ms: 0,
+                    updated_ms: 0,
+                    last_status: None,
+                    last_error: None,
+                    response_excerpt: None,
+                };
+                let ctx = context(event, &placeholder, 1, &target.config.name);
+                self.templates.render(t, &ctx).unwrap_or_else(|e| {
+                    // An event is never refused for a target's key template; it shares the
+                    // empty key instead, which keeps it in order with the others that did.
+                    tracing::warn!(target_name = %target.config.name, error = %e, "ordering_key template failed; using the empty key");
+                    String::new()
+                })
+            }
+        };
+        clamp_ordering_key(&mut key);
+        key
+    }
+}
+
+fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

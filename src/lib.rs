@@ -1,0 +1,33 @@
+//! hookrelay: a durable webhook relay for operations alert traffic.
+//!
+//! It receives StatusGator and PagerDuty webhooks, turns each into a normalized [`Event`],
+//! stores it durably before answering the sender, and delivers it to every configured target
+//! with persisted retries.
+//!
+//! Module map, in the order an event flows through them:
+//!
+//! | module | stage |
+//! |---|---|
+//! | [`config`] | TOML → validated, typed configuration (templates compiled, URLs checked) |
+//! | `ingest` | HTTP server: routing by path, URL-token auth, body limits, error → status |
+//! | [`normalize`] | StatusGator v1/v2/v3 and PagerDuty V1/V2/V3 bodies → [`Event`] with its `alert` map |
+//! | [`store`] | the [`store::Store`] trait and its sled implementation: group commit, ready index, per-key FIFOs, leases |
+//! | [`deliver`] | workers (`deliver_one`), classification (whether to retry) and [`deliver::RetryPolicy`] (when) |
+//! | `targets` | one file per target kind: `webhook`, `file` |
+//! | [`template`] | Handlebars rendering with per-destination escaping |
+//! | [`relay`] | wiring, startup and graceful shutdown |
+//! | [`samples`] | built-in sample payloads for `hookrelay send-test` |
+
+pub mod config;
+pub mod deliver;
+mod ingest;
+pub mod normalize;
+pub mod relay;
+pub mod samples;
+pub mod store;
+mod targets;
+pub mod template;
+
+pub use config::Config;
+pub use normalize::Event;
+pub use relay::{run, Relay, RelayError};

@@ -1,0 +1,132 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hookrelay::normalize::SourceKind;
+use hookrelay::{samples, Config};
+
+/// A durable webhook relay for StatusGator and PagerDuty alert traffic.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay. Without --config: ./config.toml if present, else the built-in default.
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and exit; errors name the key and line.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Post a built-in sample payload to a running relay. `send-test list` lists them.
+    SendTest {
+        /// Sample name, or `list`.
+        sample: String,
+        /// Full URL to post to; defaults to the sample's source path on 127.0.0.1:8080.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
+        Command::SendTest { sample, url } => send_test(&sample, url),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOOKRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        hookrelay::run(config, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    println!(
+        "config OK: listen {}, {} source(s), {} target(s), store {}",
+        config.server.listen,
+        config.sources.len(),
+        config.targets.len(),
+        config.store.path.display()
+    );
+    Ok(())
+}
+
+fn send_test(name: &str, url: Option<String>) -> anyhow::Result<()> {
+    if name == "list" {
+        for s in samples::SAMPLES {
+            println!("{:<30} {}", s.name, s.about);
+        }
+        return Ok(());
+    }
+    let sample = samples::find(name).with_context(|| {
+        format!("no sample named {name:?}; `hookrelay send-test list` shows them")
+    })?;
+    let url = url.unwrap_or_else(|| {
+        let path = match sample.kind {
+            SourceKind::Statusgator => "/com.statusgator/v1",
+            SourceKind::Pagerduty => "/com.pagerduty/v1",
+        };
+        format!("http://127.0.0.1:8080{path}")
+    });
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", sample.content_type)
+            .body(sample.body)
+            .send()
+            .await
+            .with_context(|| format!("cannot post to {url}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        println!("{status} {body}");
+        anyhow::ensure!(status.is_success(), "the relay answered {status}");
+        Ok(())
+    })
+}

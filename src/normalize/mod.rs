@@ -1,0 +1,312 @@
+//! Turns an accepted request body into normalized [`Event`]s.
+//!
+//! Every payload format a source can send becomes the same `Event` shape, so that routing,
+//! templates and targets never need to know which generation of which sender produced it. The
+//! parsers are lenient about what they read (senders add keys and leave others out) and strict
+//! about what makes a body unusable, which they report as [`NormalizeError`].
+//!
+//! Status → VictorOps `message_type` mapping (the `alert.message_type` field):
+//!
+//! | source value | `message_type` | `entity_state` |
+//! |---|---|---|
+//! | StatusGator `down` | `CRITICAL` | `CRITICAL` |
+//! | StatusGator `warn`, `maintenance` | `WARNING` | `WARNING` |
+//! | StatusGator `up` | `RECOVERY` | `OK` |
+//! | StatusGator early warning signal | `WARNING` | `WARNING` |
+//! | PagerDuty incident `triggered` | `CRITICAL` | `CRITICAL` |
+//! | PagerDuty incident `acknowledged` | `ACKNOWLEDGEMENT` | `ACKNOWLEDGEMENT` |
+//! | PagerDuty incident `resolved` | `RECOVERY` | `OK` |
+//! | anything else (`unknown`, pings, notes, service events, …) | `INFO` | `INFO` |
+
+mod form;
+mod pagerduty;
+mod statusgator;
+mod time;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub(crate) use form::parse_form;
+pub(crate) use time::{format_time, parse_time};
+
+/// The kind of sender a source accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Statusgator,
+    Pagerduty,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Statusgator => "statusgator",
+            SourceKind::Pagerduty => "pagerduty",
+        }
+    }
+}
+
+/// One normalized alert event, as stored and as seen by templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub kind: SourceKind,
+    pub format: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub dedup_key: String,
+    pub occurred_at: String,
+    pub received_at: String,
+    pub service: Service,
+    pub status: Option<String>,
+    pub previous_status: Option<String>,
+    pub title: String,
+    pub details: Option<String>,
+    pub components: Vec<Component>,
+    pub query: BTreeMap<String, String>,
+    /// Flat fields in VictorOps vocabulary; what rules read and write.
+    pub alert: BTreeMap<String, String>,
+    /// For a PagerDuty V1/V2 `messages` batch, which message of the raw body this event is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_index: Option<usize>,
+    /// The request exactly as received. Stored beside the event rather than inside its JSON,
+    /// so the bytes are kept verbatim and never escaped.
+    #[serde(skip)]
+    pub raw: Raw,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub slug: Option<String>,
+    pub home_page_url: Option<String>,
+    pub status_page_url: Option<String>,
+    pub icon_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    pub group: Option<String>,
+    pub name: String,
+    pub status: Option<String>,
+    pub previous_status: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Raw {
+    pub content_type: Option<String>,
+    pub body: bytes::Bytes,
+}
+
+impl Event {
+    /// The sender's payload as a JSON value: the parsed body, the decoded form for StatusGator
+    /// v1, or the one message of a PagerDuty batch this event came from.
+    pub fn payload(&self) -> Value {
+        let body = String::from_utf8_lossy(&self.raw.body);
+        let trimmed = body.trim_start();
+        if !trimmed.starts_with('{') {
+            return match parse_form(body.as_bytes()) {
+                Ok(pairs) => Value::Object(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect(),
+                ),
+                Err(_) => Value::Null,
+            };
+        }
+        let mut value: Value = serde_json::from_str(trimmed).unwrap_or(Value::Null);
+        if let Some(index) = self.message_index {
+            value = value
+                .get_mut("messages")
+                .and_then(|m| m.get_mut(index))
+                .map(Value::take)
+                .unwrap_or(Value::Null);
+        }
+        value
+    }
+}
+
+/// What the ingest layer knows about a request besides its body.
+pub struct Received<'a> {
+    pub source: &'a str,
+    pub kind: SourceKind,
+    pub content_type: Option<&'a str>,
+    pub body: bytes::Bytes,
+    pub query: BTreeMap<String, String>,
+    pub received_at: DateTime<Utc>,
+    /// PagerDuty's `X-Webhook-Id`, repeated on every retry of one webhook.
+    pub webhook_id: Option<&'a str>,
+}
+
+/// Why a body cannot become an event. Each maps to a 4xx; the message says what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NormalizeError {
+    #[error("request body is empty")]
+    Empty,
+    #[error("request body is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("malformed form body: {0}")]
+    Form(String),
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// Classification of a request's Content-Type header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyType {
+    Json,
+    Form,
+    /// Missing or generic (`text/plain`, `application/octet-stream`): decided from the body.
+    Sniff,
+}
+
+/// Returns `None` for a media type that can never carry a webhook the relay understands.
+pub fn classify_content_type(content_type: Option<&str>) -> Option<BodyType> {
+    let Some(ct) = content_type else {
+        return Some(BodyType::Sniff);
+    };
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "" | "text/plain" | "application/octet-stream" | "*/*" => Some(BodyType::Sniff),
+        "application/x-www-form-urlencoded" => Some(BodyType::Form),
+        "application/json" | "text/json" => Some(BodyType::Json),
+        m if m.ends_with("+json") => Some(BodyType::Json),
+        _ => None,
+    }
+}
+
+/// Parses and normalizes one request body. A PagerDuty V1/V2 batch yields one event per
+/// message; an empty batch yields none.
+pub fn normalize(received: &Received<'_>) -> Result<Vec<Event>, NormalizeError> {
+    if received.body.is_empty() {
+        return Err(NormalizeError::Empty);
+    }
+    let text = std::str::from_utf8(&received.body)
+        .map_err(|e| NormalizeError::NotUtf8(e.valid_up_to()))?;
+    if text.trim().is_empty() {
+        return Err(NormalizeError::Empty);
+    }
+    let body_type = classify_content_type(received.content_type).unwrap_or(BodyType::Sniff);
+    let parsed = match received.kind {
+        SourceKind::Statusgator => statusgator::parse(text, body_type)?,
+        SourceKind::Pagerduty => pagerduty::parse(text, received.webhook_id)?,
+    };
+    let received_at = format_time(received.received_at);
+    Ok(parsed
+        .into_iter()
+        .map(|p| p.into_event(received, &received_at))
+        .collect())
+}
+
+/// A parser's result before the ingest context (ids, time, query, raw body) is attached.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    pub format: &'static str,
+    pub event_type: String,
+    pub dedup_key: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub service: Service,
+    pub status: Option<String>,
+    pub previous_status: Option<String>,
+    pub title: String,
+    pub details: Option<String>,
+    pub components: Vec<Component>,
+    pub alert: BTreeMap<String, String>,
+    pub message_index: Option<usize>,
+}
+
+impl Parsed {
+    fn into_event(self, received: &Received<'_>, received_at: &str) -> Event {
+        let occurred = self.occurred_at.unwrap_or(received.received_at);
+        let mut alert = self.alert;
+        alert
+            .entry("timestamp".into())
+            .or_insert_with(|| occurred.timestamp().to_string());
+        alert
+            .entry("state_start_time".into())
+            .or_insert_with(|| occurred.timestamp().to_string());
+        Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: received.source.to_owned(),
+            kind: received.kind,
+            format: self.format.to_owned(),
+            event_type: self.event_type,
+            dedup_key: self.dedup_key,
+            occurred_at: format_time(occurred),
+            received_at: received_at.to_owned(),
+            service: self.service,
+            status: self.status,
+            previous_status: self.previous_status,
+            title: self.title,
+            details: self.details,
+            components: self.components,
+            query: received.query.clone(),
+            alert,
+            message_index: self.message_index,
+            raw: Raw {
+                content_type: received.content_type.map(str::to_owned),
+                body: received.body.clone(),
+            },
+        }
+    }
+}
+
+/// VictorOps `message_type` and `entity_state` for a source status (see the module table).
+pub(crate) fn message_type_for(status: &str) -> (&'static str, &'static str) {
+    match status {
+        "down" | "triggered" => ("CRITICAL", "CRITICAL"),
+        "warn" | "maintenance" => ("WARNING", "WARNING"),
+        "acknowledged" => ("ACKNOWLEDGEMENT", "ACKNOWLEDGEMENT"),
+        "up" | "resolved" => ("RECOVERY", "OK"),
+        _ => ("INFO", "INFO"),
+    }
+}
+
+/// Reads a string at a path of object keys; numbers and booleans are rendered as text.
+pub(crate) fn text_at(value: &Value, path: &[&str]) -> Option<String> {
+    let mut v = value;
+    for key in path {
+        v = v.get(key)?;
+    }
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Like [`text_at`], but an empty string counts as absent.
+pub(crate) fn nonempty_at(value: &Value, path: &[&str]) -> Option<String> {
+    text_at(value, path).filter(|s| !s.is_empty())
+}
+
+/// A short, stable hex digest of identifying fields, for senders that send no id.
+pub(crate) fn digest(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Puts `value` into the alert map when it is present.
+pub(crate) fn put(alert: &mut BTreeMap<String, String>, key: &str, value: Option<String>) {
+    if let Some(v) = value {
+        alert.insert(key.to_owned(), v);
+    }
+}
+
+pub(crate) fn parse_json(text: &str) -> Result<Value, NormalizeError> {
+    serde_json::from_str(text).map_err(|e| NormalizeError::Json(e.to_string()))
+}

@@ -1,0 +1,289 @@
+//! PagerDuty V3 envelopes and legacy V1/V2 `messages` batches.
+//!
+//! PagerDuty treats every 4xx as a permanent drop that counts towards disabling the
+//! subscription, so anything shaped like a PagerDuty webhook is accepted: `pagey.ping`, event
+//! types this relay has never heard of, and messages it cannot read are all stored raw with type
+//! information kept. Only a body that is not a JSON object with `event` or `messages` is refused.
+//!
+//! The dedup key is `X-Webhook-Id` (repeated on every retry of one webhook), else the event or
+//! message id, else a digest of the body.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{
+    digest, message_type_for, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError,
+    Parsed, Service,
+};
+
+pub(crate) fn parse(text: &str, webhook_id: Option<&str>) -> Result<Vec<Parsed>, NormalizeError> {
+    let value = parse_json(text)?;
+    if !value.is_object() {
+        return Err(NormalizeError::Shape(
+            "a PagerDuty body must be a JSON object".into(),
+        ));
+    }
+    if let Some(event) = value.get("event").filter(|e| e.is_object()) {
+        let dedup = webhook_id
+            .map(str::to_owned)
+            .or_else(|| nonempty_at(event, &["id"]))
+            .unwrap_or_else(|| digest(&["pagerduty.v3", text]));
+        return Ok(vec![v3(event, dedup)]);
+    }
+    if let Some(messages) = value.get("messages").and_then(Value::as_array) {
+        return Ok(messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let dedup = nonempty_at(m, &["id"])
+                    .or_else(|| webhook_id.map(|w| format!("{w}#{i}")))
+                    .unwrap_or_else(|| digest(&["pagerduty.legacy", text, &i.to_string()]));
+                let mut parsed = legacy(m, dedup);
+                parsed.message_index = Some(i);
+                parsed
+            })
+            .collect());
+    }
+    Err(NormalizeError::Shape(
+        "JSON body is not a PagerDuty webhook: expected an `event` object (V3) or a `messages` \
+         array (V1/V2)"
+            .into(),
+    ))
+}
+
+/// What the three generations share once their field names are mapped.
+struct Incident<'a> {
+    format: &'static str,
+    event_type: String,
+    occurred: Option<String>,
+    incident: Option<&'a Value>,
+    entity_id: Option<String>,
+    title: Option<String>,
+    details: Option<String>,
+    service: Service,
+    number: Option<String>,
+    agent: Option<String>,
+    priority: Option<String>,
+}
+
+fn v3(event: &Value, dedup_key: String) -> Parsed {
+    let event_type = nonempty_at(event, &["event_type"]).unwrap_or_else(|| "unknown".into());
+    let data = event.get("data").unwrap_or(&Value::Null);
+    let data_type = text_at(data, &["type"]).unwrap_or_default();
+    // The incident itself, or the incident a note, responder, task, … refers to.
+    let incident = if data_type == "incident" {
+        Some(data)
+    } else {
+        data.get("incident").filter(|i| i.is_object())
+    };
+    let details = match data_type.as_str() {
+        "incident_note" => nonempty_at(data, &["content"]),
+        "incident_status_update" | "incident_responder" | "ping" => {
+            nonempty_at(data, &["message"])
+        }
+        _ => None,
+    };
+    let title = incident
+        .and_then(|i| nonempty_at(i, &["title"]).or_else(|| nonempty_at(i, &["summary"])))
+        .or_else(|| nonempty_at(data, &["summary"]))
+        .or_else(|| nonempty_at(data, &["message"]));
+    let service_ref = incident
+        .and_then(|i| i.get("service"))
+        .or_else(|| (data_type == "service").then_some(data));
+    let service = service_ref.map(reference_service).unwrap_or_default();
+    let entity_id = incident
+        .and_then(|i| nonempty_at(i, &["id"]))
+        .or_else(|| nonempty_at(data, &["id"]))
+        .or_else(|| nonempty_at(event, &["resource_type"]));
+    let parsed = Incident {
+        format: "pagerduty.v3",
+        event_type: if event_type == "pagey.ping" {
+            "ping".into()
+        } else {
+            event_type.clone()
+        },
+        occurred: nonempty_at(event, &["occurred_at"]),
+        incident,
+        entity_id,
+        title,
+        details,
+        service,
+        number: incident.and_then(|i| text_at(i, &["number"])),
+        agent: nonempty_at(event, &["agent", "summary"]),
+        priority: incident.and_then(|i| nonempty_at(i, &["priority", "summary"])),
+    };
+    let mut out = finish(parsed, dedup_key);
+    put(&mut out.alert, "pagerduty_event_type", Some(event_type));
+    put(&mut out.alert, "resource_type", nonempty_at(event, &["resource_type"]));
+    out
+}
+
+fn legacy(m: &Value, dedup_key: String) -> Parsed {
+    if let Some(t) = nonempty_at(m, &["type"]) {
+        // V1: `type` plus `data.incident`.
+        let incident = m.get("data").and_then(|d| d.get("incident"));
+        let inc = incident.unwrap_or(&Value::Null);
+        let title = nonempty_at(inc, &["trigger_summary_data", "subject"])
+            .or_else(|| nonempty_at(inc, &["trigger_summary_data", "description"]));
+        let parsed = Incident {
+            format: "pagerduty.v1",
+            event_type: t.clone(),
+            occurred: nonempty_at(m, &["created_on"]),
+            incident,
+            entity_id: nonempty_at(inc, &["id"]),
+            title,
+            details: None,
+            service: Service {
+                id: nonempty_at(inc, &["service", "id"]),
+                name: nonempty_at(inc, &["service", "name"]),
+                home_page_url: nonempty_at(inc, &["service", "html_url"]),
+                ..Service::default()
+            },
+            number: text_at(inc, &["incident_number"]),
+            agent: nonempty_at(inc, &["last_status_change_by", "name"]),
+            priority: None,
+        };
+        let mut out = finish(parsed, dedup_key);
+        put(&mut out.alert, "pagerduty_event_type", Some(t));
+        return out;
+    }
+    // V2: `event` plus `incident` and `log_entries`; anything else is kept as `unknown`.
+    let event_type = nonempty_at(m, &["event"]).unwrap_or_else(|| "unknown".into());
+    let incident = m.get("incident").filter(|i| i.is_object());
+    let inc = incident.unwrap_or(&Value::Null);
+    let title = nonempty_at(inc, &["title"]).or_else(|| nonempty_at(inc, &["summary"]));
+    let description = nonempty_at(inc, &["description"]).filter(|d| Some(d) != title.as_ref());
+    let parsed = Incident {
+        format: if m.get("event").is_some() {
+            "pagerduty.v2"
+        } else {
+            "pagerduty.unknown"
+        },
+        event_type: event_type.clone(),
+        occurred: nonempty_at(m, &["created_on"]),
+        incident,
+        entity_id: nonempty_at(inc, &["id"]),
+        title,
+        details: description,
+        service: inc.get("service").map(reference_service).unwrap_or_default(),
+        number: text_at(inc, &["incident_number"]),
+        agent: m
+            .get("log_entries")
+            .and_then(|l| l.get(0))
+            .and_then(|l| nonempty_at(l, &["agent", "summary"])),
+        priority: nonempty_at(inc, &["priority", "summary"]),
+    };
+    let mut out = finish(parsed, dedup_key);
+    put(&mut out.alert, "pagerduty_event_type", Some(event_type));
+    out
+}
+
+/// A V2/V3 reference (`{id, summary, html_url, …}`) or a V1 service object as a [`Service`].
+fn reference_service(s: &Value) -> Service {
+    Service {
+        id: nonempty_at(s, &["id"]),
+        name: nonempty_at(s, &["name"]).or_else(|| nonempty_at(s, &["summary"])),
+        home_page_url: nonempty_at(s, &["html_url"]),
+        ..Service::default()
+    }
+}
+
+fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
+    let inc = p.incident.unwrap_or(&Value::Null);
+    let status = nonempty_at(inc, &["status"]).map(|s| s.to_ascii_lowercase());
+    let title = p.title.unwrap_or_else(|| match &p.number {
+        Some(n) => format!("Incident #{n}"),
+        None => format!("PagerDuty {}", p.event_type),
+    });
+    let (message_type, entity_state) = message_type_for(status.as_deref().unwrap_or(""));
+    let entity_id = p.entity_id.unwrap_or_else(|| dedup_key.clone());
+    let mut alert = BTreeMap::new();
+    alert.insert("entity_id".into(), entity_id);
+    alert.insert("entity_display_name".into(), title.clone());
+    alert.insert(
+        "state_message".into(),
+        match &p.details {
+            Some(d) => format!("{title}\n\n{d}"),
+            None => title.clone(),
+        },
+    );
+    alert.insert("message_type".into(), message_type.into());
+    alert.insert("entity_state".into(), entity_state.into());
+    alert.insert("monitoring_tool".into(), "PagerDuty".into());
+    put(&mut alert, "status", status.clone());
+    put(&mut alert, "incident_id", nonempty_at(inc, &["id"]));
+    put(&mut alert, "incident_number", p.number);
+    put(&mut alert, "incident_url", nonempty_at(inc, &["html_url"]));
+    put(&mut alert, "incident_key", nonempty_at(inc, &["incident_key"]));
+    put(&mut alert, "urgency", nonempty_at(inc, &["urgency"]));
+    put(&mut alert, "priority", p.priority);
+    put(&mut alert, "service_id", p.service.id.clone());
+    put(&mut alert, "service_name", p.service.name.clone());
+    put(&mut alert, "agent", p.agent);
+    Parsed {
+        format: p.format,
+        event_type: p.event_type,
+        dedup_key,
+        occurred_at: p.occurred.as_deref().and_then(parse_time),
+        service: p.service,
+        status,
+        previous_status: None,
+        title,
+        details: p.details,
+        components: Vec::new(),
+        alert,
+        message_index: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_v3_event_types_are_accepted() {
+        let p = parse(
+            r#"{"event":{"id":"E1","event_type":"incident.teleported","data":{"type":"mystery"}}}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].event_type, "incident.teleported");
+        assert_eq!(p[0].dedup_key, "E1");
+        assert_eq!(p[0].alert["message_type"], "INFO");
+    }
+
+    #[test]
+    fn webhook_id_wins_over_event_id() {
+        let p = parse(r#"{"event":{"id":"E1"}}"#, Some("W9")).unwrap();
+        assert_eq!(p[0].dedup_key, "W9");
+        assert_eq!(p[0].event_type, "unknown");
+    }
+
+    #[test]
+    fn batches_yield_one_event_per_message_and_empty_batches_none() {
+        let p = parse(
+            r#"{"messages":[{"id":"a","type":"incident.trigger"},{"id":"b","event":"incident.annotate"},{"x":1}]}"#,
+            None,
+        )
+        .unwrap();
+        let types: Vec<_> = p.iter().map(|e| (e.format, e.event_type.as_str())).collect();
+        assert_eq!(
+            types,
+            vec![
+                ("pagerduty.v1", "incident.trigger"),
+                ("pagerduty.v2", "incident.annotate"),
+                ("pagerduty.unknown", "unknown")
+            ]
+        );
+        assert_eq!(p[2].message_index, Some(2));
+        assert!(parse(r#"{"messages":[]}"#, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn non_webhook_json_is_refused() {
+        let err = parse(r#"{"hello":"world"}"#, None).unwrap_err();
+        assert!(err.to_string().contains("not a PagerDuty webhook"), "{err}");
+    }
+}

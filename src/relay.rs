@@ -1,0 +1,173 @@
+//! Wiring: opens the store, starts target workers and the ingest server, and shuts them down
+//! in the order that loses nothing: stop accepting, let in-flight requests finish (they need
+//! the store), let in-flight deliveries record their outcome, then flush and close the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::deliver::{TargetRuntime, Worker};
+use crate::ingest::Ingest;
+use crate::store::{SledStore, Store, StoreError, TargetId};
+use crate::targets::Target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot read the listener address: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("the store did not close cleanly: {0}")]
+    Close(#[source] StoreError),
+}
+
+/// A running relay. Dropping it without [`Relay::shutdown`] stops nothing gracefully.
+pub struct Relay {
+    addr: SocketAddr,
+    store: Arc<SledStore>,
+    targets: Vec<Arc<TargetRuntime>>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    lanes: JoinSet<()>,
+    grace: Duration,
+}
+
+impl Relay {
+    /// Starts the relay on an already bound listener (tests bind port 0).
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
+        let addr = listener.local_addr()?;
+        let store_path = config.store.path.display().to_string();
+        let store_err = |source| RelayError::Store { path: store_path.clone(), source };
+        std::fs::create_dir_all(&config.store.path).map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
+        let store = Arc::new(SledStore::open(&config.store.path).map_err(store_err)?);
+        let names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
+        let ids = store.target_ids(&names).await.map_err(store_err)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.delivery.connect_timeout)
+            .timeout(config.delivery.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(config.delivery.user_agent.clone())
+            .build()?;
+        let targets: Vec<Arc<TargetRuntime>> = config
+            .targets
+            .iter()
+            .zip(ids)
+            .map(|(t, id)| Arc::new(TargetRuntime { id, target: Target::new(t), config: t.clone(), notify: Notify::new() }))
+            .collect();
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut lanes = JoinSet::new();
+        for t in &targets {
+            let worker = Arc::new(Worker {
+                store: store.clone(),
+                target: t.clone(),
+                templates: config.templates.clone(),
+                client: client.clone(),
+            });
+            for _ in 0..t.config.concurrency {
+                lanes.spawn(worker.clone().run_lane(stop_rx.clone()));
+            }
+        }
+
+        let ingest = Arc::new(Ingest {
+            store: store.clone(),
+            sources: config.sources.clone(),
+            targets: targets.clone(),
+            templates: config.templates.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            dedup_window_ms: config.store.dedup_window.as_millis() as u64,
+        });
+        let server = tokio::spawn(serve(listener, ingest, stop_rx, config.server.shutdown_grace));
+        tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
+        Ok(Relay { addr, store, targets, stop, server, lanes, grace: config.server.shutdown_grace })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The store, for inspection.
+    pub fn store(&self) -> &SledStore {
+        &self.store
+    }
+
+    pub fn target_id(&self, name: &str) -> Option<TargetId> {
+        self.targets.iter().find(|t| t.config.name == name).map(|t| t.id)
+    }
+
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        let drained = tokio::time::timeout(self.grace, async { while self.lanes.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            // Abandoned attempts were never recorded; their deliveries are due again on restart.
+            tracing::warn!("deliveries still in flight after the grace period; abandoning them");
+            self.lanes.shutdown().await;
+        }
+        self.store.close().await?;
+        tracing::info!("hookrelay stopped");
+        Ok(())
+    }
+}
+
+/// Starts the relay, runs until `shutdown` completes, then stops it gracefully.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+    let relay = Relay::start(config, listener).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    relay.shutdown().await.map_err(RelayError::Close)
+}
+
+async fn serve<S: Store>(listener: TcpListener, ingest: Arc<Ingest<S>>, mut stop: watch::Receiver<bool>, grace: Duration) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ingest = ingest.clone();
+        let service = service_fn(move |req| {
+            let ingest = ingest.clone();
+            async move { Ok::<_, std::convert::Infallible>(ingest.handle(req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after the grace period; closing their connections");
+    }
+}

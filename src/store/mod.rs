@@ -1,0 +1,182 @@
+//! Durable state: events, deliveries, retry schedules, dedup keys and dead letters.
+//!
+//! The trait is narrow on purpose, so another backend can stand behind it: ingest hands over
+//! one [`IngestBatch`] per request and learns what was stored; workers [`Store::claim`] the next
+//! due delivery of a target and [`Store::finish`] it with the attempt's outcome. Leases are the
+//! store's business: a claimed delivery is invisible to other claims until it is finished or
+//! released, and after a crash everything not recorded as finished is simply due again.
+
+mod codec;
+mod keys;
+mod sled_store;
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+pub use keys::clamp_ordering_key;
+pub use sled_store::SledStore;
+
+use crate::normalize::Event;
+
+pub type TargetId = u32;
+/// A delivery's sequence number: unique, and increasing in the order deliveries were stored.
+pub type Seq = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store record is damaged: {0}")]
+    Corrupt(String),
+    #[error("store is shut down")]
+    Closed,
+}
+
+/// Everything one request stores, written atomically.
+#[derive(Debug)]
+pub struct IngestBatch {
+    pub events: Vec<NewEvent>,
+    pub now_ms: u64,
+    /// Dedup keys written by this batch are honoured until then.
+    pub dedup_until_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct NewEvent {
+    pub event: Event,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub target: TargetId,
+    pub ordering_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    Stored,
+    /// The dedup key was seen within the window; nothing was written.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Done,
+    Dead,
+}
+
+/// A delivery of one event to one target, with its retry state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub seq: Seq,
+    pub event_id: uuid::Uuid,
+    pub target: TargetId,
+    pub ordering_key: String,
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub due_ms: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// One try at a delivery, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub at_ms: u64,
+    pub latency_ms: u64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Done,
+    Retry { due_ms: u64 },
+    Dead,
+}
+
+#[derive(Debug)]
+pub enum Claim {
+    Due(Delivery),
+    /// Nothing is due; the earliest pending delivery falls due then.
+    Wait(u64),
+    Empty,
+}
+
+/// Counts, for tests and operators. These scan; keep them off hot paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub pending: u64,
+    pub done: u64,
+    pub dead: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Stable ids for target names, assigned on first sight and kept across restarts.
+    fn target_ids(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = Result<Vec<TargetId>, StoreError>> + Send;
+
+    /// Stores a request's events and deliveries atomically and durably; returns once on disk.
+    fn ingest(
+        &self,
+        batch: IngestBatch,
+    ) -> impl Future<Output = Result<Vec<EventOutcome>, StoreError>> + Send;
+
+    /// Leases the first due delivery of `target` that no one else holds.
+    fn claim(
+        &self,
+        target: TargetId,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Records an attempt and what follows from it, durably, then drops the lease.
+    fn finish(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Drops a lease without recording anything: the delivery is due again as it was.
+    fn release(&self, seq: Seq);
+
+    fn event(
+        &self,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
+
+    fn delivery(
+        &self,
+        seq: Seq,
+    ) -> impl Future<Output = Result<Option<Delivery>, StoreError>> + Send;
+
+    fn deliveries_of(
+        &self,
+        event: uuid::Uuid,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    fn attempts(&self, seq: Seq)
+        -> impl Future<Output = Result<Vec<Attempt>, StoreError>> + Send;
+
+    /// Dead letters of a target, oldest first.
+    fn dead_letters(
+        &self,
+        target: TargetId,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+}

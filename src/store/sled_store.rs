@@ -1,0 +1,453 @@
+//! The sled implementation of [`Store`].
+//!
+//! All writes go through one writer thread. Request handlers and workers send it an operation
+//! and wait for the reply; it drains everything queued, applies each operation as one atomic
+//! `sled::Batch`, flushes once for the whole group, and only then answers. Concurrent requests
+//! therefore share a single fsync (group commit), and because one thread owns every write, the
+//! read-then-write steps (dedup checks, "does this ordering key have a head yet?") need no
+//! locks or transactions.
+//!
+//! Reads (claims, event loads, inspection) go straight to sled from the calling task.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys;
+use super::{
+    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, Next, Seq, Stats,
+    Store, StoreError, TargetId,
+};
+use crate::normalize::Event;
+
+/// How many queued operations one group commit takes at most.
+const MAX_GROUP: usize = 4096;
+
+pub struct SledStore {
+    db: sled::Db,
+    tx: mpsc::Sender<Job>,
+    leases: Mutex<HashSet<Seq>>,
+}
+
+enum Op {
+    Ingest(IngestBatch),
+    Finish {
+        delivery: Delivery,
+        attempt: Attempt,
+        next: Next,
+    },
+    Targets(Vec<String>),
+    Close,
+}
+
+enum Reply {
+    Ingest(Vec<EventOutcome>),
+    Targets(Vec<TargetId>),
+    Done,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let next_seq = match db.scan_prefix(b"L").keys().next_back() {
+            Some(k) => keys::seq_of(&k?[1..]).map_or(1, |s| s + 1),
+            None => 1,
+        };
+        let (tx, rx) = mpsc::channel(MAX_GROUP);
+        let writer = Writer {
+            db: db.clone(),
+            next_seq,
+        };
+        std::thread::Builder::new()
+            .name("hookrelay-store".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+        Ok(SledStore {
+            db,
+            tx,
+            leases: Mutex::new(HashSet::new()),
+        })
+    }
+
+    async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Flushes and stops the writer; later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        match self.submit(Op::Close).await {
+            Ok(_) | Err(StoreError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get_delivery(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
+        get_delivery(&self.db, seq)
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<Seq>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn get_delivery(db: &sled::Db, seq: Seq) -> Result<Option<Delivery>, StoreError> {
+    match db.get(keys::delivery(seq))? {
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+impl Store for SledStore {
+    async fn target_ids(&self, names: &[String]) -> Result<Vec<TargetId>, StoreError> {
+        match self.submit(Op::Targets(names.to_vec())).await? {
+            Reply::Targets(ids) => Ok(ids),
+            _ => unreachable!("writer answers Targets with Targets"),
+        }
+    }
+
+    async fn ingest(&self, batch: IngestBatch) -> Result<Vec<EventOutcome>, StoreError> {
+        match self.submit(Op::Ingest(batch)).await? {
+            Reply::Ingest(outcomes) => Ok(outcomes),
+            _ => unreachable!("writer answers Ingest with Ingest"),
+        }
+    }
+
+    async fn claim(&self, target: TargetId, now_ms: u64) -> Result<Claim, StoreError> {
+        let mut leases = self.leases();
+        for key in self.db.scan_prefix(keys::target_prefix(b'R', target)).keys() {
+            let key = key?;
+            let (due, seq) = keys::parse_timed(&key)
+                .ok_or_else(|| StoreError::Corrupt("malformed ready key".into()))?;
+            if due > now_ms {
+                return Ok(Claim::Wait(due));
+            }
+            if leases.contains(&seq) {
+                continue;
+            }
+            let delivery = self
+                .get_delivery(seq)?
+                .ok_or_else(|| StoreError::Corrupt(format!("ready delivery {seq} is missing")))?;
+            leases.insert(seq);
+            return Ok(Claim::Due(delivery));
+        }
+        Ok(Claim::Empty)
+    }
+
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .submit(Op::Finish {
+                delivery: delivery.clone(),
+                attempt,
+                next,
+            })
+            .await;
+        self.release(delivery.seq);
+        result.map(|_| ())
+    }
+
+    fn release(&self, seq: Seq) {
+        self.leases().remove(&seq);
+    }
+
+    async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
+        match self.db.get(keys::event(id.as_bytes()))? {
+            Some(v) => codec::decode_event(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn delivery(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
+        self.get_delivery(seq)
+    }
+
+    async fn deliveries_of(&self, event: uuid::Uuid) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        for key in self
+            .db
+            .scan_prefix(keys::event_deliveries(event.as_bytes()))
+            .keys()
+        {
+            let key = key?;
+            let seq = keys::seq_of(&key[17..])
+                .ok_or_else(|| StoreError::Corrupt("malformed event delivery key".into()))?;
+            out.extend(self.get_delivery(seq)?);
+        }
+        Ok(out)
+    }
+
+    async fn attempts(&self, seq: Seq) -> Result<Vec<Attempt>, StoreError> {
+        self.db
+            .scan_prefix(keys::attempts(seq))
+            .values()
+            .map(|v| {
+                serde_json::from_slice(&v?)
+                    .map_err(|e| StoreError::Corrupt(format!("attempt of {seq}: {e}")))
+            })
+            .collect()
+    }
+
+    async fn dead_letters(&self, target: TargetId) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.db.scan_prefix(keys::target_prefix(b'X', target)).keys() {
+            let key = key?;
+            if let Some((_, seq)) = keys::parse_timed(&key) {
+                out.extend(self.get_delivery(seq)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let mut stats = Stats {
+            events: self.db.scan_prefix(b"E").keys().count() as u64,
+            ..Stats::default()
+        };
+        for v in self.db.scan_prefix(b"L").values() {
+            let d: Delivery = serde_json::from_slice(&v?)
+                .map_err(|e| StoreError::Corrupt(format!("delivery: {e}")))?;
+            match d.state {
+                DeliveryState::Pending => stats.pending += 1,
+                DeliveryState::Done => stats.done += 1,
+                DeliveryState::Dead => stats.dead += 1,
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// The writer thread's state. It is the only code that writes to the database.
+struct Writer {
+    db: sled::Db,
+    next_seq: Seq,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::new();
+        let mut results = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            jobs.push(first);
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut close = false;
+            for job in jobs.drain(..) {
+                close |= matches!(job.op, Op::Close);
+                let result = self.apply(job.op);
+                results.push((job.reply, result));
+            }
+            let flushed = self.db.flush();
+            if let Err(e) = &flushed {
+                tracing::error!(error = %e, "store flush failed");
+            }
+            for (reply, result) in results.drain(..) {
+                let result = match (&flushed, result) {
+                    (Err(e), Ok(_)) => Err(StoreError::Io(e.clone())),
+                    (_, r) => r,
+                };
+                let _ = reply.send(result);
+            }
+            if close {
+                rx.close();
+            }
+        }
+    }
+
+    fn apply(&mut self, op: Op) -> Result<Reply, StoreError> {
+        match op {
+            Op::Ingest(batch) => self.ingest(batch).map(Reply::Ingest),
+            Op::Finish {
+                delivery,
+                attempt,
+                next,
+            } => self.finish(&delivery, attempt, next).map(|_| Reply::Done),
+            Op::Targets(names) => self.targets(&names).map(Reply::Targets),
+            Op::Close => Ok(Reply::Done),
+        }
+    }
+
+    fn targets(&mut self, names: &[String]) -> Result<Vec<TargetId>, StoreError> {
+        let mut max = 0u32;
+        for v in self.db.scan_prefix(b"T").values() {
+            let v = v?;
+            max = max.max(u32::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("malformed target id".into()))?,
+            ));
+        }
+        let mut ids = Vec::with_capacity(names.len());
+        let mut batch = sled::Batch::default();
+        for name in names {
+            let key = keys::target_name(name);
+            let id = match self.db.get(&key)? {
+                Some(v) => u32::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("malformed target id".into()))?,
+                ),
+                None => {
+                    max += 1;
+                    batch.insert(key, &max.to_be_bytes());
+                    max
+                }
+            };
+            ids.push(id);
+        }
+        self.db.apply_batch(batch)?;
+        Ok(ids)
+    }
+
+    fn ingest(&mut self, b: IngestBatch) -> Result<Vec<EventOutcome>, StoreError> {
+        let first_seq = self.next_seq;
+        let mut batch = sled::Batch::default();
+        // Heads and dedup keys this batch creates, which sled cannot show until it is applied.
+        let mut heads: HashMap<Vec<u8>, Seq> = HashMap::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(b.events.len());
+        for new in b.events {
+            let event = &new.event;
+            let id = uuid::Uuid::parse_str(&event.id)
+                .map_err(|e| StoreError::Corrupt(format!("event id {:?}: {e}", event.id)))?;
+            let dedup_key = keys::dedup(&event.source, &event.dedup_key);
+            let duplicate = seen.contains(&dedup_key)
+                || match self.db.get(&dedup_key)? {
+                    Some(v) => keys::seq_of(&v).is_some_and(|until| until > b.now_ms),
+                    None => false,
+                };
+            if duplicate {
+                outcomes.push(EventOutcome::Duplicate);
+                continue;
+            }
+            batch.insert(
+                dedup_key.as_slice(),
+                [b.dedup_until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat(),
+            );
+            seen.insert(dedup_key);
+            batch.insert(keys::event(id.as_bytes()), codec::encode_event(event)?);
+            for d in new.deliveries {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let head_key = keys::head(d.target, &d.ordering_key);
+                let has_head = heads.contains_key(&head_key) || self.db.get(&head_key)?.is_some();
+                if has_head {
+                    batch.insert(keys::follower(d.target, &d.ordering_key, seq).as_slice(), &[]);
+                } else {
+                    batch.insert(head_key.as_slice(), &seq.to_be_bytes());
+                    batch.insert(keys::ready(d.target, b.now_ms, seq).as_slice(), &[]);
+                    heads.insert(head_key, seq);
+                }
+                batch.insert(keys::event_delivery(id.as_bytes(), seq), &[]);
+                let record = Delivery {
+                    seq,
+                    event_id: id,
+                    target: d.target,
+                    ordering_key: d.ordering_key,
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    due_ms: b.now_ms,
+                    created_ms: b.now_ms,
+                    updated_ms: b.now_ms,
+                    last_status: None,
+                    last_error: None,
+                    response_excerpt: None,
+                };
+                batch.insert(keys::delivery(seq).as_slice(), to_json(&record));
+            }
+            outcomes.push(EventOutcome::Stored);
+        }
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.next_seq = first_seq;
+            return Err(e.into());
+        }
+        Ok(outcomes)
+    }
+
+    fn finish(&mut self, claimed: &Delivery, attempt: Attempt, next: Next) -> Result<(), StoreError> {
+        let seq = claimed.seq;
+        let Some(mut rec) = get_delivery(&self.db, seq)? else {
+            return Ok(());
+        };
+        if rec.state != DeliveryState::Pending || rec.due_ms != claimed.due_ms {
+            // Someone else already finished this attempt (a stale lease); keep what is there.
+            return Ok(());
+        }
+        let now = attempt.at_ms + attempt.latency_ms;
+        let target = rec.target;
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::attempt(seq, attempt.number).as_slice(), to_json(&attempt));
+        batch.remove(keys::ready(target, rec.due_ms, seq).as_slice());
+        rec.attempts = attempt.number;
+        rec.last_status = attempt.status;
+        rec.last_error = attempt.error;
+        rec.response_excerpt = attempt.response_excerpt;
+        rec.updated_ms = now;
+        match next {
+            Next::Retry { due_ms } => {
+                rec.due_ms = due_ms;
+                batch.insert(keys::ready(target, due_ms, seq).as_slice(), &[]);
+            }
+            Next::Done | Next::Dead => {
+                if next == Next::Dead {
+                    rec.state = DeliveryState::Dead;
+                    batch.insert(keys::dead(target, now, seq).as_slice(), &[]);
+                } else {
+                    rec.state = DeliveryState::Done;
+                }
+                self.promote(&mut batch, target, &rec.ordering_key)?;
+            }
+        }
+        batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes the oldest follower of an ordering key its new head, or forgets the key.
+    fn promote(&self, batch: &mut sled::Batch, target: TargetId, key: &str) -> Result<(), StoreError> {
+        let prefix = keys::followers(target, key);
+        match self.db.scan_prefix(&prefix).keys().next() {
+            Some(k) => {
+                let k = k?;
+                let next = keys::seq_of(&k[prefix.len()..])
+                    .ok_or_else(|| StoreError::Corrupt("malformed follower key".into()))?;
+                let rec = get_delivery(&self.db, next)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("follower {next} is missing")))?;
+                batch.remove(k);
+                batch.insert(keys::ready(target, rec.due_ms, next).as_slice(), &[]);
+                batch.insert(keys::head(target, key), &next.to_be_bytes());
+            }
+            None => batch.remove(keys::head(target, key)),
+        }
+        Ok(())
+    }
+}

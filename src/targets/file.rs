@@ -1,0 +1,65 @@
+//! `file`: appends one JSON line per delivery to a local file, synced to disk before the
+//! delivery counts as done. The default target: it shows the relay working with no network.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use super::AttemptResult;
+
+pub struct FileTarget {
+    path: PathBuf,
+    file: Mutex<Option<tokio::fs::File>>,
+}
+
+impl FileTarget {
+    pub fn new(path: PathBuf) -> FileTarget {
+        FileTarget {
+            path,
+            file: Mutex::new(None),
+        }
+    }
+
+    pub async fn send(&self, ctx: &Value) -> AttemptResult {
+        let line = serde_json::json!({
+            "delivery": ctx.get("delivery"),
+            "event": ctx.get("event"),
+            "raw": ctx.get("raw"),
+        });
+        let mut bytes = serde_json::to_vec(&line).expect("JSON values serialize");
+        bytes.push(b'\n');
+        let mut guard = self.file.lock().await;
+        match self.append(&mut guard, &bytes).await {
+            Ok(()) => AttemptResult::Response {
+                status: 200,
+                retry_after: None,
+                excerpt: None,
+            },
+            Err(e) => {
+                // Reopen next time: the file may have been moved or its disk replaced.
+                *guard = None;
+                AttemptResult::Io(format!("{}: {e}", self.path.display()))
+            }
+        }
+    }
+
+    async fn append(&self, file: &mut Option<tokio::fs::File>, line: &[u8]) -> std::io::Result<()> {
+        if file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            let f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await?;
+            *file = Some(f);
+        }
+        let f = file.as_mut().expect("opened above");
+        f.write_all(line).await?;
+        f.flush().await?;
+        f.sync_data().await
+    }
+}
