@@ -53,8 +53,12 @@ impl Relay {
     pub async fn start(config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
         let store_path = config.store.path.display().to_string();
-        let store_err = |source| RelayError::Store { path: store_path.clone(), source };
-        std::fs::create_dir_all(&config.store.path).map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
+        let store_err = |source| RelayError::Store {
+            path: store_path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.store.path)
+            .map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
         let store = Arc::new(SledStore::open(&config.store.path).map_err(store_err)?);
         let names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
         let ids = store.target_ids(&names).await.map_err(store_err)?;
@@ -68,7 +72,14 @@ impl Relay {
             .targets
             .iter()
             .zip(ids)
-            .map(|(t, id)| Arc::new(TargetRuntime { id, target: Target::new(t), config: t.clone(), notify: Notify::new() }))
+            .map(|(t, id)| {
+                Arc::new(TargetRuntime {
+                    id,
+                    target: Target::new(t),
+                    config: t.clone(),
+                    notify: Notify::new(),
+                })
+            })
             .collect();
 
         let (stop, stop_rx) = watch::channel(false);
@@ -93,9 +104,22 @@ impl Relay {
             max_body_bytes: config.server.max_body_bytes,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
         });
-        let server = tokio::spawn(serve(listener, ingest, stop_rx, config.server.shutdown_grace));
+        let server = tokio::spawn(serve(
+            listener,
+            ingest,
+            stop_rx,
+            config.server.shutdown_grace,
+        ));
         tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
-        Ok(Relay { addr, store, targets, stop, server, lanes, grace: config.server.shutdown_grace })
+        Ok(Relay {
+            addr,
+            store,
+            targets,
+            stop,
+            server,
+            lanes,
+            grace: config.server.shutdown_grace,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -108,13 +132,19 @@ impl Relay {
     }
 
     pub fn target_id(&self, name: &str) -> Option<TargetId> {
-        self.targets.iter().find(|t| t.config.name == name).map(|t| t.id)
+        self.targets
+            .iter()
+            .find(|t| t.config.name == name)
+            .map(|t| t.id)
     }
 
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         let _ = self.stop.send(true);
         let _ = self.server.await;
-        let drained = tokio::time::timeout(self.grace, async { while self.lanes.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(self.grace, async {
+            while self.lanes.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             // Abandoned attempts were never recorded; their deliveries are due again on restart.
             tracing::warn!("deliveries still in flight after the grace period; abandoning them");
@@ -127,14 +157,23 @@ impl Relay {
 }
 
 /// Starts the relay, runs until `shutdown` completes, then stops it gracefully.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
     let relay = Relay::start(config, listener).await?;
     shutdown.await;
     tracing::info!("shutting down");
     relay.shutdown().await.map_err(RelayError::Close)
 }
 
-async fn serve<S: Store>(listener: TcpListener, ingest: Arc<Ingest<S>>, mut stop: watch::Receiver<bool>, grace: Duration) {
+async fn serve<S: Store>(
+    listener: TcpListener,
+    ingest: Arc<Ingest<S>>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -167,7 +206,12 @@ async fn serve<S: Store>(listener: TcpListener, ingest: Arc<Ingest<S>>, mut stop
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still in flight after the grace period; closing their connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after the grace period; closing their connections"
+        );
     }
 }

@@ -9,9 +9,7 @@
 //!
 //! Templates are compiled when the config is validated; rendering only looks them up by name.
 
-use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
-};
+use handlebars::{Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
@@ -111,16 +109,8 @@ impl Templates {
     pub fn render(&self, template: &TemplateRef, ctx: &Value) -> Result<String, String> {
         self.registry(template.escape)
             .render(&template.name, ctx)
-            .map_err(|e| render_error_text(&e))
+            .map_err(|e| e.to_string())
     }
-}
-
-fn render_error_text(e: &RenderError) -> String {
-    let mut text = e.to_string();
-    if let Some(line) = e.line_no {
-        text = format!("{text} (template line {line})");
-    }
-    text
 }
 
 /// `{{json value}}` writes the value as JSON, unescaped: the way to embed an object, a

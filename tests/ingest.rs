@@ -22,8 +22,17 @@ async fn relay_with_outbox(dir: &std::path::Path) -> hookrelay::Relay {
 }
 
 /// Posts a fixture and returns the answer and the stored events.
-async fn ingest(relay: &hookrelay::Relay, path: &str, file: &str, ct: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value, Vec<Event>) {
-    let mut req = client().post(url(relay, path)).header("content-type", ct).body(fixture(file));
+async fn ingest(
+    relay: &hookrelay::Relay,
+    path: &str,
+    file: &str,
+    ct: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value, Vec<Event>) {
+    let mut req = client()
+        .post(url(relay, path))
+        .header("content-type", ct)
+        .body(fixture(file));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -33,7 +42,14 @@ async fn ingest(relay: &hookrelay::Relay, path: &str, file: &str, ct: &str, head
     let mut events = Vec::new();
     for id in body["events"].as_array().cloned().unwrap_or_default() {
         let id = uuid::Uuid::parse_str(id.as_str().unwrap()).unwrap();
-        events.push(relay.store().event(id).await.unwrap().expect("event stored"));
+        events.push(
+            relay
+                .store()
+                .event(id)
+                .await
+                .unwrap()
+                .expect("event stored"),
+        );
     }
     (status, body, events)
 }
@@ -52,15 +68,37 @@ const JSON: &str = "application/json";
 async fn statusgator_v1_form() {
     let dir = tempdir();
     let relay = relay_with_outbox(dir.path()).await;
-    let (status, _, events) = ingest(&relay, &format!("{SG}?p=srv&aid=sg1"), "statusgator-v1.form", FORM, &[]).await;
+    let (status, _, events) = ingest(
+        &relay,
+        &format!("{SG}?p=srv&aid=sg1"),
+        "statusgator-v1.form",
+        FORM,
+        &[],
+    )
+    .await;
     assert_eq!(status, 200);
     let e = one(events);
-    assert_eq!((e.source.as_str(), e.format.as_str(), e.event_type.as_str()), ("statusgator", "statusgator.v1", "status_change"));
+    assert_eq!(
+        (e.source.as_str(), e.format.as_str(), e.event_type.as_str()),
+        ("statusgator", "statusgator.v1", "status_change")
+    );
     assert_eq!(e.service.name.as_deref(), Some("CloudFlare"));
-    assert_eq!(e.service.icon_url.as_deref(), Some("https://dwxjd9cd6rwno.cloudfront.net/favicons/cloudflare.ico"));
-    assert_eq!(e.service.status_page_url.as_deref(), Some("https://www.cloudflarestatus.com/"));
-    assert_eq!(e.service.home_page_url.as_deref(), Some("http://www.cloudflare.com"));
-    assert_eq!((e.status.as_deref(), e.previous_status.as_deref()), (Some("up"), Some("warn")));
+    assert_eq!(
+        e.service.icon_url.as_deref(),
+        Some("https://dwxjd9cd6rwno.cloudfront.net/favicons/cloudflare.ico")
+    );
+    assert_eq!(
+        e.service.status_page_url.as_deref(),
+        Some("https://www.cloudflarestatus.com/")
+    );
+    assert_eq!(
+        e.service.home_page_url.as_deref(),
+        Some("http://www.cloudflare.com")
+    );
+    assert_eq!(
+        (e.status.as_deref(), e.previous_status.as_deref()),
+        (Some("up"), Some("warn"))
+    );
     assert_eq!(e.occurred_at, "2016-05-19T09:26:31Z");
     assert_eq!(e.title, "CloudFlare is up");
     assert_eq!(e.alert["entity_id"], "CloudFlare");
@@ -70,7 +108,10 @@ async fn statusgator_v1_form() {
     assert_eq!(e.alert["timestamp"], "1463649991");
     assert_eq!(e.query.get("p").map(String::as_str), Some("srv"));
     assert_eq!(e.query.get("aid").map(String::as_str), Some("sg1"));
-    assert_eq!(e.raw.body.as_ref(), fixture("statusgator-v1.form").as_slice());
+    assert_eq!(
+        e.raw.body.as_ref(),
+        fixture("statusgator-v1.form").as_slice()
+    );
     assert_eq!(e.raw.content_type.as_deref(), Some(FORM));
     relay.shutdown().await.unwrap();
 }
@@ -97,18 +138,33 @@ async fn statusgator_v2() {
     let e = one(events);
     assert_eq!(e.format, "statusgator.v2");
     assert_eq!(e.service.slug.as_deref(), Some("heroku"));
-    assert_eq!((e.status.as_deref(), e.previous_status.as_deref()), (Some("warn"), Some("up")));
+    assert_eq!(
+        (e.status.as_deref(), e.previous_status.as_deref()),
+        (Some("warn"), Some("up"))
+    );
     assert_eq!(e.title, "Application deployment performance");
-    assert_eq!(e.details.as_deref(), Some("Some users are experiencing deployment delays"));
+    assert_eq!(
+        e.details.as_deref(),
+        Some("Some users are experiencing deployment delays")
+    );
     assert_eq!(e.occurred_at, "2022-01-20T14:52:30Z");
     assert_eq!(e.components.len(), 1);
     assert_eq!(e.components[0].name, "Apps");
     assert_eq!(e.components[0].group, None);
-    assert_eq!((e.components[0].status.as_deref(), e.components[0].previous_status.as_deref()), (Some("warn"), Some("up")));
+    assert_eq!(
+        (
+            e.components[0].status.as_deref(),
+            e.components[0].previous_status.as_deref()
+        ),
+        (Some("warn"), Some("up"))
+    );
     assert_eq!(e.alert["entity_id"], "heroku");
     assert_eq!(e.alert["entity_display_name"], "Heroku is warn");
     assert_eq!(e.alert["message_type"], "WARNING");
-    assert_eq!(e.alert["state_message"], "Application deployment performance\n\nSome users are experiencing deployment delays");
+    assert_eq!(
+        e.alert["state_message"],
+        "Application deployment performance\n\nSome users are experiencing deployment delays"
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -116,23 +172,48 @@ async fn statusgator_v2() {
 async fn statusgator_v3_status_change_and_early_warning() {
     let dir = tempdir();
     let relay = relay_with_outbox(dir.path()).await;
-    let (status, _, events) = ingest(&relay, SG, "statusgator-v3-status-change.json", JSON, &[]).await;
+    let (status, _, events) =
+        ingest(&relay, SG, "statusgator-v3-status-change.json", JSON, &[]).await;
     assert_eq!(status, 200);
     let e = one(events);
-    assert_eq!((e.format.as_str(), e.event_type.as_str()), ("statusgator.v3", "status_change"));
+    assert_eq!(
+        (e.format.as_str(), e.event_type.as_str()),
+        ("statusgator.v3", "status_change")
+    );
     assert_eq!(e.service.id.as_deref(), Some("OUQJLhNcSb"));
     assert_eq!(e.service.name.as_deref(), Some("OpenAI"));
-    assert_eq!((e.status.as_deref(), e.previous_status.as_deref()), (Some("up"), Some("down")));
+    assert_eq!(
+        (e.status.as_deref(), e.previous_status.as_deref()),
+        (Some("up"), Some("down"))
+    );
     assert_eq!(e.title, "Elevated Error Rate on ChatGPT");
     assert_eq!(e.occurred_at, "2025-07-17T02:20:45Z");
-    let comps: Vec<_> = e.components.iter().map(|c| (c.group.as_deref(), c.name.as_str(), c.previous_status.as_deref(), c.status.as_deref())).collect();
-    assert_eq!(comps, vec![(Some("APIs"), "Chat", Some("up"), Some("down")), (Some("APIs"), "Images", Some("up"), Some("down"))]);
+    let comps: Vec<_> = e
+        .components
+        .iter()
+        .map(|c| {
+            (
+                c.group.as_deref(),
+                c.name.as_str(),
+                c.previous_status.as_deref(),
+                c.status.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        comps,
+        vec![
+            (Some("APIs"), "Chat", Some("up"), Some("down")),
+            (Some("APIs"), "Images", Some("up"), Some("down"))
+        ]
+    );
     assert_eq!(e.alert["entity_id"], "UIMPLWZg9D");
     assert_eq!(e.alert["message_type"], "RECOVERY");
     assert_eq!(e.alert["monitor_type"], "ServiceMonitor");
     assert_eq!(e.alert["board_name"], "Demo 2");
 
-    let (status, _, events) = ingest(&relay, SG, "statusgator-v3-early-warning.json", JSON, &[]).await;
+    let (status, _, events) =
+        ingest(&relay, SG, "statusgator-v3-early-warning.json", JSON, &[]).await;
     assert_eq!(status, 200);
     let e = one(events);
     assert_eq!(e.event_type, "early_warning");
@@ -141,7 +222,10 @@ async fn statusgator_v3_status_change_and_early_warning() {
     assert_eq!(e.occurred_at, "2025-01-29T20:54:48Z");
     assert_eq!(e.alert["entity_id"], "uZoM2YK1rn");
     assert_eq!(e.alert["message_type"], "WARNING");
-    assert_eq!(e.alert["yes_vote_url"], "https://statusgator.com/signal_alerts/UkLWZg9DAJ/confirm");
+    assert_eq!(
+        e.alert["yes_vote_url"],
+        "https://statusgator.com/signal_alerts/UkLWZg9DAJ/confirm"
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -169,7 +253,10 @@ async fn pagerduty_legacy_v1_and_v2() {
     let (status, _, events) = ingest(&relay, PD, "pagerduty-v1-trigger.json", JSON, &[]).await;
     assert_eq!(status, 202);
     let e = one(events);
-    assert_eq!((e.format.as_str(), e.event_type.as_str()), ("pagerduty.v1", "incident.trigger"));
+    assert_eq!(
+        (e.format.as_str(), e.event_type.as_str()),
+        ("pagerduty.v1", "incident.trigger")
+    );
     assert_eq!(e.dedup_key, "a52d3f80-d9a7-11e5-8db3-22000ad5aec9");
     assert_eq!(e.title, "CPU Load High on xdb_production_echo");
     assert_eq!(e.status.as_deref(), Some("triggered"));
@@ -190,10 +277,20 @@ async fn pagerduty_legacy_v1_and_v2() {
     assert_eq!(e.alert["message_type"], "RECOVERY");
     assert_eq!(e.occurred_at, "2014-12-17T17:11:46Z");
 
-    let (status, _, events) = ingest(&relay, PD, "pagerduty-v2-trigger.json", JSON, &[("user-agent", "PagerDuty-Webhook/V2.0")]).await;
+    let (status, _, events) = ingest(
+        &relay,
+        PD,
+        "pagerduty-v2-trigger.json",
+        JSON,
+        &[("user-agent", "PagerDuty-Webhook/V2.0")],
+    )
+    .await;
     assert_eq!(status, 202);
     let e = one(events);
-    assert_eq!((e.format.as_str(), e.event_type.as_str()), ("pagerduty.v2", "incident.trigger"));
+    assert_eq!(
+        (e.format.as_str(), e.event_type.as_str()),
+        ("pagerduty.v2", "incident.trigger")
+    );
     assert_eq!(e.dedup_key, "69a7ced0-a2cd-11e7-a799-22000a15839c");
     assert_eq!(e.title, "My new incident");
     assert_eq!(e.service.name.as_deref(), Some("Production XDB Cluster"));
@@ -207,11 +304,25 @@ async fn pagerduty_legacy_v1_and_v2() {
 async fn pagerduty_v3_incidents_and_ping() {
     let dir = tempdir();
     let relay = relay_with_outbox(dir.path()).await;
-    let headers = [("x-webhook-id", "wh-1"), ("x-webhook-subscription", "PXSUIZH"), ("user-agent", "PagerDuty-Webhook/V3.0")];
-    let (status, _, events) = ingest(&relay, PD, "pagerduty-v3-incident-triggered.json", JSON, &headers).await;
+    let headers = [
+        ("x-webhook-id", "wh-1"),
+        ("x-webhook-subscription", "PXSUIZH"),
+        ("user-agent", "PagerDuty-Webhook/V3.0"),
+    ];
+    let (status, _, events) = ingest(
+        &relay,
+        PD,
+        "pagerduty-v3-incident-triggered.json",
+        JSON,
+        &headers,
+    )
+    .await;
     assert_eq!(status, 202);
     let e = one(events);
-    assert_eq!((e.format.as_str(), e.event_type.as_str()), ("pagerduty.v3", "incident.triggered"));
+    assert_eq!(
+        (e.format.as_str(), e.event_type.as_str()),
+        ("pagerduty.v3", "incident.triggered")
+    );
     assert_eq!(e.dedup_key, "wh-1");
     assert_eq!(e.title, "Test Incident 3");
     assert_eq!(e.occurred_at, "2021-06-04T13:35:29.781Z");
@@ -221,9 +332,13 @@ async fn pagerduty_v3_incidents_and_ping() {
     assert_eq!(e.alert["incident_number"], "9");
     assert_eq!(e.alert["message_type"], "CRITICAL");
     assert_eq!(e.alert["agent"], "PIG 208");
-    assert_eq!(e.raw.body.as_ref(), fixture("pagerduty-v3-incident-triggered.json").as_slice());
+    assert_eq!(
+        e.raw.body.as_ref(),
+        fixture("pagerduty-v3-incident-triggered.json").as_slice()
+    );
 
-    let (status, _, events) = ingest(&relay, PD, "pagerduty-v3-incident-resolved.json", JSON, &[]).await;
+    let (status, _, events) =
+        ingest(&relay, PD, "pagerduty-v3-incident-resolved.json", JSON, &[]).await;
     assert_eq!(status, 202);
     let e = one(events);
     assert_eq!(e.dedup_key, "01BZYH1JJY09P9LEIST8HG2PMN");
@@ -267,8 +382,18 @@ async fn pagerduty_unknown_types_and_batches_are_accepted() {
     assert_eq!(body["events"], json!([]));
     let outbox = dir.path().join("outbox.jsonl");
     assert!(wait_until(Duration::from_secs(5), || read_lines(&outbox).len() == 3).await);
-    let types: Vec<_> = read_lines(&outbox).iter().map(|l| l["event"]["type"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(types, ["incident.workflow.paused", "incident.trigger", "incident.resolve"]);
+    let types: Vec<_> = read_lines(&outbox)
+        .iter()
+        .map(|l| l["event"]["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "incident.workflow.paused",
+            "incident.trigger",
+            "incident.resolve"
+        ]
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -293,7 +418,10 @@ async fn duplicates_are_acknowledged_and_delivered_once() {
     assert_eq!(first.status(), 202);
     let second = send("same").await.unwrap();
     assert_eq!(second.status(), 202);
-    assert_eq!(second.json::<serde_json::Value>().await.unwrap(), json!({"status": "duplicate"}));
+    assert_eq!(
+        second.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "duplicate"})
+    );
     for _ in 0..2 {
         let (status, _) = post(&url(&relay, SG), Some(FORM), fixture("statusgator-v1.form")).await;
         assert_eq!(status, 200);
@@ -324,21 +452,53 @@ path = "{dir}/outbox.jsonl"
 "#;
     let relay = spawn_relay(config, dir.path()).await;
     let body = fixture("statusgator-v2.json");
-    let (ok_query, _) = post(&url(&relay, "/sg?token=s3cret-Token_1&aid=x"), Some(JSON), body.clone()).await;
+    let (ok_query, _) = post(
+        &url(&relay, "/sg?token=s3cret-Token_1&aid=x"),
+        Some(JSON),
+        body.clone(),
+    )
+    .await;
     let (ok_path, _) = post(&url(&relay, "/sg/s3cret-Token_1"), Some(JSON), body.clone()).await;
     assert_eq!((ok_query, ok_path), (200, 200));
-    for bad in ["/sg", "/sg?token=wrong", "/sg/wrong", "/sg?token=s3cret-Token_"] {
+    for bad in [
+        "/sg",
+        "/sg?token=wrong",
+        "/sg/wrong",
+        "/sg?token=s3cret-Token_",
+    ] {
         let (status, err) = post(&url(&relay, bad), Some(JSON), body.clone()).await;
         assert_eq!(status, 401, "{bad}");
-        assert_eq!(err, json!({"error": "missing or wrong token", "code": "unauthorized"}));
+        assert_eq!(
+            err,
+            json!({"error": "missing or wrong token", "code": "unauthorized"})
+        );
     }
     let outbox = dir.path().join("outbox.jsonl");
     assert!(wait_until(Duration::from_secs(5), || read_lines(&outbox).len() == 1).await);
     let line = &read_lines(&outbox)[0];
-    assert_eq!(line["event"]["query"], json!({"aid": "x"}), "the token is never stored");
-    assert_eq!(relay.store().stats().await.unwrap().events, 1, "same body twice is one event");
+    assert_eq!(
+        line["event"]["query"],
+        json!({"aid": "x"}),
+        "the token is never stored"
+    );
+    assert_eq!(
+        relay.store().stats().await.unwrap().events,
+        1,
+        "same body twice is one event"
+    );
     relay.shutdown().await.unwrap();
 }
+
+/// What, where, Content-Type, body, then the expected status, code and message start.
+type BadCase = (
+    &'static str,
+    String,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    &'static str,
+    &'static str,
+);
 
 #[tokio::test]
 async fn bad_requests_get_a_named_4xx_and_store_nothing() {
@@ -347,41 +507,166 @@ async fn bad_requests_get_a_named_4xx_and_store_nothing() {
     let relay = spawn_relay(&config, dir.path()).await;
     let sg = url(&relay, SG);
     let pd = url(&relay, PD);
-    let cases: Vec<(&str, String, Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
-        ("malformed JSON", sg.clone(), Some(JSON), b"{\"type\": \"StatusChange\",".to_vec(), 400, "malformed_json", "malformed JSON: EOF while parsing"),
-        ("malformed PD JSON", pd.clone(), Some(JSON), b"{\"event\": }".to_vec(), 400, "malformed_json", "malformed JSON: expected value"),
-        ("bad percent escape", sg.clone(), Some(FORM), b"service_name=A%zz&current_status=up".to_vec(), 400, "malformed_form", "malformed form body: bad percent escape near byte 14"),
-        ("form missing fields", sg.clone(), Some(FORM), b"hello=world".to_vec(), 400, "unrecognized_payload", "form body is not a StatusGator v1 payload: missing field `service_name`"),
-        ("empty body", sg.clone(), Some(JSON), Vec::new(), 400, "empty_body", "request body is empty"),
-        ("whitespace body", pd.clone(), Some(JSON), b"  \n".to_vec(), 400, "empty_body", "request body is empty"),
-        ("oversized", sg.clone(), Some(JSON), vec![b' '; 5000], 413, "payload_too_large", "request body is larger than the 4096-byte limit"),
-        ("invalid UTF-8", sg.clone(), Some(JSON), b"{\"type\":\"\xff\"}".to_vec(), 400, "invalid_utf8", "request body is not valid UTF-8 (at byte 9)"),
-        ("deep nesting", pd.clone(), Some(JSON), format!("{{\"event\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), 413, "payload_too_large", "request body is larger"),
-        ("wrong content type", sg.clone(), Some("application/xml"), b"<a/>".to_vec(), 415, "unsupported_media_type", "unsupported Content-Type \"application/xml\""),
-        ("not a PD webhook", pd.clone(), Some(JSON), b"{\"hello\":1}".to_vec(), 400, "unrecognized_payload", "JSON body is not a PagerDuty webhook"),
-        ("not an SG payload", sg.clone(), Some(JSON), b"{\"hello\":1}".to_vec(), 400, "unrecognized_payload", "JSON body is not a StatusGator v2 or v3 payload"),
-        ("JSON array", pd.clone(), Some(JSON), b"[]".to_vec(), 400, "unrecognized_payload", "a PagerDuty body must be a JSON object"),
-        ("unknown path", url(&relay, "/com.nope/v1"), Some(JSON), b"{}".to_vec(), 404, "not_found", "no source is configured at this path"),
+    let cases: Vec<BadCase> = vec![
+        (
+            "malformed JSON",
+            sg.clone(),
+            Some(JSON),
+            b"{\"type\": \"StatusChange\",".to_vec(),
+            400,
+            "malformed_json",
+            "malformed JSON: EOF while parsing",
+        ),
+        (
+            "malformed PD JSON",
+            pd.clone(),
+            Some(JSON),
+            b"{\"event\": }".to_vec(),
+            400,
+            "malformed_json",
+            "malformed JSON: expected value",
+        ),
+        (
+            "bad percent escape",
+            sg.clone(),
+            Some(FORM),
+            b"service_name=A%zz&current_status=up".to_vec(),
+            400,
+            "malformed_form",
+            "malformed form body: bad percent escape near byte 14",
+        ),
+        (
+            "form missing fields",
+            sg.clone(),
+            Some(FORM),
+            b"hello=world".to_vec(),
+            400,
+            "unrecognized_payload",
+            "form body is not a StatusGator v1 payload: missing field `service_name`",
+        ),
+        (
+            "empty body",
+            sg.clone(),
+            Some(JSON),
+            Vec::new(),
+            400,
+            "empty_body",
+            "request body is empty",
+        ),
+        (
+            "whitespace body",
+            pd.clone(),
+            Some(JSON),
+            b"  \n".to_vec(),
+            400,
+            "empty_body",
+            "request body is empty",
+        ),
+        (
+            "oversized",
+            sg.clone(),
+            Some(JSON),
+            vec![b' '; 5000],
+            413,
+            "payload_too_large",
+            "request body is larger than the 4096-byte limit",
+        ),
+        (
+            "invalid UTF-8",
+            sg.clone(),
+            Some(JSON),
+            b"{\"type\":\"\xff\"}".to_vec(),
+            400,
+            "invalid_utf8",
+            "request body is not valid UTF-8 (at byte 9)",
+        ),
+        (
+            "deep nesting",
+            pd.clone(),
+            Some(JSON),
+            format!("{{\"event\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            413,
+            "payload_too_large",
+            "request body is larger",
+        ),
+        (
+            "wrong content type",
+            sg.clone(),
+            Some("application/xml"),
+            b"<a/>".to_vec(),
+            415,
+            "unsupported_media_type",
+            "unsupported Content-Type \"application/xml\"",
+        ),
+        (
+            "not a PD webhook",
+            pd.clone(),
+            Some(JSON),
+            b"{\"hello\":1}".to_vec(),
+            400,
+            "unrecognized_payload",
+            "JSON body is not a PagerDuty webhook",
+        ),
+        (
+            "not an SG payload",
+            sg.clone(),
+            Some(JSON),
+            b"{\"hello\":1}".to_vec(),
+            400,
+            "unrecognized_payload",
+            "JSON body is not a StatusGator v2 or v3 payload",
+        ),
+        (
+            "JSON array",
+            pd.clone(),
+            Some(JSON),
+            b"[]".to_vec(),
+            400,
+            "unrecognized_payload",
+            "a PagerDuty body must be a JSON object",
+        ),
+        (
+            "unknown path",
+            url(&relay, "/com.nope/v1"),
+            Some(JSON),
+            b"{}".to_vec(),
+            404,
+            "not_found",
+            "no source is configured at this path",
+        ),
     ];
     for (what, to, ct, body, want_status, want_code, want_msg) in cases {
         let (status, err) = post(&to, ct, body).await;
         assert_eq!(status, want_status, "{what}: {err}");
         assert_eq!(err["code"], want_code, "{what}: {err}");
         let msg = err["error"].as_str().unwrap_or_default();
-        assert!(msg.starts_with(want_msg), "{what}: {msg:?} should start with {want_msg:?}");
+        assert!(
+            msg.starts_with(want_msg),
+            "{what}: {msg:?} should start with {want_msg:?}"
+        );
     }
     // Nesting deeper than the parser allows, within the size limit.
     let deep = format!("{{\"event\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
     let (status, err) = post(&pd, Some(JSON), deep).await;
     assert_eq!(status, 400, "{err}");
-    assert!(err["error"].as_str().unwrap().contains("recursion limit exceeded"), "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit exceeded"),
+        "{err}"
+    );
 
     let resp = client().get(&sg).send().await.unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
 
     let stats = relay.store().stats().await.unwrap();
-    assert_eq!((stats.events, stats.pending, stats.done, stats.dead), (0, 0, 0, 0), "nothing stored");
+    assert_eq!(
+        (stats.events, stats.pending, stats.done, stats.dead),
+        (0, 0, 0, 0),
+        "nothing stored"
+    );
     assert!(!dir.path().join("outbox.jsonl").exists());
     relay.shutdown().await.unwrap();
 }

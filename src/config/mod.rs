@@ -190,7 +190,12 @@ impl Validator<'_> {
             + 1
     }
 
-    fn err<T>(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: impl Into<String>) -> Result<T> {
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        msg: impl Into<String>,
+    ) -> Result<T> {
         Err(ConfigError {
             file: self.file.to_owned(),
             line: span.map(|s| self.line_of(s.start)),
@@ -199,19 +204,33 @@ impl Validator<'_> {
         })
     }
 
-    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration> {
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration> {
         let Some(v) = v else { return Ok(default) };
         match humantime::parse_duration(v.get_ref().trim()) {
             Ok(d) => Ok(d),
             Err(_) => self.err(
                 Some(v.span()),
                 key,
-                format!("{:?} is not a duration like \"2s\", \"5m\" or \"30d\"", v.get_ref()),
+                format!(
+                    "{:?} is not a duration like \"2s\", \"5m\" or \"30d\"",
+                    v.get_ref()
+                ),
             ),
         }
     }
 
-    fn int(&self, v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> Result<i64> {
+    fn int(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> Result<i64> {
         let Some(v) = v else { return Ok(default) };
         let n = *v.get_ref();
         if !range.contains(&n) {
@@ -237,9 +256,14 @@ impl Validator<'_> {
         let n = v.get_ref();
         let ok = !n.is_empty()
             && n.len() <= 64
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {
-            return self.err(Some(v.span()), key, format!("{n:?} is not a valid name: {NAME_HELP}"));
+            return self.err(
+                Some(v.span()),
+                key,
+                format!("{n:?} is not a valid name: {NAME_HELP}"),
+            );
         }
         if !seen.insert(n.clone()) {
             return self.err(Some(v.span()), key, format!("{n:?} is used twice"));
@@ -257,30 +281,63 @@ impl Validator<'_> {
                     return self.err(
                         Some(l.span()),
                         "server.listen",
-                        format!("{:?} is not an address like \"127.0.0.1:8080\"", l.get_ref()),
+                        format!(
+                            "{:?} is not an address like \"127.0.0.1:8080\"",
+                            l.get_ref()
+                        ),
                     )
                 }
             },
         };
         let server = ServerConfig {
             listen,
-            max_body_bytes: self.int(&raw.server.max_body_bytes, "server.max_body_bytes", 1..=64 << 20, 1 << 20)? as usize,
-            shutdown_grace: self.duration(&raw.server.shutdown_grace, "server.shutdown_grace", Duration::from_secs(10))?,
+            max_body_bytes: self.int(
+                &raw.server.max_body_bytes,
+                "server.max_body_bytes",
+                1..=64 << 20,
+                1 << 20,
+            )? as usize,
+            shutdown_grace: self.duration(
+                &raw.server.shutdown_grace,
+                "server.shutdown_grace",
+                Duration::from_secs(10),
+            )?,
         };
         let store = StoreConfig {
-            path: self.path(raw.store.path.as_ref().map_or("data", |p| p.get_ref().as_str())),
-            dedup_window: self.duration(&raw.store.dedup_window, "store.dedup_window", Duration::from_secs(30 * 86_400))?,
+            path: self.path(
+                raw.store
+                    .path
+                    .as_ref()
+                    .map_or("data", |p| p.get_ref().as_str()),
+            ),
+            dedup_window: self.duration(
+                &raw.store.dedup_window,
+                "store.dedup_window",
+                Duration::from_secs(30 * 86_400),
+            )?,
         };
         let delivery = DeliveryConfig {
-            connect_timeout: self.duration(&raw.delivery.connect_timeout, "delivery.connect_timeout", Duration::from_secs(5))?,
-            timeout: self.duration(&raw.delivery.timeout, "delivery.timeout", Duration::from_secs(30))?,
-            user_agent: raw
-                .delivery
-                .user_agent
-                .as_ref()
-                .map_or_else(|| concat!("hookrelay/", env!("CARGO_PKG_VERSION")).to_owned(), |u| u.get_ref().clone()),
+            connect_timeout: self.duration(
+                &raw.delivery.connect_timeout,
+                "delivery.connect_timeout",
+                Duration::from_secs(5),
+            )?,
+            timeout: self.duration(
+                &raw.delivery.timeout,
+                "delivery.timeout",
+                Duration::from_secs(30),
+            )?,
+            user_agent: raw.delivery.user_agent.as_ref().map_or_else(
+                || concat!("hookrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
+                |u| u.get_ref().clone(),
+            ),
         };
-        let default_concurrency = self.int(&raw.delivery.concurrency, "delivery.concurrency", 1..=256, 4)?;
+        let default_concurrency = self.int(
+            &raw.delivery.concurrency,
+            "delivery.concurrency",
+            1..=256,
+            4,
+        )?;
         self.retry(&raw.retry, "retry")?;
 
         let mut names = HashSet::new();
@@ -293,53 +350,112 @@ impl Validator<'_> {
                 "statusgator" => SourceKind::Statusgator,
                 "pagerduty" => SourceKind::Pagerduty,
                 other => {
-                    return self.err(Some(s.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"statusgator\" or \"pagerduty\""))
+                    return self.err(
+                        Some(s.kind.span()),
+                        &key("kind"),
+                        format!(
+                            "unknown kind {other:?}: expected \"statusgator\" or \"pagerduty\""
+                        ),
+                    )
                 }
             };
             let path = s.path.get_ref();
             if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() < 2 {
-                return self.err(Some(s.path.span()), &key("path"), format!("{path:?} must be a URL path like \"/com.statusgator/v1\""));
+                return self.err(
+                    Some(s.path.span()),
+                    &key("path"),
+                    format!("{path:?} must be a URL path like \"/com.statusgator/v1\""),
+                );
             }
             let path = path.trim_end_matches('/').to_owned();
             if !paths.insert(path.clone()) {
-                return self.err(Some(s.path.span()), &key("path"), format!("{path:?} is used by two sources"));
+                return self.err(
+                    Some(s.path.span()),
+                    &key("path"),
+                    format!("{path:?} is used by two sources"),
+                );
             }
             let token = match (&s.token, &s.token_env) {
-                (Some(t), Some(_)) => return self.err(Some(t.span()), &key("token"), "set either token or token_env, not both"),
+                (Some(t), Some(_)) => {
+                    return self.err(
+                        Some(t.span()),
+                        &key("token"),
+                        "set either token or token_env, not both",
+                    )
+                }
                 (Some(t), None) => Some(t.get_ref().clone()),
                 (None, Some(var)) => match std::env::var(var.get_ref()) {
                     Ok(t) => Some(t),
-                    Err(_) => return self.err(Some(var.span()), &key("token_env"), format!("environment variable {} is not set", var.get_ref())),
+                    Err(_) => {
+                        return self.err(
+                            Some(var.span()),
+                            &key("token_env"),
+                            format!("environment variable {} is not set", var.get_ref()),
+                        )
+                    }
                 },
                 (None, None) => None,
             };
             if let Some(t) = &token {
-                let bad = t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+                let bad = t.is_empty()
+                    || !t
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
                 if bad {
                     let span = s.token.as_ref().or(s.token_env.as_ref()).map(|t| t.span());
                     return self.err(span, &key("token"), "a token must be non-empty and use only letters, digits, '-', '_', '.' or '~' (it travels in a URL)");
                 }
             }
-            sources.push(SourceConfig { name, kind, path, token });
+            sources.push(SourceConfig {
+                name,
+                kind,
+                path,
+                token,
+            });
         }
         if sources.is_empty() {
-            return self.err(None, "sources", "no [[sources]] configured: the relay would accept nothing");
+            return self.err(
+                None,
+                "sources",
+                "no [[sources]] configured: the relay would accept nothing",
+            );
         }
 
         let mut templates = Templates::default();
         let mut targets = Vec::new();
         let mut target_names = HashSet::new();
         for (i, t) in raw.targets.iter().enumerate() {
-            targets.push(self.target(i, t, &raw.retry, &sources, &mut target_names, &mut templates, default_concurrency as usize, delivery.timeout)?);
+            targets.push(self.target(
+                i,
+                t,
+                &raw.retry,
+                &sources,
+                &mut target_names,
+                &mut templates,
+                default_concurrency as usize,
+                delivery.timeout,
+            )?);
         }
-        Ok(Config { server, store, delivery, sources, targets, templates: Arc::new(templates) })
+        Ok(Config {
+            server,
+            store,
+            delivery,
+            sources,
+            targets,
+            templates: Arc::new(templates),
+        })
     }
 
     fn retry(&self, r: &RawRetry, key: &str) -> Result<RetryPolicy> {
         let d = RetryPolicy::default();
         let k = |s: &str| format!("{key}.{s}");
         let policy = RetryPolicy {
-            max_retries: self.int(&r.max_retries, &k("max_retries"), 0..=1000, d.max_retries as i64)? as u32,
+            max_retries: self.int(
+                &r.max_retries,
+                &k("max_retries"),
+                0..=1000,
+                d.max_retries as i64,
+            )? as u32,
             initial_delay: self.duration(&r.initial_delay, &k("initial_delay"), d.initial_delay)?,
             multiplier: r.multiplier.as_ref().map_or(d.multiplier, |m| *m.get_ref()),
             jitter: r.jitter.as_ref().map_or(d.jitter, |j| *j.get_ref()),
@@ -347,20 +463,36 @@ impl Validator<'_> {
                 None => None,
                 some => Some(self.duration(some, &k("max_delay"), Duration::ZERO)?),
             },
-            retry_after_max: self.duration(&r.retry_after_max, &k("retry_after_max"), d.retry_after_max)?,
+            retry_after_max: self.duration(
+                &r.retry_after_max,
+                &k("retry_after_max"),
+                d.retry_after_max,
+            )?,
         };
         if let Some(m) = &r.multiplier {
             if !(1.0..=100.0).contains(m.get_ref()) {
-                return self.err(Some(m.span()), &k("multiplier"), "must be between 1.0 and 100.0");
+                return self.err(
+                    Some(m.span()),
+                    &k("multiplier"),
+                    "must be between 1.0 and 100.0",
+                );
             }
         }
         if let Some(j) = &r.jitter {
             if !(0.0..1.0).contains(j.get_ref()) {
-                return self.err(Some(j.span()), &k("jitter"), "must be at least 0.0 and below 1.0");
+                return self.err(
+                    Some(j.span()),
+                    &k("jitter"),
+                    "must be at least 0.0 and below 1.0",
+                );
             }
         }
         if policy.initial_delay.is_zero() {
-            return self.err(r.initial_delay.as_ref().map(|s| s.span()), &k("initial_delay"), "must be longer than zero");
+            return self.err(
+                r.initial_delay.as_ref().map(|s| s.span()),
+                &k("initial_delay"),
+                "must be longer than zero",
+            );
         }
         Ok(policy)
     }
@@ -381,14 +513,33 @@ impl Validator<'_> {
         let name = self.name(&t.name, &key("name"), names)?;
         let kind_name = t.kind.get_ref().as_str();
         let allowed: &[&str] = match kind_name {
-            "webhook" => &["url", "method", "headers", "body", "template", "body_escape"],
+            "webhook" => &[
+                "url",
+                "method",
+                "headers",
+                "body",
+                "template",
+                "body_escape",
+            ],
             "file" => &["path"],
-            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\" or \"file\"")),
+            other => {
+                return self.err(
+                    Some(t.kind.span()),
+                    &key("kind"),
+                    format!("unknown kind {other:?}: expected \"webhook\" or \"file\""),
+                )
+            }
         };
         let specific: [(&str, Option<std::ops::Range<usize>>); 7] = [
             ("url", t.url.as_ref().map(|v| v.span())),
             ("method", t.method.as_ref().map(|v| v.span())),
-            ("headers", t.headers.as_ref().and_then(|h| h.values().next()).map(|v| v.span())),
+            (
+                "headers",
+                t.headers
+                    .as_ref()
+                    .and_then(|h| h.values().next())
+                    .map(|v| v.span()),
+            ),
             ("body", t.body.as_ref().map(|v| v.span())),
             ("template", t.template.as_ref().map(|v| v.span())),
             ("body_escape", t.body_escape.as_ref().map(|v| v.span())),
@@ -397,14 +548,26 @@ impl Validator<'_> {
         for (k, span) in specific {
             let present = span.is_some() || (k == "headers" && t.headers.is_some());
             if present && !allowed.contains(&k) {
-                return self.err(span.or(Some(t.kind.span())), &key(k), format!("a {kind_name:?} target has no key {k:?}"));
+                return self.err(
+                    span.or(Some(t.kind.span())),
+                    &key(k),
+                    format!("a {kind_name:?} target has no key {k:?}"),
+                );
             }
         }
         let kind = match kind_name {
             "webhook" => TargetKind::Webhook(self.webhook(i, &name, t, templates)?),
             _ => match &t.path {
-                Some(p) if !p.get_ref().is_empty() => TargetKind::File(FileSpec { path: self.path(p.get_ref()) }),
-                _ => return self.err(Some(t.name.span()), &key("path"), "a \"file\" target needs a path"),
+                Some(p) if !p.get_ref().is_empty() => TargetKind::File(FileSpec {
+                    path: self.path(p.get_ref()),
+                }),
+                _ => {
+                    return self.err(
+                        Some(t.name.span()),
+                        &key("path"),
+                        "a \"file\" target needs a path",
+                    )
+                }
             },
         };
         let ordering_key = match &t.ordering_key {
@@ -414,7 +577,13 @@ impl Validator<'_> {
                 None => OrderingKey::Template(
                     templates
                         .register(Escape::None, &format!("{name}/ordering_key"), src.get_ref())
-                        .or_else(|e| self.err(Some(src.span()), &key("ordering_key"), format!("bad template: {e}")))?,
+                        .or_else(|e| {
+                            self.err(
+                                Some(src.span()),
+                                &key("ordering_key"),
+                                format!("bad template: {e}"),
+                            )
+                        })?,
                 ),
             },
         };
@@ -422,13 +591,24 @@ impl Validator<'_> {
         if let Some(over) = &t.retry {
             let o = over.get_ref();
             macro_rules! overlay { ($($f:ident),*) => { $( if o.$f.is_some() { retry.$f = o.$f.clone(); } )* } }
-            overlay!(max_retries, initial_delay, multiplier, jitter, max_delay, retry_after_max);
+            overlay!(
+                max_retries,
+                initial_delay,
+                multiplier,
+                jitter,
+                max_delay,
+                retry_after_max
+            );
         }
         let retry = self.retry(&retry, &key("retry"))?;
         if let Some(list) = &t.sources {
             for s in list.get_ref() {
                 if !sources.iter().any(|src| &src.name == s) {
-                    return self.err(Some(list.span()), &key("sources"), format!("unknown source {s:?}"));
+                    return self.err(
+                        Some(list.span()),
+                        &key("sources"),
+                        format!("unknown source {s:?}"),
+                    );
                 }
             }
         }
@@ -438,15 +618,30 @@ impl Validator<'_> {
             ordering_key,
             retry,
             timeout: self.duration(&t.timeout, &key("timeout"), default_timeout)?,
-            concurrency: self.int(&t.concurrency, &key("concurrency"), 1..=256, default_concurrency as i64)? as usize,
+            concurrency: self.int(
+                &t.concurrency,
+                &key("concurrency"),
+                1..=256,
+                default_concurrency as i64,
+            )? as usize,
             sources: t.sources.as_ref().map(|s| s.get_ref().clone()),
         })
     }
 
-    fn webhook(&self, i: usize, name: &str, t: &RawTarget, templates: &mut Templates) -> Result<WebhookSpec> {
+    fn webhook(
+        &self,
+        i: usize,
+        name: &str,
+        t: &RawTarget,
+        templates: &mut Templates,
+    ) -> Result<WebhookSpec> {
         let key = |k: &str| format!("targets[{i}].{k}");
         let Some(url) = &t.url else {
-            return self.err(Some(t.name.span()), &key("url"), "a \"webhook\" target needs a url");
+            return self.err(
+                Some(t.name.span()),
+                &key("url"),
+                "a \"webhook\" target needs a url",
+            );
         };
         let origin = self.origin(url, &key("url"))?;
         let url_ref = templates
@@ -454,17 +649,29 @@ impl Validator<'_> {
             .or_else(|e| self.err(Some(url.span()), &key("url"), format!("bad template: {e}")))?;
         let method = match &t.method {
             None => reqwest::Method::POST,
-            Some(m) => match reqwest::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
-                Ok(m) => m,
-                Err(_) => return self.err(Some(m.span()), &key("method"), format!("{:?} is not an HTTP method", m.get_ref())),
-            },
+            Some(m) => {
+                match reqwest::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        return self.err(
+                            Some(m.span()),
+                            &key("method"),
+                            format!("{:?} is not an HTTP method", m.get_ref()),
+                        )
+                    }
+                }
+            }
         };
         let mut headers = Vec::new();
         let mut content_type = None;
         for (h, v) in t.headers.iter().flatten() {
             let hk = format!("targets[{i}].headers.{h}");
             let Ok(hname) = reqwest::header::HeaderName::from_bytes(h.as_bytes()) else {
-                return self.err(Some(v.span()), &hk, format!("{h:?} is not a valid header name"));
+                return self.err(
+                    Some(v.span()),
+                    &hk,
+                    format!("{h:?} is not a valid header name"),
+                );
             };
             if hname == reqwest::header::CONTENT_TYPE {
                 content_type = Some(v.get_ref().to_ascii_lowercase());
@@ -475,16 +682,32 @@ impl Validator<'_> {
             headers.push((hname, r));
         }
         let (body_src, body_span, body_key) = match (&t.body, &t.template) {
-            (Some(b), Some(_)) => return self.err(Some(b.span()), &key("body"), "set either body or template, not both"),
+            (Some(b), Some(_)) => {
+                return self.err(
+                    Some(b.span()),
+                    &key("body"),
+                    "set either body or template, not both",
+                )
+            }
             (Some(b), None) => (b.get_ref().clone(), Some(b.span()), key("body")),
             (None, Some(p)) => match std::fs::read_to_string(self.path(p.get_ref())) {
                 Ok(s) => (s, Some(p.span()), key("template")),
-                Err(e) => return self.err(Some(p.span()), &key("template"), format!("cannot read {}: {e}", self.path(p.get_ref()).display())),
+                Err(e) => {
+                    return self.err(
+                        Some(p.span()),
+                        &key("template"),
+                        format!("cannot read {}: {e}", self.path(p.get_ref()).display()),
+                    )
+                }
             },
             (None, None) => {
                 if content_type.is_none() {
                     let r = templates
-                        .register(Escape::None, &format!("{name}/header/content-type"), "application/json")
+                        .register(
+                            Escape::None,
+                            &format!("{name}/header/content-type"),
+                            "application/json",
+                        )
                         .expect("a constant template compiles");
                     headers.push((reqwest::header::CONTENT_TYPE, r));
                     content_type = Some("application/json".into());
@@ -498,13 +721,23 @@ impl Validator<'_> {
             Some("json") => Escape::Json,
             Some(other) => {
                 let span = t.body_escape.as_ref().map(|e| e.span());
-                return self.err(span, &key("body_escape"), format!("unknown escape {other:?}: expected \"json\" or \"none\""));
+                return self.err(
+                    span,
+                    &key("body_escape"),
+                    format!("unknown escape {other:?}: expected \"json\" or \"none\""),
+                );
             }
         };
         let body = templates
             .register(escape, &format!("{name}/body"), &body_src)
             .or_else(|e| self.err(body_span.clone(), &body_key, format!("bad template: {e}")))?;
-        Ok(WebhookSpec { method, url: url_ref, origin, headers, body })
+        Ok(WebhookSpec {
+            method,
+            url: url_ref,
+            origin,
+            headers,
+            body,
+        })
     }
 
     /// The scheme, host and port of a URL template. They must be written out literally: an
@@ -512,10 +745,18 @@ impl Validator<'_> {
     fn origin(&self, url: &Spanned<String>, key: &str) -> Result<(String, String, u16)> {
         let text = url.get_ref();
         let Some((scheme, rest)) = text.split_once("://") else {
-            return self.err(Some(url.span()), key, format!("{text:?} must start with http:// or https://"));
+            return self.err(
+                Some(url.span()),
+                key,
+                format!("{text:?} must start with http:// or https://"),
+            );
         };
         if scheme != "http" && scheme != "https" {
-            return self.err(Some(url.span()), key, format!("scheme {scheme:?} is not http or https"));
+            return self.err(
+                Some(url.span()),
+                key,
+                format!("scheme {scheme:?} is not http or https"),
+            );
         }
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         if authority.contains('{') || authority.contains('}') {
@@ -527,7 +768,11 @@ impl Validator<'_> {
                 u.host_str().unwrap_or_default().to_owned(),
                 u.port_or_known_default().unwrap_or(0),
             )),
-            _ => self.err(Some(url.span()), key, format!("{authority:?} is not a valid host")),
+            _ => self.err(
+                Some(url.span()),
+                key,
+                format!("{authority:?} is not a valid host"),
+            ),
         }
     }
 }
@@ -536,7 +781,8 @@ impl Validator<'_> {
 fn alert_field(src: &str) -> Option<&str> {
     let inner = src.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
     let field = inner.strip_prefix("alert.")?;
-    (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(field)
+    (!field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then_some(field)
 }
 
 #[cfg(test)]

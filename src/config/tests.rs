@@ -27,20 +27,51 @@ fn commented_webhook_example_is_valid_when_uncommented() {
     let uncommented: String = DEFAULT_CONFIG
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            Some(rest) if l.starts_with("# [[targets]]") || rest.split('=').next().is_some_and(|k| {
-                ["name ", "kind ", "method ", "url ", "headers ", "template ", "ordering_key ", "sources ", "timeout ", "retry "]
-                    .contains(&(k.trim_end().to_owned() + " ").as_str())
-            }) => rest.to_owned(),
+            Some(rest)
+                if l.starts_with("# [[targets]]")
+                    || rest.split('=').next().is_some_and(|k| {
+                        [
+                            "name ",
+                            "kind ",
+                            "method ",
+                            "url ",
+                            "headers ",
+                            "template ",
+                            "ordering_key ",
+                            "sources ",
+                            "timeout ",
+                            "retry ",
+                        ]
+                        .contains(&(k.trim_end().to_owned() + " ").as_str())
+                    }) =>
+            {
+                rest.to_owned()
+            }
             _ => l.to_owned(),
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let c = Config::parse(&uncommented, "config.toml", Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-    let chat = c.targets.iter().find(|t| t.name == "chat").expect("chat target");
+    let c = Config::parse(
+        &uncommented,
+        "config.toml",
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+    .unwrap();
+    let chat = c
+        .targets
+        .iter()
+        .find(|t| t.name == "chat")
+        .expect("chat target");
     assert_eq!(chat.retry.max_retries, 10);
     assert_eq!(chat.retry.initial_delay, Duration::from_secs(2));
-    assert_eq!(chat.ordering_key, OrderingKey::AlertField("entity_id".into()));
-    assert_eq!(chat.sources.as_deref(), Some(&["statusgator".to_owned()][..]));
+    assert_eq!(
+        chat.ordering_key,
+        OrderingKey::AlertField("entity_id".into())
+    );
+    assert_eq!(
+        chat.sources.as_deref(),
+        Some(&["statusgator".to_owned()][..])
+    );
 }
 
 #[test]
@@ -48,7 +79,9 @@ fn unknown_keys_name_the_key_and_line() {
     let e = error("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
     assert!(e.starts_with("test.toml:3: "), "{e}");
     assert!(e.contains("unknown field `listne`"), "{e}");
-    let e = error(&format!("{SOURCE}[[targets]]\nname = \"t\"\nkind = \"file\"\npath = \"x\"\nurll = \"y\"\n"));
+    let e = error(&format!(
+        "{SOURCE}[[targets]]\nname = \"t\"\nkind = \"file\"\npath = \"x\"\nurll = \"y\"\n"
+    ));
     assert!(e.starts_with("test.toml:9: "), "{e}");
     assert!(e.contains("unknown field `urll`"), "{e}");
 }
@@ -56,11 +89,26 @@ fn unknown_keys_name_the_key_and_line() {
 #[test]
 fn bad_values_name_key_and_line() {
     let cases: &[(&str, &str)] = &[
-        ("[store]\ndedup_window = \"thirty days\"\n", "test.toml:2: store.dedup_window: \"thirty days\" is not a duration"),
-        ("[server]\nlisten = \"localhost\"\n", "test.toml:2: server.listen: \"localhost\" is not an address"),
-        ("[server]\nmax_body_bytes = 0\n", "test.toml:2: server.max_body_bytes: 0 is out of range"),
-        ("[retry]\njitter = 1.5\n", "test.toml:2: retry.jitter: must be at least 0.0 and below 1.0"),
-        ("[retry]\nmultiplier = 0.5\n", "test.toml:2: retry.multiplier: must be between 1.0 and 100.0"),
+        (
+            "[store]\ndedup_window = \"thirty days\"\n",
+            "test.toml:2: store.dedup_window: \"thirty days\" is not a duration",
+        ),
+        (
+            "[server]\nlisten = \"localhost\"\n",
+            "test.toml:2: server.listen: \"localhost\" is not an address",
+        ),
+        (
+            "[server]\nmax_body_bytes = 0\n",
+            "test.toml:2: server.max_body_bytes: 0 is out of range",
+        ),
+        (
+            "[retry]\njitter = 1.5\n",
+            "test.toml:2: retry.jitter: must be at least 0.0 and below 1.0",
+        ),
+        (
+            "[retry]\nmultiplier = 0.5\n",
+            "test.toml:2: retry.multiplier: must be between 1.0 and 100.0",
+        ),
     ];
     for (text, want) in cases {
         let e = error(&format!("{text}{SOURCE}"));
@@ -73,31 +121,60 @@ fn source_errors() {
     assert!(error("").contains("sources: no [[sources]] configured"));
     let e = error("[[sources]]\nname = \"a\"\nkind = \"nagios\"\npath = \"/a\"\n");
     assert_eq!(e, "test.toml:3: sources[0].kind: unknown kind \"nagios\": expected \"statusgator\" or \"pagerduty\"");
-    let e = error(&format!("{SOURCE}[[sources]]\nname = \"b\"\nkind = \"pagerduty\"\npath = \"/sg/\"\n"));
-    assert_eq!(e, "test.toml:8: sources[1].path: \"/sg\" is used by two sources");
-    let e = error(&format!("{SOURCE}[[sources]]\nname = \"sg\"\nkind = \"pagerduty\"\npath = \"/b\"\n"));
+    let e = error(&format!(
+        "{SOURCE}[[sources]]\nname = \"b\"\nkind = \"pagerduty\"\npath = \"/sg/\"\n"
+    ));
+    assert_eq!(
+        e,
+        "test.toml:8: sources[1].path: \"/sg\" is used by two sources"
+    );
+    let e = error(&format!(
+        "{SOURCE}[[sources]]\nname = \"sg\"\nkind = \"pagerduty\"\npath = \"/b\"\n"
+    ));
     assert_eq!(e, "test.toml:6: sources[1].name: \"sg\" is used twice");
     let e = error("[[sources]]\nname = \"a\"\nkind = \"pagerduty\"\npath = \"/a\"\ntoken_env = \"HOOKRELAY_TEST_SURELY_UNSET\"\n");
     assert_eq!(e, "test.toml:5: sources[0].token_env: environment variable HOOKRELAY_TEST_SURELY_UNSET is not set");
-    let e = error("[[sources]]\nname = \"a\"\nkind = \"pagerduty\"\npath = \"/a\"\ntoken = \"a b\"\n");
-    assert!(e.starts_with("test.toml:5: sources[0].token: a token must be"), "{e}");
+    let e =
+        error("[[sources]]\nname = \"a\"\nkind = \"pagerduty\"\npath = \"/a\"\ntoken = \"a b\"\n");
+    assert!(
+        e.starts_with("test.toml:5: sources[0].token: a token must be"),
+        "{e}"
+    );
 }
 
 #[test]
 fn target_errors() {
     let t = |body: &str| error(&format!("{SOURCE}[[targets]]\nname = \"t\"\n{body}"));
-    assert_eq!(t("kind = \"sms\"\n"), "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\" or \"file\"");
-    assert_eq!(t("kind = \"webhook\"\n"), "test.toml:6: targets[0].url: a \"webhook\" target needs a url");
-    assert_eq!(t("kind = \"file\"\npath = \"x\"\nurl = \"http://h/\"\n"), "test.toml:9: targets[0].url: a \"file\" target has no key \"url\"");
+    assert_eq!(
+        t("kind = \"sms\"\n"),
+        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\" or \"file\""
+    );
+    assert_eq!(
+        t("kind = \"webhook\"\n"),
+        "test.toml:6: targets[0].url: a \"webhook\" target needs a url"
+    );
+    assert_eq!(
+        t("kind = \"file\"\npath = \"x\"\nurl = \"http://h/\"\n"),
+        "test.toml:9: targets[0].url: a \"file\" target has no key \"url\""
+    );
     assert_eq!(
         t("kind = \"webhook\"\nurl = \"http://{{alert.host}}/x\"\n"),
         "test.toml:8: targets[0].url: the host and port must be written out, not templated (an event must not choose where a request goes)"
     );
-    assert_eq!(t("kind = \"webhook\"\nurl = \"ftp://h/x\"\n"), "test.toml:8: targets[0].url: scheme \"ftp\" is not http or https");
+    assert_eq!(
+        t("kind = \"webhook\"\nurl = \"ftp://h/x\"\n"),
+        "test.toml:8: targets[0].url: scheme \"ftp\" is not http or https"
+    );
     let e = t("kind = \"webhook\"\nurl = \"http://h/x\"\nbody = \"{{#if}}\"\n");
-    assert!(e.starts_with("test.toml:9: targets[0].body: bad template: "), "{e}");
+    assert!(
+        e.starts_with("test.toml:9: targets[0].body: bad template: "),
+        "{e}"
+    );
     let e = t("kind = \"webhook\"\nurl = \"http://h/x\"\ntemplate = \"no/such.hbs\"\n");
-    assert!(e.starts_with("test.toml:9: targets[0].template: cannot read /tmp/no/such.hbs"), "{e}");
+    assert!(
+        e.starts_with("test.toml:9: targets[0].template: cannot read /tmp/no/such.hbs"),
+        "{e}"
+    );
     assert_eq!(
         t("kind = \"file\"\npath = \"x\"\nsources = [\"sg\", \"nope\"]\n"),
         "test.toml:9: targets[0].sources: unknown source \"nope\""

@@ -90,7 +90,10 @@ mod tests {
 
     #[test]
     fn transport_failures_retry_and_invalid_requests_do_not() {
-        assert!(matches!(classify(&AttemptResult::Timeout), Action::Retry { .. }));
+        assert!(matches!(
+            classify(&AttemptResult::Timeout),
+            Action::Retry { .. }
+        ));
         assert!(matches!(
             classify(&AttemptResult::Connect("refused".into())),
             Action::Retry { .. }
@@ -104,7 +107,10 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_408_880);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
             Some(Duration::from_secs(3720))

@@ -37,10 +37,15 @@ pub struct TargetRuntime {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered(Seq),
-    Retrying { seq: Seq, due_ms: u64 },
+    Retrying {
+        seq: Seq,
+        due_ms: u64,
+    },
     Dead(Seq),
     /// Nothing was due; the earliest pending delivery falls due at `next_due_ms`.
-    Idle { next_due_ms: Option<u64> },
+    Idle {
+        next_due_ms: Option<u64>,
+    },
 }
 
 pub struct Worker<S> {
@@ -62,7 +67,11 @@ impl<S: Store> Worker<S> {
         let target = &self.target;
         let delivery = match self.store.claim(target.id, now_ms()).await? {
             Claim::Due(d) => d,
-            Claim::Wait(due) => return Ok(Outcome::Idle { next_due_ms: Some(due) }),
+            Claim::Wait(due) => {
+                return Ok(Outcome::Idle {
+                    next_due_ms: Some(due),
+                })
+            }
             Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
         };
         let event = match self.store.event(delivery.event_id).await {
@@ -83,29 +92,47 @@ impl<S: Store> Worker<S> {
                     .send(&self.client, &self.templates, &ctx, target.config.timeout)
                     .await
             }
-            None => AttemptResult::Invalid(format!("event {} is missing from the store", delivery.event_id)),
+            None => AttemptResult::Invalid(format!(
+                "event {} is missing from the store",
+                delivery.event_id
+            )),
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let action = classify(&result);
         let next = match &action {
             Action::Done => Next::Done,
             Action::Retry { retry_after, .. } => {
-                match target.config.retry.delay(number, fastrand::f64(), *retry_after) {
-                    Some(delay) => Next::Retry { due_ms: now_ms() + delay.as_millis() as u64 },
+                match target
+                    .config
+                    .retry
+                    .delay(number, fastrand::f64(), *retry_after)
+                {
+                    Some(delay) => Next::Retry {
+                        due_ms: now_ms() + delay.as_millis() as u64,
+                    },
                     None => Next::Dead,
                 }
             }
             Action::Permanent { .. } => Next::Dead,
         };
         let (status, excerpt) = match &result {
-            AttemptResult::Response { status, excerpt, .. } => (Some(*status), excerpt.clone()),
+            AttemptResult::Response {
+                status, excerpt, ..
+            } => (Some(*status), excerpt.clone()),
             _ => (None, None),
         };
         let error = match &action {
             Action::Done => None,
             Action::Retry { reason, .. } | Action::Permanent { reason } => Some(reason.clone()),
         };
-        let attempt = Attempt { number, at_ms, latency_ms, status, error: error.clone(), response_excerpt: excerpt };
+        let attempt = Attempt {
+            number,
+            at_ms,
+            latency_ms,
+            status,
+            error: error.clone(),
+            response_excerpt: excerpt,
+        };
         self.store.finish(&delivery, attempt, next).await?;
         let seq = delivery.seq;
         let outcome = match next {
@@ -138,7 +165,9 @@ impl<S: Store> Worker<S> {
             notified.as_mut().enable();
             let wait = match self.deliver_one().await {
                 Ok(Outcome::Idle { next_due_ms }) => next_due_ms
-                    .map_or(MAX_IDLE, |due| Duration::from_millis(due.saturating_sub(now_ms())))
+                    .map_or(MAX_IDLE, |due| {
+                        Duration::from_millis(due.saturating_sub(now_ms()))
+                    })
                     .min(MAX_IDLE),
                 Ok(_) => continue,
                 Err(e) => {

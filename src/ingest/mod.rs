@@ -22,7 +22,10 @@ pub use error::IngestError;
 use crate::config::{OrderingKey, SourceConfig};
 use crate::deliver::{context, now_ms, TargetRuntime};
 use crate::normalize::{classify_content_type, normalize, Event, Received, SourceKind};
-use crate::store::{clamp_ordering_key, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, NewEvent, Store};
+use crate::store::{
+    clamp_ordering_key, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, NewEvent,
+    Store,
+};
 use crate::template::Templates;
 
 pub struct Ingest<S> {
@@ -66,10 +69,12 @@ impl<S: Store> Ingest<S> {
                 let mut resp = respond(status, &json!({"error": e.to_string(), "code": e.code()}));
                 match e {
                     IngestError::MethodNotAllowed => {
-                        resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+                        resp.headers_mut()
+                            .insert(ALLOW, HeaderValue::from_static("POST"));
                     }
                     IngestError::Unavailable(_) => {
-                        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                        resp.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                     }
                     _ => {}
                 }
@@ -112,15 +117,27 @@ impl<S: Store> Ingest<S> {
                 return Err(IngestError::Unauthorized);
             }
         }
-        let content_type = req.headers.get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let content_type = req
+            .headers
+            .get(CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         if classify_content_type(content_type.as_deref()).is_none() {
-            return Err(IngestError::UnsupportedMediaType(content_type.unwrap_or_default()));
+            return Err(IngestError::UnsupportedMediaType(
+                content_type.unwrap_or_default(),
+            ));
         }
-        let declared = req.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(IngestError::PayloadTooLarge(self.max_body_bytes));
         }
-        let webhook_id = req.headers.get("x-webhook-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let webhook_id = req
+            .headers
+            .get("x-webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = Limited::new(body, self.max_body_bytes)
             .collect()
             .await
@@ -139,12 +156,16 @@ impl<S: Store> Ingest<S> {
             content_type: content_type.as_deref(),
             body,
             query,
-            received_at: chrono::DateTime::from_timestamp_millis(received_ms as i64).unwrap_or_default(),
+            received_at: chrono::DateTime::from_timestamp_millis(received_ms as i64)
+                .unwrap_or_default(),
             webhook_id: webhook_id.as_deref(),
         })?;
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let batch = IngestBatch {
-            events: events.into_iter().map(|event| self.route_event(event)).collect(),
+            events: events
+                .into_iter()
+                .map(|event| self.route_event(event))
+                .collect(),
             now_ms: received_ms,
             dedup_until_ms: received_ms + self.dedup_window_ms,
         };
@@ -152,14 +173,27 @@ impl<S: Store> Ingest<S> {
             .targets
             .iter()
             .enumerate()
-            .filter(|(_, t)| batch.events.iter().any(|e| e.deliveries.iter().any(|d| d.target == t.id)))
+            .filter(|(_, t)| {
+                batch
+                    .events
+                    .iter()
+                    .any(|e| e.deliveries.iter().any(|d| d.target == t.id))
+            })
             .map(|(i, _)| i)
             .collect();
-        let outcomes = self.store.ingest(batch).await.map_err(IngestError::Unavailable)?;
+        let outcomes = self
+            .store
+            .ingest(batch)
+            .await
+            .map_err(IngestError::Unavailable)?;
         for i in touched {
             self.targets[i].notify.notify_waiters();
         }
-        let mut accepted = Accepted { kind: source.kind, stored: Vec::new(), duplicates: 0 };
+        let mut accepted = Accepted {
+            kind: source.kind,
+            stored: Vec::new(),
+            duplicates: 0,
+        };
         for (id, outcome) in ids.into_iter().zip(outcomes) {
             match outcome {
                 EventOutcome::Stored => accepted.stored.push(id),
@@ -175,8 +209,16 @@ impl<S: Store> Ingest<S> {
         let deliveries = self
             .targets
             .iter()
-            .filter(|t| t.config.sources.as_ref().is_none_or(|s| s.iter().any(|s| *s == event.source)))
-            .map(|t| NewDelivery { target: t.id, ordering_key: self.ordering_key(t, &event) })
+            .filter(|t| {
+                t.config
+                    .sources
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&event.source))
+            })
+            .map(|t| NewDelivery {
+                target: t.id,
+                ordering_key: self.ordering_key(t, &event),
+            })
             .collect();
         NewEvent { event, deliveries }
     }
@@ -216,6 +258,7 @@ impl<S: Store> Ingest<S> {
 fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

@@ -173,7 +173,12 @@ pub fn classify_content_type(content_type: Option<&str>) -> Option<BodyType> {
     let Some(ct) = content_type else {
         return Some(BodyType::Sniff);
     };
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "" | "text/plain" | "application/octet-stream" | "*/*" => Some(BodyType::Sniff),
         "application/x-www-form-urlencoded" => Some(BodyType::Form),

@@ -79,9 +79,7 @@ fn v3(event: &Value, dedup_key: String) -> Parsed {
     };
     let details = match data_type.as_str() {
         "incident_note" => nonempty_at(data, &["content"]),
-        "incident_status_update" | "incident_responder" | "ping" => {
-            nonempty_at(data, &["message"])
-        }
+        "incident_status_update" | "incident_responder" | "ping" => nonempty_at(data, &["message"]),
         _ => None,
     };
     let title = incident
@@ -115,7 +113,11 @@ fn v3(event: &Value, dedup_key: String) -> Parsed {
     };
     let mut out = finish(parsed, dedup_key);
     put(&mut out.alert, "pagerduty_event_type", Some(event_type));
-    put(&mut out.alert, "resource_type", nonempty_at(event, &["resource_type"]));
+    put(
+        &mut out.alert,
+        "resource_type",
+        nonempty_at(event, &["resource_type"]),
+    );
     out
 }
 
@@ -166,7 +168,10 @@ fn legacy(m: &Value, dedup_key: String) -> Parsed {
         entity_id: nonempty_at(inc, &["id"]),
         title,
         details: description,
-        service: inc.get("service").map(reference_service).unwrap_or_default(),
+        service: inc
+            .get("service")
+            .map(reference_service)
+            .unwrap_or_default(),
         number: text_at(inc, &["incident_number"]),
         agent: m
             .get("log_entries")
@@ -215,7 +220,11 @@ fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
     put(&mut alert, "incident_id", nonempty_at(inc, &["id"]));
     put(&mut alert, "incident_number", p.number);
     put(&mut alert, "incident_url", nonempty_at(inc, &["html_url"]));
-    put(&mut alert, "incident_key", nonempty_at(inc, &["incident_key"]));
+    put(
+        &mut alert,
+        "incident_key",
+        nonempty_at(inc, &["incident_key"]),
+    );
     put(&mut alert, "urgency", nonempty_at(inc, &["urgency"]));
     put(&mut alert, "priority", p.priority);
     put(&mut alert, "service_id", p.service.id.clone());
@@ -268,7 +277,10 @@ mod tests {
             None,
         )
         .unwrap();
-        let types: Vec<_> = p.iter().map(|e| (e.format, e.event_type.as_str())).collect();
+        let types: Vec<_> = p
+            .iter()
+            .map(|e| (e.format, e.event_type.as_str()))
+            .collect();
         assert_eq!(
             types,
             vec![

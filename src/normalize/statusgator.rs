@@ -5,6 +5,10 @@
 //! `current_status` is v2. StatusGator documents no Content-Type for v2/v3, so the header alone
 //! never decides.
 //!
+//! StatusGator sends no event id, so the dedup key is a digest of every field that tells one
+//! webhook from another (including the texts: two alerts that differ only in their message are
+//! two alerts, and calling them duplicates would lose one).
+//!
 //! `alert.entity_id` is the most specific stable identity the payload has: the v3 monitor id,
 //! else the service slug or id, else the v1 service name. Every alert of one monitor therefore
 //! shares an ordering key, and a target sees its downs and ups in order.
@@ -108,11 +112,17 @@ fn flat(format: &'static str, f: V1Fields, components: Vec<Component>) -> Parsed
         &status,
         f.last.as_deref().unwrap_or(""),
         f.message.as_deref().unwrap_or(""),
+        f.details.as_deref().unwrap_or(""),
     ]);
     let entity_id = f.slug.clone().unwrap_or_else(|| f.name.clone());
     let display = format!("{} is {}", f.name, status);
     let title = f.message.clone().unwrap_or_else(|| display.clone());
-    let mut alert = base_alert(&entity_id, &display, &state_message(&title, &f.details), &status);
+    let mut alert = base_alert(
+        &entity_id,
+        &display,
+        &state_message(&title, &f.details),
+        &status,
+    );
     put(&mut alert, "service_name", Some(f.name.clone()));
     put(&mut alert, "service_slug", f.slug.clone());
     put(&mut alert, "status", Some(status.clone()));
@@ -173,7 +183,9 @@ fn v3(v: &Value) -> Parsed {
 
     let (display, title, alert_status) = match (sg_type.as_str(), &status) {
         ("EarlyWarningSignal", _) => {
-            let title = summary.clone().unwrap_or_else(|| "Early warning signal".into());
+            let title = summary
+                .clone()
+                .unwrap_or_else(|| "Early warning signal".into());
             (format!("{name}: early warning"), title, "warn".to_owned())
         }
         (_, Some(s)) => {
@@ -206,6 +218,8 @@ fn v3(v: &Value) -> Parsed {
         status.as_deref().unwrap_or(""),
         previous.as_deref().unwrap_or(""),
         summary.as_deref().unwrap_or(""),
+        message.as_deref().unwrap_or(""),
+        details.as_deref().unwrap_or(""),
     ]);
     let mut alert = base_alert(
         &entity_id,
@@ -219,16 +233,40 @@ fn v3(v: &Value) -> Parsed {
     put(&mut alert, "service_id", service.id.clone());
     put(&mut alert, "status", status.clone());
     put(&mut alert, "previous_status", previous.clone());
-    put(&mut alert, "status_page_url", service.status_page_url.clone());
+    put(
+        &mut alert,
+        "status_page_url",
+        service.status_page_url.clone(),
+    );
     put(&mut alert, "home_page_url", service.home_page_url.clone());
     put(&mut alert, "monitor_id", monitor_id);
-    put(&mut alert, "monitor_type", nonempty_at(v, &["monitor", "type"]));
-    put(&mut alert, "monitor_name", nonempty_at(v, &["monitor", "display_name"]));
-    put(&mut alert, "monitor_url", nonempty_at(v, &["monitor", "url"]));
-    put(&mut alert, "monitor_host", nonempty_at(v, &["monitor", "host"]));
+    put(
+        &mut alert,
+        "monitor_type",
+        nonempty_at(v, &["monitor", "type"]),
+    );
+    put(
+        &mut alert,
+        "monitor_name",
+        nonempty_at(v, &["monitor", "display_name"]),
+    );
+    put(
+        &mut alert,
+        "monitor_url",
+        nonempty_at(v, &["monitor", "url"]),
+    );
+    put(
+        &mut alert,
+        "monitor_host",
+        nonempty_at(v, &["monitor", "host"]),
+    );
     put(&mut alert, "board_id", nonempty_at(v, &["board", "id"]));
     put(&mut alert, "board_name", nonempty_at(v, &["board", "name"]));
-    put(&mut alert, "yes_vote_url", nonempty_at(v, &["yes_vote_url"]));
+    put(
+        &mut alert,
+        "yes_vote_url",
+        nonempty_at(v, &["yes_vote_url"]),
+    );
     put(&mut alert, "no_vote_url", nonempty_at(v, &["no_vote_url"]));
     Parsed {
         format: "statusgator.v3",
@@ -321,7 +359,10 @@ mod tests {
     #[test]
     fn json_that_is_neither_version_is_rejected_with_the_reason() {
         let err = parse(r#"{"hello": 1}"#, BodyType::Json).unwrap_err();
-        assert!(err.to_string().contains("expected a string `type`"), "{err}");
+        assert!(
+            err.to_string().contains("expected a string `type`"),
+            "{err}"
+        );
         let err = parse("[1,2]", BodyType::Json).unwrap_err();
         assert!(err.to_string().contains("must be an object"), "{err}");
     }

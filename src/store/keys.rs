@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn ready_keys_sort_by_due_time_then_seq() {
-        let mut keys = vec![ready(1, 20, 1), ready(1, 10, 9), ready(1, 10, 2)];
+        let mut keys = [ready(1, 20, 1), ready(1, 10, 9), ready(1, 10, 2)];
         keys.sort();
         let parsed: Vec<_> = keys.iter().map(|k| parse_timed(k).unwrap()).collect();
         assert_eq!(parsed, vec![(10, 2), (10, 9), (20, 1)]);

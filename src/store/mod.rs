@@ -169,8 +169,7 @@ pub trait Store: Send + Sync + 'static {
         event: uuid::Uuid,
     ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
 
-    fn attempts(&self, seq: Seq)
-        -> impl Future<Output = Result<Vec<Attempt>, StoreError>> + Send;
+    fn attempts(&self, seq: Seq) -> impl Future<Output = Result<Vec<Attempt>, StoreError>> + Send;
 
     /// Dead letters of a target, oldest first.
     fn dead_letters(

@@ -136,7 +136,11 @@ impl Store for SledStore {
 
     async fn claim(&self, target: TargetId, now_ms: u64) -> Result<Claim, StoreError> {
         let mut leases = self.leases();
-        for key in self.db.scan_prefix(keys::target_prefix(b'R', target)).keys() {
+        for key in self
+            .db
+            .scan_prefix(keys::target_prefix(b'R', target))
+            .keys()
+        {
             let key = key?;
             let (due, seq) = keys::parse_timed(&key)
                 .ok_or_else(|| StoreError::Corrupt("malformed ready key".into()))?;
@@ -215,7 +219,11 @@ impl Store for SledStore {
 
     async fn dead_letters(&self, target: TargetId) -> Result<Vec<Delivery>, StoreError> {
         let mut out = Vec::new();
-        for key in self.db.scan_prefix(keys::target_prefix(b'X', target)).keys() {
+        for key in self
+            .db
+            .scan_prefix(keys::target_prefix(b'X', target))
+            .keys()
+        {
             let key = key?;
             if let Some((_, seq)) = keys::parse_timed(&key) {
                 out.extend(self.get_delivery(seq)?);
@@ -300,11 +308,10 @@ impl Writer {
         let mut max = 0u32;
         for v in self.db.scan_prefix(b"T").values() {
             let v = v?;
-            max = max.max(u32::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("malformed target id".into()))?,
-            ));
+            max =
+                max.max(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt("malformed target id".into())
+                })?));
         }
         let mut ids = Vec::with_capacity(names.len());
         let mut batch = sled::Batch::default();
@@ -361,7 +368,10 @@ impl Writer {
                 let head_key = keys::head(d.target, &d.ordering_key);
                 let has_head = heads.contains_key(&head_key) || self.db.get(&head_key)?.is_some();
                 if has_head {
-                    batch.insert(keys::follower(d.target, &d.ordering_key, seq).as_slice(), &[]);
+                    batch.insert(
+                        keys::follower(d.target, &d.ordering_key, seq).as_slice(),
+                        &[],
+                    );
                 } else {
                     batch.insert(head_key.as_slice(), &seq.to_be_bytes());
                     batch.insert(keys::ready(d.target, b.now_ms, seq).as_slice(), &[]);
@@ -393,7 +403,12 @@ impl Writer {
         Ok(outcomes)
     }
 
-    fn finish(&mut self, claimed: &Delivery, attempt: Attempt, next: Next) -> Result<(), StoreError> {
+    fn finish(
+        &mut self,
+        claimed: &Delivery,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<(), StoreError> {
         let seq = claimed.seq;
         let Some(mut rec) = get_delivery(&self.db, seq)? else {
             return Ok(());
@@ -405,7 +420,10 @@ impl Writer {
         let now = attempt.at_ms + attempt.latency_ms;
         let target = rec.target;
         let mut batch = sled::Batch::default();
-        batch.insert(keys::attempt(seq, attempt.number).as_slice(), to_json(&attempt));
+        batch.insert(
+            keys::attempt(seq, attempt.number).as_slice(),
+            to_json(&attempt),
+        );
         batch.remove(keys::ready(target, rec.due_ms, seq).as_slice());
         rec.attempts = attempt.number;
         rec.last_status = attempt.status;
@@ -433,7 +451,12 @@ impl Writer {
     }
 
     /// Makes the oldest follower of an ordering key its new head, or forgets the key.
-    fn promote(&self, batch: &mut sled::Batch, target: TargetId, key: &str) -> Result<(), StoreError> {
+    fn promote(
+        &self,
+        batch: &mut sled::Batch,
+        target: TargetId,
+        key: &str,
+    ) -> Result<(), StoreError> {
         let prefix = keys::followers(target, key);
         match self.db.scan_prefix(&prefix).keys().next() {
             Some(k) => {

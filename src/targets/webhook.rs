@@ -19,9 +19,16 @@ impl Webhook {
         Webhook { spec }
     }
 
-    fn build(&self, templates: &Templates, ctx: &Value) -> Result<(reqwest::Url, HeaderMap, String), String> {
-        let url = templates.render(&self.spec.url, ctx).map_err(|e| format!("url template: {e}"))?;
-        let parsed = reqwest::Url::parse(&url).map_err(|e| format!("rendered URL {url:?} is invalid: {e}"))?;
+    fn build(
+        &self,
+        templates: &Templates,
+        ctx: &Value,
+    ) -> Result<(reqwest::Url, HeaderMap, String), String> {
+        let url = templates
+            .render(&self.spec.url, ctx)
+            .map_err(|e| format!("url template: {e}"))?;
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| format!("rendered URL {url:?} is invalid: {e}"))?;
         let origin = (
             parsed.scheme().to_owned(),
             parsed.host_str().unwrap_or_default().to_owned(),
@@ -32,15 +39,27 @@ impl Webhook {
         }
         let mut headers = HeaderMap::with_capacity(self.spec.headers.len());
         for (name, template) in &self.spec.headers {
-            let value = templates.render(template, ctx).map_err(|e| format!("header {name}: {e}"))?;
-            let value = HeaderValue::from_str(&value).map_err(|_| format!("header {name}: rendered value is not a valid header value"))?;
+            let value = templates
+                .render(template, ctx)
+                .map_err(|e| format!("header {name}: {e}"))?;
+            let value = HeaderValue::from_str(&value).map_err(|_| {
+                format!("header {name}: rendered value is not a valid header value")
+            })?;
             headers.insert(name.clone(), value);
         }
-        let body = templates.render(&self.spec.body, ctx).map_err(|e| format!("body template: {e}"))?;
+        let body = templates
+            .render(&self.spec.body, ctx)
+            .map_err(|e| format!("body template: {e}"))?;
         Ok((parsed, headers, body))
     }
 
-    pub async fn send(&self, client: &reqwest::Client, templates: &Templates, ctx: &Value, timeout: Duration) -> AttemptResult {
+    pub async fn send(
+        &self,
+        client: &reqwest::Client,
+        templates: &Templates,
+        ctx: &Value,
+        timeout: Duration,
+    ) -> AttemptResult {
         let (url, headers, body) = match self.build(templates, ctx) {
             Ok(parts) => parts,
             Err(e) => return AttemptResult::Invalid(e),
@@ -63,7 +82,8 @@ impl Webhook {
         let mut excerpt = Vec::new();
         while excerpt.len() < EXCERPT_BYTES {
             match response.chunk().await {
-                Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
+                Ok(Some(chunk)) => excerpt
+                    .extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())]),
                 Ok(None) => break,
                 // The status is what counts; a body cut short only shortens the excerpt.
                 Err(_) => break,

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hookrelay::{Config, Relay};
+use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -63,17 +63,20 @@ impl Recorded {
 
 /// Decides a receiver's answer: given the request and how many requests came before it,
 /// returns status, extra headers and body.
-pub type Script = Arc<dyn Fn(&Recorded, usize) -> (u16, Vec<(String, String)>, String) + Send + Sync>;
+pub type Script =
+    Arc<dyn Fn(&Recorded, usize) -> (u16, Vec<(String, String)>, String) + Send + Sync>;
 
 pub struct Receiver {
     pub addr: std::net::SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -103,11 +106,16 @@ impl Receiver {
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
+            // Connection tasks live in this set, so stopping the receiver also ends its
+            // keep-alive connections instead of leaving them answering with the old script.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let seen = seen2.clone();
                 let script = script.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let seen = seen.clone();
                         let script = script.clone();
@@ -117,10 +125,22 @@ impl Receiver {
                             let headers = req
                                 .headers()
                                 .iter()
-                                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
                                 .collect();
                             let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-                            let mut rec = Recorded { method, uri, headers, body, at: Instant::now(), status: 0 };
+                            let mut rec = Recorded {
+                                method,
+                                uri,
+                                headers,
+                                body,
+                                at: Instant::now(),
+                                status: 0,
+                            };
                             let (status, extra, text) = {
                                 let mut seen = seen.lock().unwrap();
                                 let n = seen.len();
@@ -140,15 +160,29 @@ impl Receiver {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Receiver { addr, seen, task }
+        Receiver {
+            addr,
+            seen,
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops listening and closes every open connection before returning.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -163,7 +197,11 @@ impl Receiver {
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
         wait_until(timeout, || self.count() >= n).await;
         let got = self.requests();
-        assert!(got.len() >= n, "receiver got {} requests, wanted {n}", got.len());
+        assert!(
+            got.len() >= n,
+            "receiver got {} requests, wanted {n}",
+            got.len()
+        );
         got
     }
 }
@@ -186,7 +224,11 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-pub async fn post(url: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+pub async fn post(
+    url: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
     let mut req = client().post(url).body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
@@ -194,7 +236,10 @@ pub async fn post(url: &str, content_type: Option<&str>, body: impl Into<reqwest
     let resp = req.send().await.expect("relay answers");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 pub fn tempdir() -> tempfile::TempDir {
