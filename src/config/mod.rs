@@ -245,7 +245,7 @@ impl Validator<'_> {
 
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() {
+        if p.is_absolute() || self.base == Path::new(".") {
             p.to_path_buf()
         } else {
             self.base.join(p)

@@ -24,7 +24,7 @@ use crate::deliver::{context, now_ms, TargetRuntime};
 use crate::normalize::{classify_content_type, normalize, Event, Received, SourceKind};
 use crate::store::{
     clamp_ordering_key, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, NewEvent,
-    Store,
+    Store, StoreError,
 };
 use crate::template::Templates;
 
@@ -163,9 +163,10 @@ impl<S: Store> Ingest<S> {
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let batch = IngestBatch {
             events: events
-                .into_iter()
+                .iter()
                 .map(|event| self.route_event(event))
-                .collect(),
+                .collect::<Result<_, _>>()
+                .map_err(IngestError::Unavailable)?,
             now_ms: received_ms,
             dedup_until_ms: received_ms + self.dedup_window_ms,
         };
@@ -205,7 +206,7 @@ impl<S: Store> Ingest<S> {
     }
 
     /// One delivery per target that takes events from this source.
-    fn route_event(&self, event: Event) -> NewEvent {
+    fn route_event(&self, event: &Event) -> Result<NewEvent, StoreError> {
         let deliveries = self
             .targets
             .iter()
@@ -217,10 +218,10 @@ impl<S: Store> Ingest<S> {
             })
             .map(|t| NewDelivery {
                 target: t.id,
-                ordering_key: self.ordering_key(t, &event),
+                ordering_key: self.ordering_key(t, event),
             })
             .collect();
-        NewEvent { event, deliveries }
+        NewEvent::new(event, deliveries)
     }
 
     fn ordering_key(&self, target: &TargetRuntime, event: &Event) -> String {

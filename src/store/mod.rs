@@ -42,10 +42,28 @@ pub struct IngestBatch {
     pub dedup_until_ms: u64,
 }
 
+/// An event ready to store. Encoding happens here, on the request's own task, so the single
+/// writer thread that every request waits on does as little as possible.
 #[derive(Debug)]
 pub struct NewEvent {
-    pub event: Event,
+    pub id: uuid::Uuid,
+    pub source: String,
+    pub dedup_key: String,
+    pub encoded: Vec<u8>,
     pub deliveries: Vec<NewDelivery>,
+}
+
+impl NewEvent {
+    pub fn new(event: &Event, deliveries: Vec<NewDelivery>) -> Result<NewEvent, StoreError> {
+        Ok(NewEvent {
+            id: uuid::Uuid::parse_str(&event.id)
+                .map_err(|e| StoreError::Corrupt(format!("event id {:?}: {e}", event.id)))?,
+            source: event.source.clone(),
+            dedup_key: event.dedup_key.clone(),
+            encoded: codec::encode_event(event)?,
+            deliveries,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

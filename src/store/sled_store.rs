@@ -343,10 +343,8 @@ impl Writer {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut outcomes = Vec::with_capacity(b.events.len());
         for new in b.events {
-            let event = &new.event;
-            let id = uuid::Uuid::parse_str(&event.id)
-                .map_err(|e| StoreError::Corrupt(format!("event id {:?}: {e}", event.id)))?;
-            let dedup_key = keys::dedup(&event.source, &event.dedup_key);
+            let id = new.id;
+            let dedup_key = keys::dedup(&new.source, &new.dedup_key);
             let duplicate = seen.contains(&dedup_key)
                 || match self.db.get(&dedup_key)? {
                     Some(v) => keys::seq_of(&v).is_some_and(|until| until > b.now_ms),
@@ -361,7 +359,7 @@ impl Writer {
                 [b.dedup_until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat(),
             );
             seen.insert(dedup_key);
-            batch.insert(keys::event(id.as_bytes()), codec::encode_event(event)?);
+            batch.insert(keys::event(id.as_bytes()), new.encoded);
             for d in new.deliveries {
                 let seq = self.next_seq;
                 self.next_seq += 1;

@@ -1,0 +1,159 @@
+//! The `hookrelay` binary as a user runs it.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+fn run(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (ok, stdout, stderr) = run(&["check-config", "--config", "config.toml"], root.as_ref());
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "config OK: listen 127.0.0.1:8080, 2 source(s), 1 target(s), store data"
+    );
+}
+
+#[test]
+fn check_config_names_file_line_and_key() {
+    let dir = tempdir();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n\n[[targets]]\nname = \"t\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nbody = \"{{#each}}\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!ok);
+    let want = format!(
+        "error: {}:10: targets[0].body: bad template: ",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "{stderr:?} should start with {want:?}"
+    );
+
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:8080\"\nport = 1\n").unwrap();
+    let (ok, _, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {}:3: unknown field `port`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn send_test_lists_and_rejects_unknown_samples() {
+    let dir = tempdir();
+    let (ok, stdout, _) = run(&["send-test", "list"], dir.path());
+    assert!(ok);
+    for name in [
+        "statusgator-v1",
+        "statusgator-v2",
+        "statusgator-v3",
+        "pagerduty-v1",
+        "pagerduty-v3",
+        "pagerduty-ping",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing from {stdout}"
+        );
+    }
+    let (ok, _, stderr) = run(&["send-test", "nagios"], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("no sample named \"nagios\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_then_send_test_then_sigterm() {
+    let dir = tempdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+            .unwrap()
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("HOOKRELAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "relay did not start listening");
+
+    for (sample, path, status) in [
+        ("statusgator-v3", "/com.statusgator/v1", "200 OK"),
+        ("pagerduty-v3", "/com.pagerduty/v1", "202 Accepted"),
+    ] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let (ok, stdout, stderr) = run(&["send-test", sample, "--url", &url], dir.path());
+        assert!(ok, "{stderr}");
+        assert!(stdout.starts_with(status), "{stdout}");
+    }
+    let outbox = dir.path().join("data/outbox.jsonl");
+    assert!(wait_until(Duration::from_secs(10), || read_lines(&outbox).len() == 2).await);
+    let lines = read_lines(&outbox);
+    assert_eq!(lines[0]["event"]["format"], "statusgator.v3");
+    assert_eq!(lines[1]["event"]["format"], "pagerduty.v3");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = exited.expect("relay exits on SIGTERM");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+}
