@@ -54,12 +54,7 @@ fn main() -> ExitCode {
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOOKRELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -68,6 +63,22 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         hookrelay::run(config, listener, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Level from `HOOKRELAY_LOG` (default `info`); `HOOKRELAY_LOG_FORMAT=json` for one JSON
+/// object per line. Colour only on a terminal.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKRELAY_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("HOOKRELAY_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 async fn shutdown_signal() {

@@ -29,6 +29,9 @@ pub struct SledStore {
     db: sled::Db,
     tx: mpsc::Sender<Job>,
     leases: Mutex<HashSet<Seq>>,
+    /// The writer holds its own handle to the database; joined on close so the directory
+    /// lock is released when `close` returns.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 enum Op {
@@ -69,7 +72,7 @@ impl SledStore {
             db: db.clone(),
             next_seq,
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("hookrelay-store".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
@@ -77,6 +80,7 @@ impl SledStore {
             db,
             tx,
             leases: Mutex::new(HashSet::new()),
+            writer: Mutex::new(Some(handle)),
         })
     }
 
@@ -89,12 +93,18 @@ impl SledStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Flushes and stops the writer; later writes fail with [`StoreError::Closed`].
+    /// Flushes and stops the writer; later writes fail with [`StoreError::Closed`]. The
+    /// database itself closes when the last handle to this store is dropped.
     pub async fn close(&self) -> Result<(), StoreError> {
-        match self.submit(Op::Close).await {
+        let result = match self.submit(Op::Close).await {
             Ok(_) | Err(StoreError::Closed) => Ok(()),
             Err(e) => Err(e),
+        };
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        result
     }
 
     fn get_delivery(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
@@ -286,7 +296,7 @@ impl Writer {
                 let _ = reply.send(result);
             }
             if close {
-                rx.close();
+                return;
             }
         }
     }

@@ -1,0 +1,260 @@
+//! The sled store through its trait, on a real directory: the invariants delivery relies on.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::tempdir;
+use hookrelay::normalize::{normalize, Event, Received, SourceKind};
+use hookrelay::store::{
+    Attempt, Claim, EventOutcome, IngestBatch, NewDelivery, NewEvent, Next, SledStore, Store,
+};
+
+fn event(monitor: &str, n: usize) -> Event {
+    let body = serde_json::json!({
+        "type": "StatusChange", "recorded_at": "2025-07-17T02:20:45Z",
+        "monitor": {"id": monitor}, "status": "down", "message": format!("n{n}"),
+    })
+    .to_string();
+    let mut events = normalize(&Received {
+        source: "sg",
+        kind: SourceKind::Statusgator,
+        content_type: Some("application/json"),
+        body: body.into(),
+        query: Default::default(),
+        received_at: chrono::Utc::now(),
+        webhook_id: None,
+    })
+    .unwrap();
+    events.pop().unwrap()
+}
+
+fn batch(events: &[Event], targets: &[u32], now_ms: u64) -> IngestBatch {
+    IngestBatch {
+        events: events
+            .iter()
+            .map(|e| {
+                let deliveries = targets
+                    .iter()
+                    .map(|t| NewDelivery {
+                        target: *t,
+                        ordering_key: e.alert["entity_id"].clone(),
+                    })
+                    .collect();
+                NewEvent::new(e, deliveries).unwrap()
+            })
+            .collect(),
+        now_ms,
+        dedup_until_ms: now_ms + 1_000_000,
+    }
+}
+
+fn attempt(number: u32) -> Attempt {
+    Attempt {
+        number,
+        at_ms: 1,
+        latency_ms: 0,
+        status: Some(200),
+        error: None,
+        response_excerpt: None,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_ingests_share_flushes_and_keep_per_key_order() {
+    let dir = tempdir();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let ids = store.target_ids(&["a".into(), "b".into()]).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let store = store.clone();
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = event(&format!("m{}", i % 8), i);
+            store.ingest(batch(&[e], &ids, 1_000)).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), [EventOutcome::Stored]);
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.events, stats.pending), (400, 800));
+
+    // Drain target a: each key's deliveries come out in the order they were stored.
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut drained = 0;
+    loop {
+        match store.claim(ids[0], 2_000).await.unwrap() {
+            Claim::Due(d) => {
+                order.entry(d.ordering_key.clone()).or_default().push(d.seq);
+                store.finish(&d, attempt(1), Next::Done).await.unwrap();
+                drained += 1;
+            }
+            Claim::Wait(_) => panic!("everything is due"),
+            Claim::Empty => break,
+        }
+    }
+    assert_eq!(drained, 400);
+    assert_eq!(order.len(), 8);
+    for (key, seqs) in order {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
+        assert_eq!(seqs.len(), 50);
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.done, stats.pending),
+        (400, 400),
+        "target b untouched"
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_behind_a_pending_head_is_never_claimable() {
+    let dir = tempdir();
+    let store = SledStore::open(dir.path()).unwrap();
+    let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+    let events = [event("A", 1), event("A", 2), event("B", 3)];
+    store.ingest(batch(&events, &[t], 1_000)).await.unwrap();
+
+    let Claim::Due(a1) = store.claim(t, 1_000).await.unwrap() else {
+        panic!()
+    };
+    let Claim::Due(b1) = store.claim(t, 1_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (a1.ordering_key.as_str(), b1.ordering_key.as_str()),
+        ("A", "B")
+    );
+    assert!(
+        matches!(store.claim(t, 1_000).await.unwrap(), Claim::Empty),
+        "A-2 waits behind leased A-1"
+    );
+
+    // A-1 fails and is rescheduled: A-2 still waits, and the wait ends at A-1's due time.
+    store
+        .finish(&a1, attempt(1), Next::Retry { due_ms: 5_000 })
+        .await
+        .unwrap();
+    store.finish(&b1, attempt(1), Next::Done).await.unwrap();
+    match store.claim(t, 1_000).await.unwrap() {
+        Claim::Wait(due) => assert_eq!(due, 5_000),
+        other => panic!("{other:?}"),
+    }
+    let Claim::Due(again) = store.claim(t, 5_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!((again.seq, again.attempts), (a1.seq, 1));
+    store.finish(&again, attempt(2), Next::Dead).await.unwrap();
+    let Claim::Due(a2) = store.claim(t, 5_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(a2.seq, a1.seq + 1, "a dead head lets its follower go");
+    assert_eq!(store.dead_letters(t).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_finish_is_ignored() {
+    let dir = tempdir();
+    let store = SledStore::open(dir.path()).unwrap();
+    let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+    store
+        .ingest(batch(&[event("A", 1)], &[t], 1_000))
+        .await
+        .unwrap();
+    let Claim::Due(d) = store.claim(t, 1_000).await.unwrap() else {
+        panic!()
+    };
+    store
+        .finish(&d, attempt(1), Next::Retry { due_ms: 2_000 })
+        .await
+        .unwrap();
+    // The same claim reported again (e.g. after a lost reply) must not undo the retry.
+    store.finish(&d, attempt(1), Next::Done).await.unwrap();
+    let now = store.delivery(d.seq).await.unwrap().unwrap();
+    assert_eq!((now.due_ms, now.attempts), (2_000, 1));
+    assert_eq!(store.attempts(d.seq).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reopening_keeps_ids_sequences_and_leases_nothing() {
+    let dir = tempdir();
+    let (t, first_seq) = {
+        let store = SledStore::open(dir.path()).unwrap();
+        let t = store.target_ids(&["x".into(), "y".into()]).await.unwrap();
+        store
+            .ingest(batch(&[event("A", 1), event("A", 2)], &[t[1]], 1_000))
+            .await
+            .unwrap();
+        let Claim::Due(d) = store.claim(t[1], 1_000).await.unwrap() else {
+            panic!()
+        };
+        // Claimed but never finished: a crash here leaves it due again.
+        store.close().await.unwrap();
+        (t, d.seq)
+    };
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store
+            .target_ids(&["y".into(), "z".into(), "x".into()])
+            .await
+            .unwrap(),
+        [t[1], 3, t[0]]
+    );
+    let Claim::Due(d) = store.claim(t[1], 1_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(d.seq, first_seq, "the unfinished claim is due again");
+    let b = event("B", 3);
+    store
+        .ingest(batch(std::slice::from_ref(&b), &[t[1]], 1_000))
+        .await
+        .unwrap();
+    let ds = store
+        .deliveries_of(uuid::Uuid::parse_str(&b.id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ds[0].seq,
+        first_seq + 2,
+        "sequence numbers continue after a reopen"
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dedup_keys_expire_after_their_window() {
+    let dir = tempdir();
+    let store = SledStore::open(dir.path()).unwrap();
+    let e = event("A", 1);
+    let mut b = batch(std::slice::from_ref(&e), &[], 1_000);
+    b.dedup_until_ms = 2_000;
+    assert_eq!(store.ingest(b).await.unwrap(), [EventOutcome::Stored]);
+    let again = |now| batch(std::slice::from_ref(&e), &[], now);
+    assert_eq!(
+        store.ingest(again(1_999)).await.unwrap(),
+        [EventOutcome::Duplicate]
+    );
+    assert_eq!(
+        store.ingest(again(2_001)).await.unwrap(),
+        [EventOutcome::Stored]
+    );
+    // Two copies inside one request: the second is the duplicate.
+    let twice = IngestBatch {
+        events: vec![
+            NewEvent::new(&event("C", 9), vec![]).unwrap(),
+            NewEvent::new(&event("C", 9), vec![]).unwrap(),
+        ],
+        now_ms: 3_000,
+        dedup_until_ms: 9_000,
+    };
+    assert_eq!(
+        store.ingest(twice).await.unwrap(),
+        [EventOutcome::Stored, EventOutcome::Duplicate]
+    );
+    store.close().await.unwrap();
+}
