@@ -97,11 +97,7 @@ fn send_test_lists_and_rejects_unknown_samples() {
 #[tokio::test]
 async fn serve_then_send_test_then_sigterm() {
     let dir = tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,

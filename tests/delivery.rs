@@ -135,12 +135,7 @@ async fn retries_follow_the_policy_then_succeed() {
         "retry = { initial_delay = \"300ms\", multiplier = 2.0, jitter = 0.0 }",
     );
     let relay = spawn_relay(&format!("{SOURCES}{target}"), dir.path()).await;
-    let (status, _) = post(
-        &url(&relay, SG),
-        Some("application/x-www-form-urlencoded"),
-        fixture("statusgator-v1.form"),
-    )
-    .await;
+    let (status, _) = send_fixture(&relay, SG, "statusgator-v1.form").await;
     assert_eq!(status, 200);
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -197,12 +192,7 @@ async fn permanent_failures_and_exhausted_retries_become_dead_letters() {
             "retry = { max_retries = 2, initial_delay = \"50ms\", jitter = 0.0 }",
         );
     let relay = spawn_relay(&format!("{SOURCES}{targets}"), dir.path()).await;
-    let (status, _) = post(
-        &url(&relay, SG),
-        Some("application/json"),
-        fixture("statusgator-v2.json"),
-    )
-    .await;
+    let (status, _) = send_fixture(&relay, SG, "statusgator-v2.json").await;
     assert_eq!(status, 200);
     let store = relay.store();
     let (gone_id, down_id) = (
@@ -240,23 +230,14 @@ async fn permanent_failures_and_exhausted_retries_become_dead_letters() {
 async fn connection_failures_are_retried_and_recorded() {
     let dir = tempdir();
     // Bind and drop to find a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let target = webhook(
         "nobody",
         &format!("http://127.0.0.1:{port}/x"),
         "retry = { max_retries = 1, initial_delay = \"50ms\" }",
     );
     let relay = spawn_relay(&format!("{SOURCES}{target}"), dir.path()).await;
-    post(
-        &url(&relay, SG),
-        Some("application/json"),
-        fixture("statusgator-v2.json"),
-    )
-    .await;
+    send_fixture(&relay, SG, "statusgator-v2.json").await;
     let id = relay.target_id("nobody").unwrap();
     assert!(
         wait_until_async(|| async { !relay.store().dead_letters(id).await.unwrap().is_empty() })
@@ -295,12 +276,7 @@ async fn retry_after_from_the_receiver_is_honoured() {
         "retry = { initial_delay = \"10ms\", jitter = 0.0 }",
     );
     let relay = spawn_relay(&format!("{SOURCES}{target}"), dir.path()).await;
-    post(
-        &url(&relay, SG),
-        Some("application/json"),
-        fixture("statusgator-v2.json"),
-    )
-    .await;
+    send_fixture(&relay, SG, "statusgator-v2.json").await;
     let got = receiver.wait_for(2, Duration::from_secs(5)).await;
     let gap = got[1].at - got[0].at;
     assert!(
@@ -322,12 +298,7 @@ async fn a_restart_mid_schedule_keeps_the_attempt_count() {
     );
     let config = format!("{SOURCES}{target}");
     let relay = spawn_relay(&config, dir.path()).await;
-    let (status, _) = post(
-        &url(&relay, PD),
-        Some("application/json"),
-        fixture("pagerduty-v3-ping.json"),
-    )
-    .await;
+    let (status, _) = send_fixture(&relay, PD, "pagerduty-v3-ping.json").await;
     assert_eq!(status, 202);
     first.wait_for(1, Duration::from_secs(5)).await;
     assert!(
@@ -470,19 +441,9 @@ async fn file_target_appends_one_line_per_delivery() {
     let dir = tempdir();
     let config = format!("{SOURCES}\n[[targets]]\nname = \"outbox\"\nkind = \"file\"\npath = \"{{dir}}/out/outbox.jsonl\"\n");
     let relay = spawn_relay(&config, dir.path()).await;
-    let (status, body) = post(
-        &url(&relay, SG),
-        Some("application/x-www-form-urlencoded"),
-        fixture("statusgator-v1.form"),
-    )
-    .await;
+    let (status, body) = send_fixture(&relay, SG, "statusgator-v1.form").await;
     assert_eq!(status, 200);
-    let (status, _) = post(
-        &url(&relay, PD),
-        Some("application/json"),
-        fixture("pagerduty-v3-ping.json"),
-    )
-    .await;
+    let (status, _) = send_fixture(&relay, PD, "pagerduty-v3-ping.json").await;
     assert_eq!(status, 202);
     let path = dir.path().join("out/outbox.jsonl");
     assert!(wait_until(Duration::from_secs(5), || read_lines(&path).len() == 2).await);
@@ -511,18 +472,8 @@ async fn targets_can_take_events_from_chosen_sources_only() {
     let receiver = Receiver::ok().await;
     let target = webhook("pd-only", &receiver.url("/pd"), "sources = [\"pagerduty\"]");
     let relay = spawn_relay(&format!("{SOURCES}{target}"), dir.path()).await;
-    post(
-        &url(&relay, SG),
-        Some("application/json"),
-        fixture("statusgator-v2.json"),
-    )
-    .await;
-    post(
-        &url(&relay, PD),
-        Some("application/json"),
-        fixture("pagerduty-v3-ping.json"),
-    )
-    .await;
+    send_fixture(&relay, SG, "statusgator-v2.json").await;
+    send_fixture(&relay, PD, "pagerduty-v3-ping.json").await;
     let got = receiver.wait_for(1, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(receiver.count(), 1);
@@ -532,16 +483,77 @@ async fn targets_can_take_events_from_chosen_sources_only() {
     relay.shutdown().await.unwrap();
 }
 
-async fn wait_until_async<F, Fut>(mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+#[tokio::test]
+async fn a_slow_receiver_is_timed_out_and_retried() {
+    let dir = tempdir();
+    let receiver = Receiver::scripted(Arc::new(|_, n| {
+        let delay = if n == 0 { "3000" } else { "0" };
+        (
+            200,
+            vec![("x-test-delay-ms".into(), delay.into())],
+            "ok".into(),
+        )
+    }))
+    .await;
+    let target = webhook(
+        "slow",
+        &receiver.url("/x"),
+        "timeout = \"300ms\"\nretry = { initial_delay = \"50ms\", jitter = 0.0 }",
+    );
+    let relay = spawn_relay(&format!("{SOURCES}{target}"), dir.path()).await;
+    let (status, _) = send_fixture(&relay, PD, "pagerduty-v3-ping.json").await;
+    assert_eq!(status, 202);
+    assert!(
+        wait_until_async(|| async {
+            relay.store().delivery(1).await.unwrap().unwrap().state == DeliveryState::Done
+        })
+        .await
+    );
+    let attempts = relay.store().attempts(1).await.unwrap();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.status, a.error.clone()))
+        .collect();
+    assert_eq!(seen, [(None, Some("timed out".into())), (Some(200), None)]);
+    assert!(
+        attempts[0].latency_ms >= 300 && attempts[0].latency_ms < 2500,
+        "{:?}",
+        attempts[0]
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_custom_ordering_key_template_groups_deliveries() {
+    let dir = tempdir();
+    // Everything from one source shares one key: the second event waits for the first.
+    let receiver = Receiver::statuses(&[503]).await;
+    let target = webhook(
+        "one-lane",
+        &receiver.url("/x"),
+        "ordering_key = \"{{event.source}}\"\nbody = '{{event.title}}'\nretry = { initial_delay = \"300ms\", jitter = 0.0 }",
+    );
+    let relay = spawn_relay(&format!("{SOURCES}{target}"), dir.path()).await;
+    for (monitor, msg) in [("A", "first"), ("B", "second")] {
+        let (status, _) = post(
+            &url(&relay, SG),
+            Some("application/json"),
+            sg_v3(monitor, "down", msg),
+        )
+        .await;
+        assert_eq!(status, 200);
     }
-    false
+    let got = receiver.wait_for(3, Duration::from_secs(5)).await;
+    let log: Vec<_> = got.iter().map(|r| (r.text(), r.status)).collect();
+    assert_eq!(
+        log,
+        [
+            ("first".into(), 503),
+            ("first".into(), 200),
+            ("second".into(), 200)
+        ]
+    );
+    let d = relay.store().delivery(2).await.unwrap().unwrap();
+    assert_eq!(d.ordering_key, "statusgator");
+    relay.shutdown().await.unwrap();
 }

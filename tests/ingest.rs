@@ -423,7 +423,7 @@ async fn duplicates_are_acknowledged_and_delivered_once() {
         json!({"status": "duplicate"})
     );
     for _ in 0..2 {
-        let (status, _) = post(&url(&relay, SG), Some(FORM), fixture("statusgator-v1.form")).await;
+        let (status, _) = send_fixture(&relay, SG, "statusgator-v1.form").await;
         assert_eq!(status, 200);
     }
     receiver.wait_for(2, Duration::from_secs(5)).await;
@@ -668,5 +668,30 @@ async fn bad_requests_get_a_named_4xx_and_store_nothing() {
         "nothing stored"
     );
     assert!(!dir.path().join("outbox.jsonl").exists());
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_answers_503_never_4xx() {
+    let dir = tempdir();
+    let relay = relay_with_outbox(dir.path()).await;
+    relay.store().close().await.unwrap();
+    for (path, file) in [(SG, "statusgator-v1.form"), (PD, "pagerduty-v3-ping.json")] {
+        let ct = if file.ends_with(".form") { FORM } else { JSON };
+        let resp = client()
+            .post(url(&relay, path))
+            .header("content-type", ct)
+            .body(fixture(file))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{file}");
+        assert_eq!(resp.headers()["retry-after"], "5");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "the event could not be stored; retry later", "code": "store_unavailable"})
+        );
+    }
     relay.shutdown().await.unwrap();
 }

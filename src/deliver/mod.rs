@@ -29,7 +29,10 @@ pub struct TargetRuntime {
     pub id: TargetId,
     pub config: TargetConfig,
     pub target: Target,
-    /// Woken by ingest when the target has new deliveries.
+    /// Ingest wakes one idle lane per request that adds work (`notify_one`: waking every lane
+    /// would have all of them scan the ready index for the one delivery). Lanes enable their
+    /// `Notified` before claiming, and a wake-up with no lane waiting is kept as a permit, so
+    /// none is lost.
     pub notify: Notify,
 }
 

@@ -188,7 +188,7 @@ impl<S: Store> Ingest<S> {
             .await
             .map_err(IngestError::Unavailable)?;
         for i in touched {
-            self.targets[i].notify.notify_waiters();
+            self.targets[i].notify.notify_one();
         }
         let mut accepted = Accepted {
             kind: source.kind,

@@ -62,7 +62,8 @@ impl Recorded {
 }
 
 /// Decides a receiver's answer: given the request and how many requests came before it,
-/// returns status, extra headers and body.
+/// returns status, extra headers and body. An extra header `x-test-delay-ms` is not sent:
+/// the receiver waits that long before answering.
 pub type Script =
     Arc<dyn Fn(&Recorded, usize) -> (u16, Vec<(String, String)>, String) + Send + Sync>;
 
@@ -149,9 +150,17 @@ impl Receiver {
                                 seen.push(rec);
                                 answer
                             };
+                            let delay = extra
+                                .iter()
+                                .find(|(k, _)| k == "x-test-delay-ms")
+                                .map(|(_, v)| v.parse::<u64>().unwrap());
+                            if let Some(ms) = delay {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            for (k, v) in extra {
+                            for (k, v) in extra.into_iter().filter(|(k, _)| k != "x-test-delay-ms")
+                            {
                                 resp.headers_mut().insert(
                                     hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                                     v.parse().unwrap(),
@@ -218,6 +227,40 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls an async condition every 20 ms for up to 10 s; returns whether it held.
+pub async fn wait_until_async<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Posts a fixture with the Content-Type its extension implies.
+pub async fn send_fixture(relay: &Relay, path: &str, file: &str) -> (u16, serde_json::Value) {
+    let ct = if file.ends_with(".form") {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
+    post(&url(relay, path), Some(ct), fixture(file)).await
 }
 
 pub fn client() -> reqwest::Client {
