@@ -11,9 +11,10 @@
 //! | [`config`] | TOML → validated, typed configuration (templates compiled, URLs checked) |
 //! | `ingest` | HTTP server: routing by path, URL-token auth, body limits, error → status |
 //! | [`normalize`] | StatusGator v1/v2/v3 and PagerDuty V1/V2/V3 bodies → [`Event`] with its `alert` map |
+//! | [`rules`] | VictorOps-style rules (match, set, annotate, stop) and routing to targets |
 //! | [`store`] | the [`store::Store`] trait and its sled implementation: group commit, ready index, per-key FIFOs, leases |
 //! | [`deliver`] | workers (`deliver_one`), classification (whether to retry) and [`deliver::RetryPolicy`] (when) |
-//! | `targets` | one file per target kind: `webhook`, `file` |
+//! | `targets` | one file per target kind: `webhook`, `file`, `snowplow`, `statushub` |
 //! | [`template`] | Handlebars rendering with per-destination escaping |
 //! | [`relay`] | wiring, startup and graceful shutdown |
 //! | [`samples`] | built-in sample payloads for `hookrelay send-test` |
@@ -23,6 +24,7 @@ pub mod deliver;
 mod ingest;
 pub mod normalize;
 pub mod relay;
+pub mod rules;
 pub mod samples;
 pub mod store;
 mod targets;

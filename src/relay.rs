@@ -101,6 +101,7 @@ impl Relay {
             sources: config.sources.clone(),
             targets: targets.clone(),
             templates: config.templates.clone(),
+            rules: config.rules.clone(),
             max_body_bytes: config.server.max_body_bytes,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
         });

@@ -8,6 +8,13 @@
 //! sending empty alerts forever.
 //!
 //! Templates are compiled when the config is validated; rendering only looks them up by name.
+//!
+//! VictorOps-style variables, `${{ALERT.field}}`, `${{STATE.FIELD}}`, `${{INCIDENT.FIELD}}`, work
+//! beside Handlebars. They are compiled into calls of the `vo` helper, never substituted as text,
+//! so a value coming from an event can never be read as template syntax. They look up the flat
+//! variable map in the context's `vo` object (see `normalize::victorops`). A variable the event
+//! lacks makes a URL unusable: the render fails with [`RenderFailure::MissingVariable`] and the
+//! delivery is skipped, as VictorOps does not fire such a webhook. In a body it renders empty.
 
 use handlebars::{Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -49,13 +56,68 @@ impl std::fmt::Debug for Templates {
     }
 }
 
-fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
+fn registry(escape: fn(&str) -> String, missing_is_error: bool) -> Handlebars<'static> {
     let mut h = Handlebars::new();
     h.set_strict_mode(true);
     h.set_prevent_indent(true);
     h.register_escape_fn(escape);
     h.register_helper("json", Box::new(JsonHelper));
+    h.register_helper(
+        "vo",
+        Box::new(VoHelper {
+            escape,
+            missing_is_error,
+        }),
+    );
     h
+}
+
+/// Why a render produced nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderFailure {
+    /// A `${{NS.FIELD}}` variable in a URL has no value for this event.
+    MissingVariable(String),
+    /// Anything else: a missing Handlebars field (strict mode), a helper error.
+    Error(String),
+}
+
+impl std::fmt::Display for RenderFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RenderFailure::MissingVariable(v) => {
+                write!(f, "the event has no value for ${{{{{v}}}}}")
+            }
+            RenderFailure::Error(e) => f.write_str(e),
+        }
+    }
+}
+
+const MISSING_MARKER: &str = "hookrelay: missing variable ";
+
+/// Rewrites `${{NS.FIELD}}` into `{{vo "NS.FIELD"}}`. Errors on an unclosed variable.
+pub fn compile_vo_variables(source: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("${{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 3..];
+        let end = after.find("}}").ok_or_else(|| {
+            format!(
+                "unclosed variable at {:?}",
+                &rest[start..rest.len().min(start + 40)]
+            )
+        })?;
+        let name = after[..end].trim();
+        if name.is_empty() || name.contains(['"', '\\', '{', '}']) {
+            return Err(format!("bad variable name {name:?}"));
+        }
+        out.push_str("{{vo \"");
+        out.push_str(name);
+        out.push_str("\"}}");
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn escape_url(s: &str) -> String {
@@ -70,9 +132,9 @@ fn escape_json(s: &str) -> String {
 impl Default for Templates {
     fn default() -> Self {
         Templates {
-            url: registry(escape_url),
-            json: registry(escape_json),
-            plain: registry(handlebars::no_escape),
+            url: registry(escape_url, true),
+            json: registry(escape_json, false),
+            plain: registry(handlebars::no_escape, false),
         }
     }
 }
@@ -98,6 +160,7 @@ impl Templates {
             Escape::Json => &mut self.json,
             Escape::None => &mut self.plain,
         };
+        let source = compile_vo_variables(source)?;
         reg.register_template_string(name, source)
             .map_err(|e| e.to_string())?;
         Ok(TemplateRef {
@@ -106,10 +169,22 @@ impl Templates {
         })
     }
 
-    pub fn render(&self, template: &TemplateRef, ctx: &Value) -> Result<String, String> {
+    pub fn render(&self, template: &TemplateRef, ctx: &Value) -> Result<String, RenderFailure> {
         self.registry(template.escape)
             .render(&template.name, ctx)
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                let text = e.to_string();
+                match text.find(MISSING_MARKER) {
+                    Some(i) => {
+                        let name = text[i + MISSING_MARKER.len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("");
+                        RenderFailure::MissingVariable(name.to_owned())
+                    }
+                    None => RenderFailure::Error(text),
+                }
+            })
     }
 }
 
@@ -136,6 +211,45 @@ impl HelperDef for JsonHelper {
     }
 }
 
+/// `{{vo "NS.FIELD"}}`: a VictorOps variable from the context's `vo` map, escaped for where it
+/// lands.
+struct VoHelper {
+    escape: fn(&str) -> String,
+    missing_is_error: bool,
+}
+
+impl HelperDef for VoHelper {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let name = h
+            .param(0)
+            .and_then(|p| p.value().as_str())
+            .unwrap_or_default();
+        let value = ctx.data().get("vo").and_then(|vo| vo.get(name));
+        let text = match value {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => {
+                if self.missing_is_error {
+                    return Err(handlebars::RenderErrorReason::Other(format!(
+                        "{MISSING_MARKER}{name} "
+                    ))
+                    .into());
+                }
+                String::new()
+            }
+            Some(other) => other.to_string(),
+        };
+        out.write(&(self.escape)(&text))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +258,63 @@ mod tests {
     fn render(escape: Escape, src: &str, ctx: Value) -> Result<String, String> {
         let mut t = Templates::default();
         let r = t.register(escape, "t", src)?;
-        t.render(&r, &ctx)
+        t.render(&r, &ctx).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn victorops_variables_escape_per_destination_and_skip_urls_missing_them() {
+        let ctx = json!({"vo": {"ALERT.key": "a/b c", "ALERT.msg": "say \"hi\"", "STATE.ALERT_COUNT": 1}});
+        assert_eq!(
+            render(
+                Escape::Url,
+                "https://h/hook?token=${{ALERT.key}}&n=${{ STATE.ALERT_COUNT }}",
+                ctx.clone()
+            )
+            .unwrap(),
+            "https://h/hook?token=a%2Fb%20c&n=1"
+        );
+        assert_eq!(
+            render(
+                Escape::Json,
+                r#"{"m":"${{ALERT.msg}}","x":"${{ALERT.none}}"}"#,
+                ctx.clone()
+            )
+            .unwrap(),
+            r#"{"m":"say \"hi\"","x":""}"#
+        );
+        let mut t = Templates::default();
+        let r = t
+            .register(
+                Escape::Url,
+                "u",
+                "https://h/?token=${{ALERT.StatusHubfield}}",
+            )
+            .unwrap();
+        assert_eq!(
+            t.render(&r, &ctx),
+            Err(RenderFailure::MissingVariable(
+                "ALERT.StatusHubfield".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn event_text_is_never_read_as_template_syntax() {
+        let ctx = json!({"vo": {"ALERT.a": "{{vo \"ALERT.b\"}} ${{ALERT.b}}", "ALERT.b": "secret"}, "t": "{{t}}"});
+        assert_eq!(
+            render(Escape::None, "${{ALERT.a}} {{t}}", ctx).unwrap(),
+            "{{vo \"ALERT.b\"}} ${{ALERT.b}} {{t}}"
+        );
+    }
+
+    #[test]
+    fn variable_syntax_errors() {
+        assert!(compile_vo_variables("x ${{ALERT.a").is_err());
+        assert!(compile_vo_variables("${{}}").is_err());
+        assert_eq!(
+            compile_vo_variables("a${{ ALERT.x }}b").unwrap(),
+            "a{{vo \"ALERT.x\"}}b"
+        );
     }
 
     #[test]

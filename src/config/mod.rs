@@ -20,6 +20,8 @@ use toml::Spanned;
 
 use crate::deliver::RetryPolicy;
 use crate::normalize::SourceKind;
+use crate::rules::{compile_condition, compile_rules, Condition, Rules};
+use crate::targets::{DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
 use crate::template::{Escape, TemplateRef, Templates, DEFAULT_BODY};
 
 /// The `config.toml` shipped at the repository root, built into the binary so the relay runs
@@ -33,6 +35,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<TargetConfig>,
+    pub rules: Arc<Rules>,
     pub templates: Arc<Templates>,
 }
 
@@ -63,6 +66,8 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     pub path: String,
     pub token: Option<String>,
+    /// Set as `alert.routing_key` on every event of this source.
+    pub routing_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,12 +80,36 @@ pub struct TargetConfig {
     pub concurrency: usize,
     /// Only events from these sources are routed here; `None` means all.
     pub sources: Option<Vec<String>>,
+    pub receive: Receive,
+    /// Conditions every event must meet to be delivered here.
+    pub filter: Vec<Condition>,
+}
+
+/// Which events a target takes, before its `filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receive {
+    /// Every event from its `sources`, plus those rules route to it.
+    All,
+    /// Only events a rule routes to it.
+    Routed,
 }
 
 #[derive(Debug, Clone)]
 pub enum TargetKind {
     Webhook(WebhookSpec),
     File(FileSpec),
+    Snowplow(SnowplowSpec),
+    /// A webhook with StatusHub's defaults.
+    Statushub(WebhookSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct SnowplowSpec {
+    /// `scheme://host[:port]`, no trailing slash.
+    pub collector: String,
+    pub app_id: Option<String>,
+    pub platform: Option<String>,
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -406,11 +435,13 @@ impl Validator<'_> {
                     return self.err(span, &key("token"), "a token must be non-empty and use only letters, digits, '-', '_', '.' or '~' (it travels in a URL)");
                 }
             }
+            let routing_key = s.routing_key.as_ref().map(|r| r.get_ref().clone());
             sources.push(SourceConfig {
                 name,
                 kind,
                 path,
                 token,
+                routing_key,
             });
         }
         if sources.is_empty() {
@@ -436,12 +467,19 @@ impl Validator<'_> {
                 delivery.timeout,
             )?);
         }
+        let target_names: Vec<String> = targets
+            .iter()
+            .map(|t: &TargetConfig| t.name.clone())
+            .collect();
+        let rules = compile_rules(&raw.rules, &target_names)
+            .or_else(|p| self.err(p.span, &p.key, p.message))?;
         Ok(Config {
             server,
             store,
             delivery,
             sources,
             targets,
+            rules: Arc::new(rules),
             templates: Arc::new(templates),
         })
     }
@@ -513,40 +551,43 @@ impl Validator<'_> {
         let name = self.name(&t.name, &key("name"), names)?;
         let kind_name = t.kind.get_ref().as_str();
         let allowed: &[&str] = match kind_name {
-            "webhook" => &[
-                "url",
-                "method",
-                "headers",
-                "body",
-                "template",
-                "body_escape",
-            ],
+            "webhook" => &["url", "method", "headers", "body", "template", "body_escape"],
             "file" => &["path"],
-            other => {
-                return self.err(
-                    Some(t.kind.span()),
-                    &key("kind"),
-                    format!("unknown kind {other:?}: expected \"webhook\" or \"file\""),
-                )
-            }
+            "snowplow" => &["collector", "app_id", "platform", "max_body_bytes"],
+            "statushub" => &["url", "key_field", "headers", "body", "template", "body_escape"],
+            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\", \"file\", \"snowplow\" or \"statushub\"")),
         };
-        let specific: [(&str, Option<std::ops::Range<usize>>); 7] = [
-            ("url", t.url.as_ref().map(|v| v.span())),
-            ("method", t.method.as_ref().map(|v| v.span())),
+        let span_of = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span());
+        let specific: [(&str, bool, Option<std::ops::Range<usize>>); 12] = [
+            ("url", t.url.is_some(), span_of(&t.url)),
+            ("method", t.method.is_some(), span_of(&t.method)),
             (
                 "headers",
+                t.headers.is_some(),
                 t.headers
                     .as_ref()
                     .and_then(|h| h.values().next())
                     .map(|v| v.span()),
             ),
-            ("body", t.body.as_ref().map(|v| v.span())),
-            ("template", t.template.as_ref().map(|v| v.span())),
-            ("body_escape", t.body_escape.as_ref().map(|v| v.span())),
-            ("path", t.path.as_ref().map(|v| v.span())),
+            ("body", t.body.is_some(), span_of(&t.body)),
+            ("template", t.template.is_some(), span_of(&t.template)),
+            (
+                "body_escape",
+                t.body_escape.is_some(),
+                span_of(&t.body_escape),
+            ),
+            ("path", t.path.is_some(), span_of(&t.path)),
+            ("collector", t.collector.is_some(), span_of(&t.collector)),
+            ("app_id", t.app_id.is_some(), span_of(&t.app_id)),
+            ("platform", t.platform.is_some(), span_of(&t.platform)),
+            (
+                "max_body_bytes",
+                t.max_body_bytes.is_some(),
+                t.max_body_bytes.as_ref().map(|v| v.span()),
+            ),
+            ("key_field", t.key_field.is_some(), span_of(&t.key_field)),
         ];
-        for (k, span) in specific {
-            let present = span.is_some() || (k == "headers" && t.headers.is_some());
+        for (k, present, span) in specific {
             if present && !allowed.contains(&k) {
                 return self.err(
                     span.or(Some(t.kind.span())),
@@ -556,7 +597,23 @@ impl Validator<'_> {
             }
         }
         let kind = match kind_name {
-            "webhook" => TargetKind::Webhook(self.webhook(i, &name, t, templates)?),
+            "webhook" => TargetKind::Webhook(self.webhook(i, &name, t, templates, None)?),
+            "statushub" => {
+                let field = t
+                    .key_field
+                    .as_ref()
+                    .map_or(DEFAULT_KEY_FIELD, |f| f.get_ref().as_str());
+                if field.is_empty() || field.contains(['{', '}', '"', '\\']) {
+                    return self.err(
+                        span_of(&t.key_field),
+                        &key("key_field"),
+                        format!("{field:?} is not a usable alert field name"),
+                    );
+                }
+                let url = STATUSHUB_DEFAULT_URL.replace("{key_field}", field);
+                TargetKind::Statushub(self.webhook(i, &name, t, templates, Some(url))?)
+            }
+            "snowplow" => TargetKind::Snowplow(self.snowplow(i, t)?),
             _ => match &t.path {
                 Some(p) if !p.get_ref().is_empty() => TargetKind::File(FileSpec {
                     path: self.path(p.get_ref()),
@@ -612,9 +669,29 @@ impl Validator<'_> {
                 }
             }
         }
+        let receive = match t.receive.as_ref().map(|r| r.get_ref().as_str()) {
+            None | Some("all") => Receive::All,
+            Some("routed") => Receive::Routed,
+            Some(other) => {
+                return self.err(
+                    t.receive.as_ref().map(|r| r.span()),
+                    &key("receive"),
+                    format!("{other:?} is not \"all\" or \"routed\""),
+                )
+            }
+        };
+        let mut filter = Vec::new();
+        for (j, c) in t.filter.iter().flatten().enumerate() {
+            filter.push(
+                compile_condition(c, &key(&format!("filter[{j}]")))
+                    .or_else(|p| self.err(p.span, &p.key, p.message))?,
+            );
+        }
         Ok(TargetConfig {
             name,
             kind,
+            receive,
+            filter,
             ordering_key,
             retry,
             timeout: self.duration(&t.timeout, &key("timeout"), default_timeout)?,
@@ -628,15 +705,19 @@ impl Validator<'_> {
         })
     }
 
+    /// A webhook spec; `default_url` makes it a StatusHub hook (URL and body defaults).
     fn webhook(
         &self,
         i: usize,
         name: &str,
         t: &RawTarget,
         templates: &mut Templates,
+        default_url: Option<String>,
     ) -> Result<WebhookSpec> {
         let key = |k: &str| format!("targets[{i}].{k}");
-        let Some(url) = &t.url else {
+        let statushub = default_url.is_some();
+        let default_url = default_url.map(|u| Spanned::new(t.kind.span(), u));
+        let Some(url) = t.url.as_ref().or(default_url.as_ref()) else {
             return self.err(
                 Some(t.name.span()),
                 &key("url"),
@@ -712,7 +793,12 @@ impl Validator<'_> {
                     headers.push((reqwest::header::CONTENT_TYPE, r));
                     content_type = Some("application/json".into());
                 }
-                (DEFAULT_BODY.to_owned(), None, key("body"))
+                let default = if statushub {
+                    crate::targets::STATUSHUB_BODY
+                } else {
+                    DEFAULT_BODY
+                };
+                (default.to_owned(), None, key("body"))
             }
         };
         let escape = match t.body_escape.as_ref().map(|e| e.get_ref().as_str()) {
@@ -737,6 +823,60 @@ impl Validator<'_> {
             origin,
             headers,
             body,
+        })
+    }
+
+    fn snowplow(&self, i: usize, t: &RawTarget) -> Result<SnowplowSpec> {
+        let key = |k: &str| format!("targets[{i}].{k}");
+        let Some(collector) = &t.collector else {
+            return self.err(Some(t.name.span()), &key("collector"), "a \"snowplow\" target needs a collector URL like \"https://collector.example.com\"");
+        };
+        let text = collector.get_ref().trim_end_matches('/');
+        let parsed = reqwest::Url::parse(text).ok().filter(|u| {
+            (u.scheme() == "http" || u.scheme() == "https")
+                && u.host_str().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.fragment().is_none()
+        });
+        if parsed.is_none() || text.contains('{') {
+            return self.err(Some(collector.span()), &key("collector"), format!("{:?} must be scheme://host[:port] with no path (Snowplow's adapters take exactly /<vendor>/<version>)", collector.get_ref()));
+        }
+        let platform = match &t.platform {
+            None => Some("srv".to_owned()),
+            Some(p) if PLATFORMS.contains(&p.get_ref().as_str()) => Some(p.get_ref().clone()),
+            Some(p) => {
+                return self.err(
+                    Some(p.span()),
+                    &key("platform"),
+                    format!(
+                        "{:?} is not a Snowplow platform code ({})",
+                        p.get_ref(),
+                        PLATFORMS.join(", ")
+                    ),
+                )
+            }
+        };
+        let app_id = t.app_id.as_ref().map(|a| a.get_ref().clone());
+        if let (Some(a), Some(raw)) = (&app_id, &t.app_id) {
+            if a.chars().count() > 255 || a.contains(['\n', '\r', '\t']) {
+                return self.err(
+                    Some(raw.span()),
+                    &key("app_id"),
+                    "must be at most 255 characters with no tabs or newlines",
+                );
+            }
+        }
+        Ok(SnowplowSpec {
+            collector: text.to_owned(),
+            app_id,
+            platform,
+            max_body_bytes: self.int(
+                &t.max_body_bytes,
+                &key("max_body_bytes"),
+                1_000..=1_000_000,
+                1_000_000,
+            )? as usize,
         })
     }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::rules::{RawCondition, RawRule};
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -21,6 +23,8 @@ pub(super) struct RawConfig {
     pub sources: Vec<RawSource>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +70,7 @@ pub(super) struct RawSource {
     pub path: Spanned<String>,
     pub token: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
+    pub routing_key: Option<Spanned<String>>,
 }
 
 /// One flat table for every target kind, so spans survive deserialization (an internally
@@ -88,4 +93,11 @@ pub(super) struct RawTarget {
     pub concurrency: Option<Spanned<i64>>,
     pub sources: Option<Spanned<Vec<String>>>,
     pub retry: Option<Spanned<RawRetry>>,
+    pub receive: Option<Spanned<String>>,
+    pub filter: Option<Vec<RawCondition>>,
+    pub collector: Option<Spanned<String>>,
+    pub app_id: Option<Spanned<String>>,
+    pub platform: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub key_field: Option<Spanned<String>>,
 }

@@ -147,7 +147,7 @@ fn target_errors() {
     let t = |body: &str| error(&format!("{SOURCE}[[targets]]\nname = \"t\"\n{body}"));
     assert_eq!(
         t("kind = \"sms\"\n"),
-        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\" or \"file\""
+        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\" or \"statushub\""
     );
     assert_eq!(
         t("kind = \"webhook\"\n"),

@@ -15,6 +15,10 @@ pub enum Action {
     Permanent {
         reason: String,
     },
+    /// The target chose not to send this event; recorded, never retried.
+    Skip {
+        reason: String,
+    },
 }
 
 pub fn classify(result: &AttemptResult) -> Action {
@@ -49,6 +53,7 @@ pub fn classify(result: &AttemptResult) -> Action {
             retry_after: None,
         },
         AttemptResult::Invalid(e) => Action::Permanent { reason: e.clone() },
+        AttemptResult::Skipped(e) => Action::Skip { reason: e.clone() },
     }
 }
 

@@ -19,7 +19,7 @@ pub use classify::{classify, parse_retry_after, Action};
 pub use policy::RetryPolicy;
 
 use crate::config::TargetConfig;
-use crate::normalize::Event;
+use crate::normalize::{victorops, Event};
 use crate::store::{Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId};
 use crate::targets::{AttemptResult, Target};
 use crate::template::Templates;
@@ -45,6 +45,8 @@ pub enum Outcome {
         due_ms: u64,
     },
     Dead(Seq),
+    /// The target declined the event; recorded with the reason.
+    Skipped(Seq),
     /// Nothing was due; the earliest pending delivery falls due at `next_due_ms`.
     Idle {
         next_due_ms: Option<u64>,
@@ -117,6 +119,7 @@ impl<S: Store> Worker<S> {
                 }
             }
             Action::Permanent { .. } => Next::Dead,
+            Action::Skip { .. } => Next::Skipped,
         };
         let (status, excerpt) = match &result {
             AttemptResult::Response {
@@ -126,7 +129,9 @@ impl<S: Store> Worker<S> {
         };
         let error = match &action {
             Action::Done => None,
-            Action::Retry { reason, .. } | Action::Permanent { reason } => Some(reason.clone()),
+            Action::Retry { reason, .. }
+            | Action::Permanent { reason }
+            | Action::Skip { reason } => Some(reason.clone()),
         };
         let attempt = Attempt {
             number,
@@ -150,6 +155,10 @@ impl<S: Store> Worker<S> {
             Next::Dead => {
                 tracing::warn!(target_name = %target.config.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
                 Outcome::Dead(seq)
+            }
+            Next::Skipped => {
+                tracing::debug!(target_name = %target.config.name, seq, reason = error.as_deref(), "delivery skipped");
+                Outcome::Skipped(seq)
             }
         };
         Ok(outcome)
@@ -197,6 +206,7 @@ pub fn context(event: &Event, delivery: &Delivery, attempt: u32, target: &str) -
         "event": ev,
         "alert": alert,
         "query": query,
+        "vo": victorops::namespaces(event),
         "payload": event.payload(),
         "raw": {
             "content_type": event.raw.content_type,

@@ -21,7 +21,8 @@ pub use error::IngestError;
 
 use crate::config::{OrderingKey, SourceConfig};
 use crate::deliver::{context, now_ms, TargetRuntime};
-use crate::normalize::{classify_content_type, normalize, Event, Received, SourceKind};
+use crate::normalize::{classify_content_type, normalize, victorops, Event, Received, SourceKind};
+use crate::rules::{routing, Routing, Rules, Trace};
 use crate::store::{
     clamp_ordering_key, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, NewEvent,
     Store, StoreError,
@@ -33,6 +34,7 @@ pub struct Ingest<S> {
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<Arc<TargetRuntime>>,
     pub templates: Arc<Templates>,
+    pub rules: Arc<Rules>,
     pub max_body_bytes: usize,
     pub dedup_window_ms: u64,
 }
@@ -150,7 +152,7 @@ impl<S: Store> Ingest<S> {
             })?
             .to_bytes();
         let received_ms = now_ms();
-        let events = normalize(&Received {
+        let mut events = normalize(&Received {
             source: &source.name,
             kind: source.kind,
             content_type: content_type.as_deref(),
@@ -161,10 +163,15 @@ impl<S: Store> Ingest<S> {
             webhook_id: webhook_id.as_deref(),
         })?;
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let traces: Vec<Trace> = events
+            .iter_mut()
+            .map(|e| prepare_alert(e, source, &self.rules))
+            .collect();
         let batch = IngestBatch {
             events: events
                 .iter()
-                .map(|event| self.route_event(event))
+                .zip(&traces)
+                .map(|(event, trace)| self.route_event(event, trace))
                 .collect::<Result<_, _>>()
                 .map_err(IngestError::Unavailable)?,
             now_ms: received_ms,
@@ -205,17 +212,12 @@ impl<S: Store> Ingest<S> {
         Ok(accepted)
     }
 
-    /// One delivery per target that takes events from this source.
-    fn route_event(&self, event: &Event) -> Result<NewEvent, StoreError> {
+    /// One delivery per target the event is routed to.
+    fn route_event(&self, event: &Event, trace: &Trace) -> Result<NewEvent, StoreError> {
         let deliveries = self
             .targets
             .iter()
-            .filter(|t| {
-                t.config
-                    .sources
-                    .as_ref()
-                    .is_none_or(|s| s.contains(&event.source))
-            })
+            .filter(|t| routing(&t.config, &event.source, &event.alert, trace) == Routing::Selected)
             .map(|t| NewDelivery {
                 target: t.id,
                 ordering_key: self.ordering_key(t, event),
@@ -254,6 +256,19 @@ impl<S: Store> Ingest<S> {
         clamp_ordering_key(&mut key);
         key
     }
+}
+
+/// Source-level fields, then the rules, then VictorOps' field limits.
+pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Rules) -> Trace {
+    if let Some(rk) = &source.routing_key {
+        event
+            .alert
+            .entry("routing_key".into())
+            .or_insert_with(|| rk.clone());
+    }
+    let trace = rules.apply(&mut event.alert);
+    victorops::clamp_fields(&mut event.alert);
+    trace
 }
 
 fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {

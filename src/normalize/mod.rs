@@ -22,6 +22,7 @@ mod form;
 mod pagerduty;
 mod statusgator;
 mod time;
+pub mod victorops;
 
 use std::collections::BTreeMap;
 
@@ -238,6 +239,17 @@ impl Parsed {
         alert
             .entry("state_start_time".into())
             .or_insert_with(|| occurred.timestamp().to_string());
+        // VictorOps' built-in fields for time-based rules; the week date reads e.g.
+        // 2020-W10-3T17:38:32Z (ISO 8601, days 1-7 = Monday-Sunday).
+        let at = received.received_at;
+        alert.insert(
+            "alert_received_time_utc".into(),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        alert.insert(
+            "alert_received_week_time_utc".into(),
+            at.format("%G-W%V-%uT%H:%M:%SZ").to_string(),
+        );
         Event {
             id: uuid::Uuid::now_v7().to_string(),
             source: received.source.to_owned(),

@@ -85,6 +85,9 @@ pub enum DeliveryState {
     Pending,
     Done,
     Dead,
+    /// The target declined the event (e.g. a URL variable the event lacks); not an error and
+    /// never retried.
+    Skipped,
 }
 
 /// A delivery of one event to one target, with its retry state.
@@ -122,6 +125,7 @@ pub enum Next {
     Done,
     Retry { due_ms: u64 },
     Dead,
+    Skipped,
 }
 
 #[derive(Debug)]
@@ -139,6 +143,7 @@ pub struct Stats {
     pub pending: u64,
     pub done: u64,
     pub dead: u64,
+    pub skipped: u64,
 }
 
 pub trait Store: Send + Sync + 'static {

@@ -254,6 +254,7 @@ impl Store for SledStore {
                 DeliveryState::Pending => stats.pending += 1,
                 DeliveryState::Done => stats.done += 1,
                 DeliveryState::Dead => stats.dead += 1,
+                DeliveryState::Skipped => stats.skipped += 1,
             }
         }
         Ok(stats)
@@ -443,13 +444,15 @@ impl Writer {
                 rec.due_ms = due_ms;
                 batch.insert(keys::ready(target, due_ms, seq).as_slice(), &[]);
             }
-            Next::Done | Next::Dead => {
-                if next == Next::Dead {
-                    rec.state = DeliveryState::Dead;
-                    batch.insert(keys::dead(target, now, seq).as_slice(), &[]);
-                } else {
-                    rec.state = DeliveryState::Done;
-                }
+            Next::Done | Next::Dead | Next::Skipped => {
+                rec.state = match next {
+                    Next::Dead => {
+                        batch.insert(keys::dead(target, now, seq).as_slice(), &[]);
+                        DeliveryState::Dead
+                    }
+                    Next::Skipped => DeliveryState::Skipped,
+                    _ => DeliveryState::Done,
+                };
                 self.promote(&mut batch, target, &rec.ordering_key)?;
             }
         }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::AttemptResult;
+use super::{AttemptResult, Prepared};
 
 pub struct FileTarget {
     path: PathBuf,
@@ -22,16 +22,23 @@ impl FileTarget {
         }
     }
 
-    pub async fn send(&self, ctx: &Value) -> AttemptResult {
+    pub fn prepare(&self, ctx: &Value) -> Prepared {
         let line = serde_json::json!({
             "delivery": ctx.get("delivery"),
             "event": ctx.get("event"),
             "raw": ctx.get("raw"),
         });
-        let mut bytes = serde_json::to_vec(&line).expect("JSON values serialize");
-        bytes.push(b'\n');
+        let mut line = serde_json::to_vec(&line).expect("JSON values serialize");
+        line.push(b'\n');
+        Prepared::Line {
+            path: self.path.clone(),
+            line,
+        }
+    }
+
+    pub async fn append(&self, line: &[u8]) -> AttemptResult {
         let mut guard = self.file.lock().await;
-        match self.append(&mut guard, &bytes).await {
+        match self.write(&mut guard, line).await {
             Ok(()) => AttemptResult::Response {
                 status: 200,
                 retry_after: None,
@@ -45,7 +52,7 @@ impl FileTarget {
         }
     }
 
-    async fn append(&self, file: &mut Option<tokio::fs::File>, line: &[u8]) -> std::io::Result<()> {
+    async fn write(&self, file: &mut Option<tokio::fs::File>, line: &[u8]) -> std::io::Result<()> {
         if file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(dir).await?;

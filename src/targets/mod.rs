@@ -1,15 +1,26 @@
-//! Target kinds. Each file has the same shape: a struct built from its validated spec, and an
-//! async `send` that performs one attempt and reports an [`AttemptResult`] without judging it
+//! Target kinds. Each file has the same shape: a struct built from its validated spec and a
+//! `prepare` that turns a delivery's template context into the exact request to make (or a
+//! reason not to make one). Sending is shared, so `hookrelay rules test` can show precisely what
+//! a target would receive without sending it, and results are reported without being judged
 //! (judging is `deliver::classify`'s job).
 
 mod file;
+mod snowplow;
+mod statushub;
 mod webhook;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
+pub use snowplow::PLATFORMS;
+pub use statushub::{
+    DEFAULT_BODY as STATUSHUB_BODY, DEFAULT_KEY_FIELD, DEFAULT_URL as STATUSHUB_DEFAULT_URL,
+};
+
 use crate::config::{TargetConfig, TargetKind};
+use crate::deliver::parse_retry_after;
 use crate::template::Templates;
 
 /// What one attempt produced.
@@ -27,25 +38,60 @@ pub enum AttemptResult {
     /// The request cannot be built (template error, bad header value, URL leaving its host):
     /// retrying the same event would fail the same way.
     Invalid(String),
+    /// The target does not take this event (a URL variable it lacks, a type the destination
+    /// has no schema for).
+    Skipped(String),
 }
 
 /// How much of a response body is kept with an attempt.
 pub const EXCERPT_BYTES: usize = 1024;
 
+/// The request a target would make for one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    Http {
+        method: reqwest::Method,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
+    /// One line to append to a file.
+    Line {
+        path: std::path::PathBuf,
+        line: Vec<u8>,
+    },
+    /// Nothing to send, and why.
+    Skip(String),
+}
+
 pub enum Target {
     Webhook(webhook::Webhook),
     File(file::FileTarget),
+    Snowplow(snowplow::Snowplow),
 }
 
 impl Target {
     pub fn new(config: &TargetConfig) -> Target {
         match &config.kind {
-            TargetKind::Webhook(spec) => Target::Webhook(webhook::Webhook::new(spec.clone())),
+            TargetKind::Webhook(spec) | TargetKind::Statushub(spec) => {
+                Target::Webhook(webhook::Webhook::new(spec.clone()))
+            }
             TargetKind::File(spec) => Target::File(file::FileTarget::new(spec.path.clone())),
+            TargetKind::Snowplow(spec) => Target::Snowplow(snowplow::Snowplow::new(spec.clone())),
         }
     }
 
-    /// One attempt. `ctx` is the template context of the delivery.
+    /// The exact request for a delivery, or why there is none. `Err` means the request cannot
+    /// be built at all.
+    pub fn prepare(&self, templates: &Templates, ctx: &Value) -> Result<Prepared, String> {
+        match self {
+            Target::Webhook(w) => w.prepare(templates, ctx),
+            Target::File(f) => Ok(f.prepare(ctx)),
+            Target::Snowplow(s) => s.prepare(ctx),
+        }
+    }
+
+    /// One attempt.
     pub async fn send(
         &self,
         client: &reqwest::Client,
@@ -53,9 +99,89 @@ impl Target {
         ctx: &Value,
         timeout: Duration,
     ) -> AttemptResult {
-        match self {
-            Target::Webhook(w) => w.send(client, templates, ctx, timeout).await,
-            Target::File(f) => f.send(ctx).await,
+        match self.prepare(templates, ctx) {
+            Err(e) => AttemptResult::Invalid(e),
+            Ok(Prepared::Skip(reason)) => AttemptResult::Skipped(reason),
+            Ok(Prepared::Line { line, .. }) => match self {
+                Target::File(f) => f.append(&line).await,
+                _ => AttemptResult::Invalid("only a file target writes lines".into()),
+            },
+            Ok(Prepared::Http {
+                method,
+                url,
+                headers,
+                body,
+            }) => send_http(client, method, url, headers, body, timeout).await,
         }
     }
+}
+
+async fn send_http(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> AttemptResult {
+    let request = client
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .timeout(timeout);
+    let mut response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return transport_error(&e),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let mut excerpt = Vec::new();
+    while excerpt.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())])
+            }
+            Ok(None) => break,
+            // The status is what counts; a body cut short only shortens the excerpt.
+            Err(_) => break,
+        }
+    }
+    AttemptResult::Response {
+        status,
+        retry_after,
+        excerpt: (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> AttemptResult {
+    if e.is_timeout() {
+        AttemptResult::Timeout
+    } else if e.is_connect() {
+        AttemptResult::Connect(error_chain(e))
+    } else {
+        AttemptResult::Io(error_chain(e))
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); keep the chain.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Checks that a URL kept the scheme, host and port it was configured with.
+pub(crate) fn same_origin(url: &reqwest::Url, origin: &(String, String, u16)) -> bool {
+    url.scheme() == origin.0
+        && url.host_str() == Some(origin.1.as_str())
+        && url.port_or_known_default() == Some(origin.2)
 }
