@@ -17,10 +17,12 @@
 //! | `targets` | one file per target kind: `webhook`, `file`, `snowplow`, `statushub` |
 //! | [`template`] | Handlebars rendering with per-destination escaping |
 //! | [`relay`] | wiring, startup and graceful shutdown |
+//! | [`dry_run`] | `hookrelay rules test`: the whole path without storing or sending |
 //! | [`samples`] | built-in sample payloads for `hookrelay send-test` |
 
 pub mod config;
 pub mod deliver;
+pub mod dry_run;
 mod ingest;
 pub mod normalize;
 pub mod relay;

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -26,6 +26,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Rules: `rules test <payload-file>` shows what the relay would do with a payload.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Post a built-in sample payload to a running relay. `send-test list` lists them.
     SendTest {
         /// Sample name, or `list`.
@@ -36,12 +41,35 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Dry run: which rules match, the alert fields after them, and the exact request each
+    /// target would get (or why it would get none). Nothing is stored or sent.
+    Test {
+        /// A webhook body (JSON or form), as a sender would post it.
+        payload: PathBuf,
+        /// The source to run it through; by default the first source that accepts it.
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
         Command::SendTest { sample, url } => send_test(&sample, url),
+        Command::Rules {
+            command:
+                RulesCommand::Test {
+                    payload,
+                    source,
+                    config,
+                },
+        } => rules_test(&payload, source.as_deref(), config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +133,15 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         config.targets.len(),
         config.store.path.display()
     );
+    Ok(())
+}
+
+fn rules_test(payload: &Path, source: Option<&str>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let body =
+        std::fs::read(payload).with_context(|| format!("cannot read {}", payload.display()))?;
+    let run = hookrelay::dry_run::dry_run(&config, source, &body).map_err(anyhow::Error::msg)?;
+    print!("{run}");
     Ok(())
 }
 

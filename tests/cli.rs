@@ -153,3 +153,120 @@ async fn serve_then_send_test_then_sigterm() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status}: {stderr}");
 }
+
+#[test]
+fn rules_test_shows_matches_fields_and_exact_requests_without_storing() {
+    let dir = tempdir();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        r#"
+[store]
+path = "store-must-not-appear"
+
+[[sources]]
+name = "pagerduty"
+kind = "pagerduty"
+path = "/pd"
+
+[[targets]]
+name = "statushub"
+kind = "statushub"
+
+[[targets]]
+name = "snowplow"
+kind = "snowplow"
+collector = "http://127.0.0.1:9999"
+
+[[targets]]
+name = "sg-only"
+kind = "file"
+path = "out.jsonl"
+receive = "routed"
+
+[[rules]]
+name = "pig"
+field = "service_name"
+regex = 'pig(\d+)'
+set = { StatusHubfield = '9cc47ae1670bf9c1', host_name = 'pig-${{\1}}' }
+"#,
+    )
+    .unwrap();
+    let fixture = format!("{}/pagerduty-v3-incident-triggered.json", FIXTURES);
+    let (ok, stdout, stderr) = run(
+        &[
+            "rules",
+            "test",
+            &fixture,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    let want = [
+        "source: pagerduty (pagerduty.v3, incident.triggered)",
+        "rules matched: pig",
+        "  StatusHubfield = \"9cc47ae1670bf9c1\"",
+        "  host_name = \"pig-208\"",
+        "target statushub (statushub): POST https://hooks.statushub.io/hooks/victor_ops?token=9cc47ae1670bf9c1",
+        "content-type: application/json",
+        "target snowplow (snowplow): POST http://127.0.0.1:9999/com.pagerduty/v1?p=srv&eid=",
+        "{\"messages\":[{\"type\":\"incident.trigger\",\"id\":\"01BZYIL05THJDFF2Y08X9SVMTU\"",
+        "target sg-only (file): not sent: receives only events a rule routes to it, and no rule did",
+    ];
+    for line in want {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "missing {line:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("\"ALERT.host_name\":\"pig-208\""),
+        "{stdout}"
+    );
+    assert!(
+        !dir.path().join("store-must-not-appear").exists(),
+        "a dry run stores nothing"
+    );
+
+    let ping = format!("{}/pagerduty-v3-ping.json", FIXTURES);
+    let (ok, stdout, _) = run(
+        &[
+            "rules",
+            "test",
+            &ping,
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "pagerduty",
+        ],
+        dir.path(),
+    );
+    assert!(ok);
+    assert!(stdout.contains("target statushub (statushub): skipped: the URL needs ${{ALERT.StatusHubfield}}, which this event does not have"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "target snowplow (snowplow): skipped: PagerDuty \"ping\" has no V1 equivalent"
+        ),
+        "{stdout}"
+    );
+
+    let (ok, _, stderr) = run(
+        &[
+            "rules",
+            "test",
+            &ping,
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "sg",
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("no source named \"sg\" (sources: pagerduty)"),
+        "{stderr}"
+    );
+}

@@ -22,56 +22,47 @@ fn shipped_config_is_valid() {
     assert_eq!(c.targets[0].retry, RetryPolicy::default());
 }
 
-#[test]
-fn commented_webhook_example_is_valid_when_uncommented() {
-    let uncommented: String = DEFAULT_CONFIG
+/// The shipped config with every example line (`# ` but not `## `, below the examples
+/// marker) uncommented.
+fn with_examples_uncommented() -> String {
+    let (head, examples) = DEFAULT_CONFIG
+        .split_once("# ---- examples")
+        .expect("examples section");
+    let examples: Vec<String> = examples
         .lines()
         .map(|l| match l.strip_prefix("# ") {
-            Some(rest)
-                if l.starts_with("# [[targets]]")
-                    || rest.split('=').next().is_some_and(|k| {
-                        [
-                            "name ",
-                            "kind ",
-                            "method ",
-                            "url ",
-                            "headers ",
-                            "template ",
-                            "ordering_key ",
-                            "sources ",
-                            "timeout ",
-                            "retry ",
-                        ]
-                        .contains(&(k.trim_end().to_owned() + " ").as_str())
-                    }) =>
-            {
-                rest.to_owned()
-            }
+            Some(code) if !l.starts_with("## ") => code.to_owned(),
             _ => l.to_owned(),
         })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let c = Config::parse(
-        &uncommented,
-        "config.toml",
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-    )
-    .unwrap();
-    let chat = c
-        .targets
-        .iter()
-        .find(|t| t.name == "chat")
-        .expect("chat target");
-    assert_eq!(chat.retry.max_retries, 10);
-    assert_eq!(chat.retry.initial_delay, Duration::from_secs(2));
+        .collect();
+    format!("{head}# ---- examples{}", examples.join("\n"))
+}
+
+#[test]
+fn commented_examples_are_valid_when_uncommented() {
+    let text = with_examples_uncommented();
+    let c = Config::parse(&text, "config.toml", Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
-        chat.ordering_key,
-        OrderingKey::AlertField("entity_id".into())
+        names,
+        ["outbox", "snowplow", "statushub", "chat", "archive"]
     );
+    assert!(matches!(c.targets[1].kind, TargetKind::Snowplow(_)));
+    assert!(matches!(c.targets[2].kind, TargetKind::Statushub(_)));
+    let chat = &c.targets[3];
     assert_eq!(
         chat.sources.as_deref(),
         Some(&["statusgator".to_owned()][..])
     );
+    assert_eq!(chat.filter.len(), 1);
+    let archive = &c.targets[4];
+    assert_eq!(archive.retry.max_retries, 40);
+    assert_eq!(archive.retry.max_delay, Some(Duration::from_secs(6 * 3600)));
+    assert_eq!(
+        archive.retry.jitter, 0.1,
+        "keys a target does not set come from [retry]"
+    );
+    assert!(!c.rules.is_empty());
 }
 
 #[test]

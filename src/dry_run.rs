@@ -1,0 +1,217 @@
+//! `hookrelay rules test`: what the relay would do with a payload, without storing or sending
+//! anything. It runs the same code as ingest and delivery (normalize, rules, field limits,
+//! routing, each target's `prepare`), so what it prints is what a target would get.
+
+use std::fmt;
+
+use crate::config::{Config, SourceConfig, TargetKind};
+use crate::deliver::{context, now_ms};
+use crate::ingest::prepare_alert;
+use crate::normalize::{normalize, Event, Received};
+use crate::rules::{routing, Routing};
+use crate::store::{Delivery, DeliveryState};
+use crate::targets::{Prepared, Target};
+
+pub struct DryRun {
+    pub source: String,
+    pub events: Vec<EventRun>,
+}
+
+pub struct EventRun {
+    pub event: Event,
+    pub matched: Vec<String>,
+    pub targets: Vec<TargetRun>,
+}
+
+pub struct TargetRun {
+    pub name: String,
+    pub kind: &'static str,
+    pub outcome: Outcome,
+}
+
+pub enum Outcome {
+    NotRouted(String),
+    Send(Box<Prepared>),
+    Invalid(String),
+}
+
+/// Runs `body` through the source named `source`, or through the first source that accepts
+/// it.
+pub fn dry_run(config: &Config, source: Option<&str>, body: &[u8]) -> Result<DryRun, String> {
+    let candidates: Vec<&SourceConfig> = match source {
+        Some(name) => vec![config
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+                format!("no source named {name:?} (sources: {})", names.join(", "))
+            })?],
+        None => config.sources.iter().collect(),
+    };
+    let content_type = if body.trim_ascii_start().starts_with(b"{") {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
+    let mut errors = Vec::new();
+    for src in candidates {
+        let received = Received {
+            source: &src.name,
+            kind: src.kind,
+            content_type: Some(content_type),
+            body: bytes::Bytes::copy_from_slice(body),
+            query: Default::default(),
+            received_at: chrono::DateTime::from_timestamp_millis(now_ms() as i64)
+                .unwrap_or_default(),
+            webhook_id: None,
+        };
+        match normalize(&received) {
+            Ok(events) => return Ok(run(config, src, events)),
+            Err(e) => errors.push(format!("{}: {e}", src.name)),
+        }
+    }
+    Err(format!(
+        "no source accepts this payload ({})",
+        errors.join("; ")
+    ))
+}
+
+fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
+    let events = events
+        .into_iter()
+        .map(|mut event| {
+            let trace = prepare_alert(&mut event, source, &config.rules);
+            let targets = config
+                .targets
+                .iter()
+                .map(|t| {
+                    let outcome = match routing(t, &event.source, &event.alert, &trace) {
+                        Routing::Selected => {
+                            let delivery = placeholder(&event);
+                            let ctx = context(&event, &delivery, 1, &t.name);
+                            match Target::new(t).prepare(&config.templates, &ctx) {
+                                Ok(p) => Outcome::Send(Box::new(p)),
+                                Err(e) => Outcome::Invalid(e),
+                            }
+                        }
+                        Routing::NotFromSource => Outcome::NotRouted(format!(
+                            "takes events from {} only",
+                            t.sources.as_deref().unwrap_or_default().join(", ")
+                        )),
+                        Routing::NotRouted => Outcome::NotRouted(
+                            "receives only events a rule routes to it, and no rule did".into(),
+                        ),
+                        Routing::FilteredOut(why) => {
+                            Outcome::NotRouted(format!("filtered out: {why}"))
+                        }
+                    };
+                    TargetRun {
+                        name: t.name.clone(),
+                        kind: kind_name(&t.kind),
+                        outcome,
+                    }
+                })
+                .collect();
+            EventRun {
+                event,
+                matched: trace.matched,
+                targets,
+            }
+        })
+        .collect();
+    DryRun {
+        source: source.name.clone(),
+        events,
+    }
+}
+
+fn kind_name(kind: &TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Webhook(_) => "webhook",
+        TargetKind::File(_) => "file",
+        TargetKind::Snowplow(_) => "snowplow",
+        TargetKind::Statushub(_) => "statushub",
+    }
+}
+
+fn placeholder(event: &Event) -> Delivery {
+    Delivery {
+        seq: 0,
+        event_id: uuid::Uuid::parse_str(&event.id).unwrap_or_default(),
+        target: 0,
+        ordering_key: String::new(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        due_ms: 0,
+        created_ms: 0,
+        updated_ms: 0,
+        last_status: None,
+        last_error: None,
+        response_excerpt: None,
+    }
+}
+
+impl fmt::Display for DryRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.events.len();
+        if n == 0 {
+            return writeln!(f, "source {}: the payload holds no events", self.source);
+        }
+        for (i, run) in self.events.iter().enumerate() {
+            let e = &run.event;
+            if n > 1 {
+                writeln!(f, "== event {} of {n}", i + 1)?;
+            }
+            writeln!(
+                f,
+                "source: {} ({}, {})",
+                self.source, e.format, e.event_type
+            )?;
+            if run.matched.is_empty() {
+                writeln!(f, "rules matched: none")?;
+            } else {
+                writeln!(f, "rules matched: {}", run.matched.join(", "))?;
+            }
+            writeln!(f, "alert fields:")?;
+            for (k, v) in &e.alert {
+                writeln!(f, "  {k} = {v:?}")?;
+            }
+            for t in &run.targets {
+                write!(f, "\ntarget {} ({}): ", t.name, t.kind)?;
+                let prepared = match &t.outcome {
+                    Outcome::NotRouted(why) => {
+                        writeln!(f, "not sent: {why}")?;
+                        continue;
+                    }
+                    Outcome::Invalid(why) => {
+                        writeln!(f, "cannot be sent (would be a dead letter): {why}")?;
+                        continue;
+                    }
+                    Outcome::Send(p) => p.as_ref(),
+                };
+                match prepared {
+                    Prepared::Skip(why) => writeln!(f, "skipped: {why}")?,
+                    Prepared::Line { path, line } => {
+                        writeln!(f, "append one line to {}", path.display())?;
+                        write!(f, "{}", String::from_utf8_lossy(line))?;
+                    }
+                    Prepared::Http {
+                        method,
+                        url,
+                        headers,
+                        body,
+                    } => {
+                        writeln!(f, "{method} {url}")?;
+                        for (k, v) in headers {
+                            writeln!(f, "{k}: {}", String::from_utf8_lossy(v.as_bytes()))?;
+                        }
+                        writeln!(f)?;
+                        writeln!(f, "{}", String::from_utf8_lossy(body))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
