@@ -672,3 +672,35 @@ route = ["pager"]
     );
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_statushub_key_never_appears_in_recorded_errors() {
+    let dir = tempdir();
+    let port = free_port();
+    let target = format!(
+        "\n[[targets]]\nname = \"statushub\"\nkind = \"statushub\"\nurl = \"http://127.0.0.1:{port}/hooks/victor_ops?token=${{{{ALERT.StatusHubfield}}}}\"\nretry = {{ max_retries = 0 }}\n"
+    );
+    let relay = spawn_relay(&format!("{SOURCES}{target}{GUIDE_RULES}"), dir.path()).await;
+    let (status, body) = post(
+        &url(&relay, PD),
+        Some("application/json"),
+        pd_v3("P1", "incident.triggered", "triggered", "cloudwatch-x"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = uuid::Uuid::parse_str(body["events"][0].as_str().unwrap()).unwrap();
+    assert!(
+        wait_until_async(|| async {
+            relay.store().deliveries_of(id).await.unwrap()[0].state == DeliveryState::Dead
+        })
+        .await
+    );
+    let d = &relay.store().deliveries_of(id).await.unwrap()[0];
+    let error = d.last_error.as_deref().unwrap();
+    assert!(error.starts_with("connection failed"), "{error}");
+    assert!(
+        !error.contains("9cc47ae1670bf9c1"),
+        "the key leaked into {error}"
+    );
+    relay.shutdown().await.unwrap();
+}

@@ -131,7 +131,7 @@ async fn send_http(
         .timeout(timeout);
     let mut response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return transport_error(&e),
+        Err(e) => return transport_error(e),
     };
     let status = response.status().as_u16();
     let retry_after = response
@@ -157,13 +157,24 @@ async fn send_http(
     }
 }
 
-fn transport_error(e: &reqwest::Error) -> AttemptResult {
+/// The URL is left out: its query may hold a secret (a StatusHub key is the `token` parameter),
+/// and attempt errors are stored and logged.
+fn transport_error(e: reqwest::Error) -> AttemptResult {
+    let e = e.without_url();
     if e.is_timeout() {
         AttemptResult::Timeout
     } else if e.is_connect() {
-        AttemptResult::Connect(error_chain(e))
+        AttemptResult::Connect(error_chain(&e))
     } else {
-        AttemptResult::Io(error_chain(e))
+        AttemptResult::Io(error_chain(&e))
+    }
+}
+
+/// A URL for messages: scheme, host, port and path, never the query.
+pub(crate) fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}{}", u.origin().ascii_serialization(), u.path()),
+        Err(_) => "(unparseable)".into(),
     }
 }
 

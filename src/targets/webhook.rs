@@ -3,7 +3,7 @@
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use super::{same_origin, Prepared};
+use super::{redacted, same_origin, Prepared};
 use crate::config::WebhookSpec;
 use crate::template::{RenderFailure, Templates};
 
@@ -26,10 +26,13 @@ impl Webhook {
             }
             Err(e) => return Err(format!("url template: {e}")),
         };
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|e| format!("rendered URL {url:?} is invalid: {e}"))?;
+        let parsed =
+            reqwest::Url::parse(&url).map_err(|e| format!("the rendered URL is invalid: {e}"))?;
         if !same_origin(&parsed, &self.spec.origin) {
-            return Err(format!("rendered URL {url:?} leaves the configured host"));
+            return Err(format!(
+                "the rendered URL {} leaves the configured host",
+                redacted(&url)
+            ));
         }
         let mut headers = HeaderMap::with_capacity(self.spec.headers.len());
         for (name, template) in &self.spec.headers {
