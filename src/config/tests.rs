@@ -197,3 +197,53 @@ fn ordering_key_fast_path() {
     assert_eq!(alert_field("{{event.source}}"), None);
     assert_eq!(alert_field("{{alert.a}}-{{alert.b}}"), None);
 }
+
+#[test]
+fn destination_target_errors() {
+    let t = |body: &str| error(&format!("{SOURCE}[[targets]]\nname = \"t\"\n{body}"));
+    assert_eq!(
+        t("kind = \"snowplow\"\n"),
+        "test.toml:6: targets[0].collector: a \"snowplow\" target needs a collector URL like \"https://collector.example.com\""
+    );
+    assert!(t("kind = \"snowplow\"\ncollector = \"http://c:1/com.statusgator/v1\"\n")
+        .starts_with("test.toml:8: targets[0].collector: \"http://c:1/com.statusgator/v1\" must be scheme://host[:port] with no path"));
+    assert!(t("kind = \"snowplow\"\ncollector = \"http://c\"\nplatform = \"server\"\n")
+        .starts_with("test.toml:9: targets[0].platform: \"server\" is not a Snowplow platform code (web, mob, pc, srv"));
+    assert_eq!(
+        t("kind = \"statushub\"\ncollector = \"http://c\"\n"),
+        "test.toml:8: targets[0].collector: a \"statushub\" target has no key \"collector\""
+    );
+    assert_eq!(
+        t("kind = \"file\"\npath = \"x\"\nreceive = \"some\"\n"),
+        "test.toml:9: targets[0].receive: \"some\" is not \"all\" or \"routed\""
+    );
+    assert!(
+        t("kind = \"file\"\npath = \"x\"\nfilter = [{ field = \"a\", regex = \"[\" }]\n")
+            .starts_with("test.toml:9: targets[0].filter[0].regex: bad regex")
+    );
+    let e = error(&format!(
+        "{SOURCE}[[rules]]\nfield = \"a\"\nwildcard = \"b\"\nroute = [\"nowhere\"]\n"
+    ));
+    assert_eq!(e, "test.toml:8: rules[0].route: unknown target \"nowhere\"");
+}
+
+#[test]
+fn statushub_defaults() {
+    let c = parse(&format!(
+        "{SOURCE}[[targets]]\nname = \"hub\"\nkind = \"statushub\"\nkey_field = \"HubKey\"\n"
+    ))
+    .unwrap();
+    let TargetKind::Statushub(spec) = &c.targets[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        spec.origin,
+        ("https".into(), "hooks.statushub.io".into(), 443)
+    );
+    assert_eq!(spec.method, reqwest::Method::POST);
+    let ctx = serde_json::json!({"vo": {"ALERT.HubKey": "abc"}});
+    assert_eq!(
+        c.templates.render(&spec.url, &ctx).unwrap(),
+        "https://hooks.statushub.io/hooks/victor_ops?token=abc"
+    );
+}
