@@ -695,3 +695,109 @@ async fn a_store_that_cannot_write_answers_503_never_4xx() {
     }
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pagerduty_signatures_are_verified_before_anything_is_stored() {
+    let sig = String::from_utf8(fixture("pagerduty-v3-incident-triggered.sig")).unwrap();
+    let mut lines = sig.lines();
+    let (secret, header) = (
+        lines.next().unwrap().to_owned(),
+        lines.next().unwrap().to_owned(),
+    );
+    let body = fixture("pagerduty-v3-incident-triggered.json");
+    let send = |relay: &hookrelay::Relay, body: Vec<u8>, header: Option<String>| {
+        let mut req = client()
+            .post(url(relay, PD))
+            .header("content-type", JSON)
+            .body(body);
+        if let Some(h) = header {
+            req = req.header("x-pagerduty-signature", h);
+        }
+        req.send()
+    };
+    let signed = |secrets: &str| {
+        format!("{SOURCES}{OUTBOX}").replace(
+            "path = \"/com.pagerduty/v1\"",
+            &format!("path = \"/com.pagerduty/v1\"\nsecrets = {secrets}"),
+        )
+    };
+
+    let dir = tempdir();
+    let relay = spawn_relay(&signed(&format!("[{secret:?}]")), dir.path()).await;
+    let mut tampered = body.clone();
+    let at = tampered.iter().position(|b| *b == b'3').unwrap();
+    tampered[at] = b'4';
+    let rejected = [
+        (
+            tampered,
+            Some(header.clone()),
+            403,
+            "signature_mismatch",
+            "invalid webhook signature",
+        ),
+        (
+            body.clone(),
+            None,
+            400,
+            "signature_malformed",
+            "X-PagerDuty-Signature header is missing or malformed",
+        ),
+        (
+            body.clone(),
+            Some("v1=nothex".into()),
+            400,
+            "signature_malformed",
+            "X-PagerDuty-Signature header is missing or malformed",
+        ),
+    ];
+    for (b, h, status, code, message) in rejected {
+        let resp = send(&relay, b, h).await.unwrap();
+        assert_eq!(resp.status(), status);
+        assert_eq!(
+            resp.json::<serde_json::Value>().await.unwrap(),
+            json!({"error": message, "code": code})
+        );
+    }
+    assert_eq!(
+        relay.store().stats().await.unwrap().events,
+        0,
+        "nothing stored for a rejected request"
+    );
+    let ok = send(&relay, body.clone(), Some(header.clone()))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    relay.shutdown().await.unwrap();
+
+    // A wrong secret rejects the published signature.
+    let dir = tempdir();
+    let relay = spawn_relay(&signed("[\"whsec_someone_else\"]"), dir.path()).await;
+    assert_eq!(
+        send(&relay, body.clone(), Some(header.clone()))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    relay.shutdown().await.unwrap();
+
+    // Rotation: PagerDuty signs with old and new; either configured secret verifies.
+    let other = "v1=".to_owned() + &"ab".repeat(32);
+    for secrets in [
+        format!("[{secret:?}, \"whsec_new\"]"),
+        format!("[\"whsec_new\", {secret:?}]"),
+    ] {
+        let dir = tempdir();
+        let relay = spawn_relay(&signed(&secrets), dir.path()).await;
+        let rotated = format!("{other},{header}");
+        assert_eq!(
+            send(&relay, body.clone(), Some(rotated))
+                .await
+                .unwrap()
+                .status(),
+            202,
+            "{secrets}"
+        );
+        relay.shutdown().await.unwrap();
+    }
+}

@@ -68,6 +68,8 @@ pub struct SourceConfig {
     pub token: Option<String>,
     /// Set as `alert.routing_key` on every event of this source.
     pub routing_key: Option<String>,
+    /// PagerDuty V3 signing secrets; when set, every request must carry a valid signature.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -436,12 +438,55 @@ impl Validator<'_> {
                 }
             }
             let routing_key = s.routing_key.as_ref().map(|r| r.get_ref().clone());
+            let secrets = match (&s.secrets, &s.secrets_env) {
+                (Some(list), None) => list.get_ref().clone(),
+                (None, Some(var)) => match std::env::var(var.get_ref()) {
+                    Ok(v) => v
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                    Err(_) => {
+                        return self.err(
+                            Some(var.span()),
+                            &key("secrets_env"),
+                            format!("environment variable {} is not set", var.get_ref()),
+                        )
+                    }
+                },
+                (Some(list), Some(_)) => {
+                    return self.err(
+                        Some(list.span()),
+                        &key("secrets"),
+                        "set either secrets or secrets_env, not both",
+                    )
+                }
+                (None, None) => Vec::new(),
+            };
+            let secrets_span = s
+                .secrets
+                .as_ref()
+                .map(|l| l.span())
+                .or(s.secrets_env.as_ref().map(|v| v.span()));
+            if secrets_span.is_some() {
+                if kind != SourceKind::Pagerduty {
+                    return self.err(secrets_span, &key("secrets"), "only PagerDuty signs its webhooks; protect a StatusGator source with a token");
+                }
+                if secrets.is_empty() || secrets.iter().any(String::is_empty) {
+                    return self.err(
+                        secrets_span,
+                        &key("secrets"),
+                        "a signing secret must not be empty",
+                    );
+                }
+            }
             sources.push(SourceConfig {
                 name,
                 kind,
                 path,
                 token,
                 routing_key,
+                secrets,
             });
         }
         if sources.is_empty() {

@@ -71,6 +71,8 @@ pub(super) struct RawSource {
     pub token: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
     pub routing_key: Option<Spanned<String>>,
+    pub secrets: Option<Spanned<Vec<String>>>,
+    pub secrets_env: Option<Spanned<String>>,
 }
 
 /// One flat table for every target kind, so spans survive deserialization (an internally

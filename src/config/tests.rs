@@ -247,3 +247,20 @@ fn statushub_defaults() {
         "https://hooks.statushub.io/hooks/victor_ops?token=abc"
     );
 }
+
+#[test]
+fn signing_secrets() {
+    let e = error(
+        "[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\nsecrets = [\"x\"]\n",
+    );
+    assert_eq!(e, "test.toml:5: sources[0].secrets: only PagerDuty signs its webhooks; protect a StatusGator source with a token");
+    let e = error(
+        "[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\nsecrets = [\"\"]\n",
+    );
+    assert_eq!(
+        e,
+        "test.toml:5: sources[0].secrets: a signing secret must not be empty"
+    );
+    let c = parse("[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\nsecrets = [\"a\", \"b\"]\n").unwrap();
+    assert_eq!(c.sources[0].secrets, ["a", "b"]);
+}

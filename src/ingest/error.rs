@@ -18,6 +18,10 @@ pub enum IngestError {
     MethodNotAllowed,
     #[error("missing or wrong token")]
     Unauthorized,
+    #[error("X-PagerDuty-Signature header is missing or malformed")]
+    SignatureMalformed,
+    #[error("invalid webhook signature")]
+    SignatureMismatch,
     #[error("unsupported Content-Type {0:?}: send application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType(String),
     #[error("request body is larger than the {0}-byte limit")]
@@ -36,6 +40,8 @@ impl IngestError {
             IngestError::NotFound => StatusCode::NOT_FOUND,
             IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngestError::Unauthorized => StatusCode::UNAUTHORIZED,
+            IngestError::SignatureMalformed => StatusCode::BAD_REQUEST,
+            IngestError::SignatureMismatch => StatusCode::FORBIDDEN,
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyRead(_) | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -49,6 +55,8 @@ impl IngestError {
             IngestError::NotFound => "not_found",
             IngestError::MethodNotAllowed => "method_not_allowed",
             IngestError::Unauthorized => "unauthorized",
+            IngestError::SignatureMalformed => "signature_malformed",
+            IngestError::SignatureMismatch => "signature_mismatch",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::PayloadTooLarge(_) => "payload_too_large",
             IngestError::BodyRead(_) => "body_read",

@@ -5,6 +5,7 @@
 //! PagerDuty.
 
 mod error;
+mod signature;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -135,6 +136,10 @@ impl<S: Store> Ingest<S> {
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Err(IngestError::PayloadTooLarge(self.max_body_bytes));
         }
+        let signature = req
+            .headers
+            .get("x-pagerduty-signature")
+            .map(|v| v.as_bytes().to_vec());
         let webhook_id = req
             .headers
             .get("x-webhook-id")
@@ -151,6 +156,15 @@ impl<S: Store> Ingest<S> {
                 }
             })?
             .to_bytes();
+        if !source.secrets.is_empty() && !body.is_empty() {
+            // Checked over the bytes as received, before anything parses them.
+            signature::verify(signature.as_deref(), &body, &source.secrets).map_err(
+                |e| match e {
+                    signature::SignatureError::Malformed => IngestError::SignatureMalformed,
+                    signature::SignatureError::Mismatch => IngestError::SignatureMismatch,
+                },
+            )?;
+        }
         let received_ms = now_ms();
         let mut events = normalize(&Received {
             source: &source.name,
