@@ -64,14 +64,14 @@ mod tests {
         let secret = lines.next().unwrap().to_owned();
         let header = lines.next().unwrap();
         assert_eq!(
-            verify(Some(header.as_bytes()), body, &[secret.clone()]),
+            verify(Some(header.as_bytes()), body, std::slice::from_ref(&secret)),
             Ok(())
         );
         assert_eq!(
             verify(
                 Some(header.to_uppercase().replace("V1=", "v1=").as_bytes()),
                 body,
-                &[secret.clone()]
+                std::slice::from_ref(&secret)
             ),
             Ok(())
         );
