@@ -9,7 +9,7 @@ use crate::deliver::{context, now_ms};
 use crate::ingest::prepare_alert;
 use crate::normalize::{normalize, Event, Received};
 use crate::rules::{routing, Routing};
-use crate::store::{Delivery, DeliveryState};
+use crate::store::Delivery;
 use crate::targets::{Prepared, Target};
 
 pub struct DryRun {
@@ -88,7 +88,10 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
                 .map(|t| {
                     let outcome = match routing(t, &event.source, &event.alert, &trace) {
                         Routing::Selected => {
-                            let delivery = placeholder(&event);
+                            let delivery = Delivery::placeholder(
+                                uuid::Uuid::parse_str(&event.id).unwrap_or_default(),
+                                0,
+                            );
                             let ctx = context(&event, &delivery, 1, &t.name);
                             match Target::new(t).prepare(&config.templates, &ctx) {
                                 Ok(p) => Outcome::Send(Box::new(p)),
@@ -132,23 +135,6 @@ fn kind_name(kind: &TargetKind) -> &'static str {
         TargetKind::File(_) => "file",
         TargetKind::Snowplow(_) => "snowplow",
         TargetKind::Statushub(_) => "statushub",
-    }
-}
-
-fn placeholder(event: &Event) -> Delivery {
-    Delivery {
-        seq: 0,
-        event_id: uuid::Uuid::parse_str(&event.id).unwrap_or_default(),
-        target: 0,
-        ordering_key: String::new(),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        due_ms: 0,
-        created_ms: 0,
-        updated_ms: 0,
-        last_status: None,
-        last_error: None,
-        response_excerpt: None,
     }
 }
 

@@ -25,8 +25,8 @@ use crate::deliver::{context, now_ms, TargetRuntime};
 use crate::normalize::{classify_content_type, normalize, victorops, Event, Received, SourceKind};
 use crate::rules::{routing, Routing, Rules, Trace};
 use crate::store::{
-    clamp_ordering_key, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, NewEvent,
-    Store, StoreError,
+    clamp_ordering_key, Delivery, EventOutcome, IngestBatch, NewDelivery, NewEvent, Store,
+    StoreError,
 };
 use crate::template::Templates;
 
@@ -244,20 +244,7 @@ impl<S: Store> Ingest<S> {
         let mut key = match &target.config.ordering_key {
             OrderingKey::AlertField(field) => event.alert.get(field).cloned().unwrap_or_default(),
             OrderingKey::Template(t) => {
-                let placeholder = Delivery {
-                    seq: 0,
-                    event_id: uuid::Uuid::nil(),
-                    target: target.id,
-                    ordering_key: String::new(),
-                    state: DeliveryState::Pending,
-                    attempts: 0,
-                    due_ms: 0,
-                    created_ms: 0,
-                    updated_ms: 0,
-                    last_status: None,
-                    last_error: None,
-                    response_excerpt: None,
-                };
+                let placeholder = Delivery::placeholder(uuid::Uuid::nil(), target.id);
                 let ctx = context(event, &placeholder, 1, &target.config.name);
                 self.templates.render(t, &ctx).unwrap_or_else(|e| {
                     // An event is never refused for a target's key template; it shares the

@@ -13,6 +13,8 @@
 //! | `F` | target (4), ordering key, seq (8) | empty: followers waiting behind the head |
 //! | `X` | target (4), dead ms (8), seq (8) | empty: dead letters |
 //! | `T` | target name | target id (4) |
+//! | `S` | target (4) | target state |
+//! | `C` | target (4) | pending (8), dead (8) |
 //!
 //! An ordering key is written as its length (2) and bytes, so no key is a prefix of another.
 

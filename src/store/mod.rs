@@ -106,9 +106,60 @@ pub struct Delivery {
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub response_excerpt: Option<String>,
+    /// `attempts` when the delivery was last replayed from the dead letters: retries count
+    /// from there, so a replay gets a fresh retry budget while its history stays.
+    #[serde(default)]
+    pub retry_base: u32,
 }
 
-/// One try at a delivery, as recorded.
+impl Delivery {
+    /// A delivery that does not exist yet, for rendering templates before one does (ordering
+    /// keys at ingest, dry runs).
+    pub fn placeholder(event_id: uuid::Uuid, target: TargetId) -> Delivery {
+        Delivery {
+            seq: 0,
+            event_id,
+            target,
+            ordering_key: String::new(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            due_ms: 0,
+            created_ms: 0,
+            updated_ms: 0,
+            last_status: None,
+            last_error: None,
+            response_excerpt: None,
+            retry_base: 0,
+        }
+    }
+}
+
+/// Whether a target's workers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetMode {
+    Active,
+    /// Stopped by an operator until resumed by one.
+    Paused,
+    /// Stopped after consecutive failures; a probe resumes it when the head goes through.
+    Suspended,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetState {
+    pub mode: TargetMode,
+    pub since_ms: u64,
+    pub reason: Option<String>,
+}
+
+/// Counters kept with every write, so reading them never scans the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetCounts {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+/// One attempt, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
@@ -201,4 +252,61 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
 
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
+
+    /// A round trip through the writer, including a flush: what readiness means.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn target_state(
+        &self,
+        target: TargetId,
+    ) -> impl Future<Output = Result<Option<TargetState>, StoreError>> + Send;
+
+    fn set_target_state(
+        &self,
+        target: TargetId,
+        state: TargetState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn counts(
+        &self,
+        target: TargetId,
+    ) -> impl Future<Output = Result<TargetCounts, StoreError>> + Send;
+
+    /// When the oldest pending delivery of a target was created.
+    fn oldest_pending_ms(
+        &self,
+        target: TargetId,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Events in time order, after `after` (exclusive), at most `limit`.
+    fn events_page(
+        &self,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Dead letters of a target that died within `[since_ms, until_ms)`, oldest first.
+    fn dead_letters_between(
+        &self,
+        target: TargetId,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    /// Puts dead letters back in their queues (in their key's order, due now, with a fresh
+    /// retry budget); returns how many were dead letters.
+    fn replay(
+        &self,
+        seqs: Vec<Seq>,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// New deliveries of a stored event.
+    fn redeliver(
+        &self,
+        event: uuid::Uuid,
+        deliveries: Vec<NewDelivery>,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Vec<Seq>, StoreError>> + Send;
 }

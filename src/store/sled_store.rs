@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::keys;
 use super::{
-    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, Next, Seq, Stats,
-    Store, StoreError, TargetId,
+    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
+    Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
 };
 use crate::normalize::Event;
 
@@ -42,12 +42,18 @@ enum Op {
         next: Next,
     },
     Targets(Vec<String>),
+    SetState(TargetId, TargetState),
+    Replay(Vec<Seq>, u64),
+    Redeliver(uuid::Uuid, Vec<NewDelivery>, u64),
+    Ping,
     Close,
 }
 
 enum Reply {
     Ingest(Vec<EventOutcome>),
     Targets(Vec<TargetId>),
+    Seqs(Vec<Seq>),
+    Count(usize),
     Done,
 }
 
@@ -71,6 +77,7 @@ impl SledStore {
         let writer = Writer {
             db: db.clone(),
             next_seq,
+            counts: HashMap::new(),
         };
         let handle = std::thread::Builder::new()
             .name("hookrelay-store".into())
@@ -123,6 +130,16 @@ fn get_delivery(db: &sled::Db, seq: Seq) -> Result<Option<Delivery>, StoreError>
             .map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}"))),
         None => Ok(None),
     }
+}
+
+fn read_counts(db: &sled::Db, target: TargetId) -> Result<TargetCounts, StoreError> {
+    Ok(match db.get(keys::target_prefix(b'C', target))? {
+        Some(v) if v.len() == 16 => TargetCounts {
+            pending: keys::seq_of(&v[..8]).unwrap_or(0),
+            dead: keys::seq_of(&v[8..]).unwrap_or(0),
+        },
+        _ => TargetCounts::default(),
+    })
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -242,6 +259,113 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.submit(Op::Ping).await.map(|_| ())
+    }
+
+    async fn target_state(&self, target: TargetId) -> Result<Option<TargetState>, StoreError> {
+        match self.db.get(keys::target_prefix(b'S', target))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("target state: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_target_state(
+        &self,
+        target: TargetId,
+        state: TargetState,
+    ) -> Result<(), StoreError> {
+        self.submit(Op::SetState(target, state)).await.map(|_| ())
+    }
+
+    async fn counts(&self, target: TargetId) -> Result<TargetCounts, StoreError> {
+        read_counts(&self.db, target)
+    }
+
+    async fn oldest_pending_ms(&self, target: TargetId) -> Result<Option<u64>, StoreError> {
+        let mut oldest: Option<u64> = None;
+        for v in self
+            .db
+            .scan_prefix(keys::target_prefix(b'K', target))
+            .values()
+        {
+            let v = v?;
+            if let Some(d) = keys::seq_of(&v)
+                .map(|seq| self.get_delivery(seq))
+                .transpose()?
+                .flatten()
+            {
+                oldest = Some(oldest.map_or(d.created_ms, |o| o.min(d.created_ms)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    async fn events_page(
+        &self,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = keys::event(id.as_bytes());
+                k.push(0);
+                k
+            }
+            None => b"E".to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.db.range(start..b"F".to_vec()) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item?;
+            out.push(codec::decode_event(&v)?);
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters_between(
+        &self,
+        target: TargetId,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        let range = keys::dead(target, since_ms, 0)..keys::dead(target, until_ms, 0);
+        for key in self.db.range(range).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some((_, seq)) = keys::parse_timed(&key?) {
+                out.extend(self.get_delivery(seq)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, seqs: Vec<Seq>, now_ms: u64) -> Result<usize, StoreError> {
+        self.submit_count(Op::Replay(seqs, now_ms)).await
+    }
+
+    async fn redeliver(
+        &self,
+        event: uuid::Uuid,
+        deliveries: Vec<NewDelivery>,
+        now_ms: u64,
+    ) -> Result<Vec<Seq>, StoreError> {
+        match self
+            .submit(Op::Redeliver(event, deliveries, now_ms))
+            .await?
+        {
+            Reply::Seqs(s) => Ok(s),
+            _ => unreachable!("writer answers Redeliver with Seqs"),
+        }
+    }
+
     async fn stats(&self) -> Result<Stats, StoreError> {
         let mut stats = Stats {
             events: self.db.scan_prefix(b"E").keys().count() as u64,
@@ -261,10 +385,21 @@ impl Store for SledStore {
     }
 }
 
+impl SledStore {
+    async fn submit_count(&self, op: Op) -> Result<usize, StoreError> {
+        match self.submit(op).await? {
+            Reply::Count(n) => Ok(n),
+            _ => unreachable!("writer answers with a count"),
+        }
+    }
+}
+
 /// The writer thread's state. It is the only code that writes to the database.
 struct Writer {
     db: sled::Db,
     next_seq: Seq,
+    /// Per-target counters as last written; dropped on a failed write so they are read again.
+    counts: HashMap<TargetId, TargetCounts>,
 }
 
 impl Writer {
@@ -303,7 +438,25 @@ impl Writer {
     }
 
     fn apply(&mut self, op: Op) -> Result<Reply, StoreError> {
+        let result = self.apply_op(op);
+        if result.is_err() {
+            self.counts.clear();
+        }
+        result
+    }
+
+    fn apply_op(&mut self, op: Op) -> Result<Reply, StoreError> {
         match op {
+            Op::SetState(target, state) => {
+                self.db
+                    .insert(keys::target_prefix(b'S', target), to_json(&state))?;
+                Ok(Reply::Done)
+            }
+            Op::Replay(seqs, now) => self.replay(&seqs, now).map(Reply::Count),
+            Op::Redeliver(event, deliveries, now) => {
+                self.redeliver(event, deliveries, now).map(Reply::Seqs)
+            }
+            Op::Ping => Ok(Reply::Done),
             Op::Ingest(batch) => self.ingest(batch).map(Reply::Ingest),
             Op::Finish {
                 delivery,
@@ -372,36 +525,7 @@ impl Writer {
             seen.insert(dedup_key);
             batch.insert(keys::event(id.as_bytes()), new.encoded);
             for d in new.deliveries {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let head_key = keys::head(d.target, &d.ordering_key);
-                let has_head = heads.contains_key(&head_key) || self.db.get(&head_key)?.is_some();
-                if has_head {
-                    batch.insert(
-                        keys::follower(d.target, &d.ordering_key, seq).as_slice(),
-                        &[],
-                    );
-                } else {
-                    batch.insert(head_key.as_slice(), &seq.to_be_bytes());
-                    batch.insert(keys::ready(d.target, b.now_ms, seq).as_slice(), &[]);
-                    heads.insert(head_key, seq);
-                }
-                batch.insert(keys::event_delivery(id.as_bytes(), seq), &[]);
-                let record = Delivery {
-                    seq,
-                    event_id: id,
-                    target: d.target,
-                    ordering_key: d.ordering_key,
-                    state: DeliveryState::Pending,
-                    attempts: 0,
-                    due_ms: b.now_ms,
-                    created_ms: b.now_ms,
-                    updated_ms: b.now_ms,
-                    last_status: None,
-                    last_error: None,
-                    response_excerpt: None,
-                };
-                batch.insert(keys::delivery(seq).as_slice(), to_json(&record));
+                self.enqueue_new(&mut batch, &mut heads, id, d, b.now_ms)?;
             }
             outcomes.push(EventOutcome::Stored);
         }
@@ -444,6 +568,10 @@ impl Writer {
                 rec.due_ms = due_ms;
                 batch.insert(keys::ready(target, due_ms, seq).as_slice(), &[]);
             }
+            _ => self.bump(&mut batch, target, -1, i64::from(next == Next::Dead))?,
+        }
+        match next {
+            Next::Retry { .. } => {}
             Next::Done | Next::Dead | Next::Skipped => {
                 rec.state = match next {
                     Next::Dead => {
@@ -459,6 +587,144 @@ impl Writer {
         batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
         self.db.apply_batch(batch)?;
         Ok(())
+    }
+
+    fn counts_of(&mut self, target: TargetId) -> Result<TargetCounts, StoreError> {
+        if let Some(c) = self.counts.get(&target) {
+            return Ok(*c);
+        }
+        let c = read_counts(&self.db, target)?;
+        self.counts.insert(target, c);
+        Ok(c)
+    }
+
+    /// Adjusts a target's counters and writes them in the same batch as the change.
+    fn bump(
+        &mut self,
+        batch: &mut sled::Batch,
+        target: TargetId,
+        pending: i64,
+        dead: i64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.counts_of(target)?;
+        c.pending = c.pending.saturating_add_signed(pending);
+        c.dead = c.dead.saturating_add_signed(dead);
+        self.counts.insert(target, c);
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&c.pending.to_be_bytes());
+        v[8..].copy_from_slice(&c.dead.to_be_bytes());
+        batch.insert(keys::target_prefix(b'C', target).as_slice(), &v);
+        Ok(())
+    }
+
+    /// Stores a new pending delivery and puts it at the end of its key's queue (or makes it
+    /// the head). `heads` holds heads this batch created, which sled cannot show yet.
+    fn enqueue_new(
+        &mut self,
+        batch: &mut sled::Batch,
+        heads: &mut HashMap<Vec<u8>, Seq>,
+        event: uuid::Uuid,
+        d: NewDelivery,
+        now_ms: u64,
+    ) -> Result<Seq, StoreError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.enqueue(batch, heads, d.target, &d.ordering_key, seq, now_ms)?;
+        batch.insert(keys::event_delivery(event.as_bytes(), seq), &[]);
+        let record = Delivery {
+            seq,
+            event_id: event,
+            target: d.target,
+            ordering_key: d.ordering_key,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            due_ms: now_ms,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            last_status: None,
+            last_error: None,
+            response_excerpt: None,
+            retry_base: 0,
+        };
+        batch.insert(keys::delivery(seq).as_slice(), to_json(&record));
+        self.bump(batch, d.target, 1, 0)?;
+        Ok(seq)
+    }
+
+    fn enqueue(
+        &self,
+        batch: &mut sled::Batch,
+        heads: &mut HashMap<Vec<u8>, Seq>,
+        target: TargetId,
+        key: &str,
+        seq: Seq,
+        due_ms: u64,
+    ) -> Result<(), StoreError> {
+        let head_key = keys::head(target, key);
+        let has_head = heads.contains_key(&head_key) || self.db.get(&head_key)?.is_some();
+        if has_head {
+            batch.insert(keys::follower(target, key, seq).as_slice(), &[]);
+        } else {
+            batch.insert(head_key.as_slice(), &seq.to_be_bytes());
+            batch.insert(keys::ready(target, due_ms, seq).as_slice(), &[]);
+            heads.insert(head_key, seq);
+        }
+        Ok(())
+    }
+
+    fn replay(&mut self, seqs: &[Seq], now_ms: u64) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut heads = HashMap::new();
+        let mut replayed = 0;
+        for &seq in seqs {
+            let Some(mut rec) = get_delivery(&self.db, seq)? else {
+                continue;
+            };
+            if rec.state != DeliveryState::Dead {
+                continue;
+            }
+            batch.remove(keys::dead(rec.target, rec.updated_ms, seq).as_slice());
+            self.enqueue(
+                &mut batch,
+                &mut heads,
+                rec.target,
+                &rec.ordering_key,
+                seq,
+                now_ms,
+            )?;
+            rec.state = DeliveryState::Pending;
+            rec.retry_base = rec.attempts;
+            rec.due_ms = now_ms;
+            rec.updated_ms = now_ms;
+            batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
+            self.bump(&mut batch, rec.target, 1, -1)?;
+            replayed += 1;
+        }
+        self.db.apply_batch(batch)?;
+        Ok(replayed)
+    }
+
+    fn redeliver(
+        &mut self,
+        event: uuid::Uuid,
+        deliveries: Vec<NewDelivery>,
+        now_ms: u64,
+    ) -> Result<Vec<Seq>, StoreError> {
+        if self.db.get(keys::event(event.as_bytes()))?.is_none() {
+            return Ok(Vec::new());
+        }
+        let first_seq = self.next_seq;
+        let mut batch = sled::Batch::default();
+        let mut heads = HashMap::new();
+        let mut seqs = Vec::new();
+        for d in deliveries {
+            seqs.push(self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?);
+        }
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.next_seq = first_seq;
+            return Err(e.into());
+        }
+        Ok(seqs)
     }
 
     /// Makes the oldest follower of an ordering key its new head, or forgets the key.
