@@ -16,10 +16,12 @@
 //! | [`deliver`] | workers (`deliver_one`), classification (whether to retry) and [`deliver::RetryPolicy`] (when) |
 //! | `targets` | one file per target kind: `webhook`, `file`, `snowplow`, `statushub` |
 //! | [`template`] | Handlebars rendering with per-destination escaping |
+//! | [`admin`] | admin API on its own listener, Prometheus metrics |
 //! | [`relay`] | wiring, startup and graceful shutdown |
 //! | [`dry_run`] | `hookrelay rules test`: the whole path without storing or sending |
 //! | [`samples`] | built-in sample payloads for `hookrelay send-test` |
 
+pub mod admin;
 pub mod config;
 pub mod deliver;
 pub mod dry_run;

@@ -12,14 +12,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::admin::metrics::IngestMetrics;
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::deliver::{TargetRuntime, Worker};
 use crate::ingest::Ingest;
 use crate::store::{SledStore, Store, StoreError, TargetId};
-use crate::targets::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -33,6 +34,12 @@ pub enum RelayError {
     Client(#[from] reqwest::Error),
     #[error("cannot read the listener address: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("cannot listen on the admin address {addr}: {source}")]
+    AdminListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the store did not close cleanly: {0}")]
     Close(#[source] StoreError),
 }
@@ -40,6 +47,8 @@ pub enum RelayError {
 /// A running relay. Dropping it without [`Relay::shutdown`] stops nothing gracefully.
 pub struct Relay {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin_server: Option<tokio::task::JoinHandle<()>>,
     store: Arc<SledStore>,
     targets: Vec<Arc<TargetRuntime>>,
     stop: watch::Sender<bool>,
@@ -68,20 +77,17 @@ impl Relay {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(config.delivery.user_agent.clone())
             .build()?;
-        let targets: Vec<Arc<TargetRuntime>> = config
-            .targets
-            .iter()
-            .zip(ids)
-            .map(|(t, id)| {
-                Arc::new(TargetRuntime {
-                    id,
-                    target: Target::new(t),
-                    config: t.clone(),
-                    notify: Notify::new(),
-                })
-            })
-            .collect();
+        // Paused and suspended targets stay so across restarts.
+        let mut targets: Vec<Arc<TargetRuntime>> = Vec::with_capacity(ids.len());
+        for (t, id) in config.targets.iter().zip(ids) {
+            let state = store.target_state(id).await.map_err(store_err)?;
+            targets.push(Arc::new(TargetRuntime::new(id, t.clone(), state)));
+        }
 
+        let metrics = Arc::new(IngestMetrics::new(
+            config.sources.iter().map(|s| s.name.clone()),
+        ));
+        let mut admin_server = None;
         let (stop, stop_rx) = watch::channel(false);
         let mut lanes = JoinSet::new();
         for t in &targets {
@@ -102,22 +108,64 @@ impl Relay {
             targets: targets.clone(),
             templates: config.templates.clone(),
             rules: config.rules.clone(),
+            metrics: metrics.clone(),
             max_body_bytes: config.server.max_body_bytes,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
         });
+        let admin_addr = match config.admin.listen {
+            None => None,
+            Some(admin_listen) => {
+                let admin_listener = TcpListener::bind(admin_listen).await.map_err(|source| {
+                    RelayError::AdminListen {
+                        addr: admin_listen,
+                        source,
+                    }
+                })?;
+                let addr = admin_listener.local_addr()?;
+                let sized = store.clone();
+                let admin = Arc::new(Admin {
+                    store: store.clone(),
+                    targets: targets.clone(),
+                    ingest: ingest.clone(),
+                    metrics,
+                    token: config.admin.token.clone(),
+                    store_size: Box::new(move || sized.size_on_disk()),
+                });
+                let handler = move |req| {
+                    let admin = admin.clone();
+                    async move { admin.handle(req).await }
+                };
+                admin_server = Some(tokio::spawn(serve(
+                    admin_listener,
+                    handler,
+                    stop_rx.clone(),
+                    config.server.shutdown_grace,
+                )));
+                Some(addr)
+            }
+        };
+        let handler = {
+            let ingest = ingest.clone();
+            move |req| {
+                let ingest = ingest.clone();
+                async move { ingest.handle(req).await }
+            }
+        };
         let server = tokio::spawn(serve(
             listener,
-            ingest,
+            handler,
             stop_rx,
             config.server.shutdown_grace,
         ));
         tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
         Ok(Relay {
             addr,
+            admin_addr,
             store,
             targets,
             stop,
             server,
+            admin_server,
             lanes,
             grace: config.server.shutdown_grace,
         })
@@ -125,6 +173,11 @@ impl Relay {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin API listens, when it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The store, for inspection.
@@ -142,6 +195,9 @@ impl Relay {
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        if let Some(admin) = self.admin_server.take() {
+            let _ = admin.await;
+        }
         let drained = tokio::time::timeout(self.grace, async {
             while self.lanes.join_next().await.is_some() {}
         })
@@ -169,12 +225,15 @@ pub async fn run(
     relay.shutdown().await.map_err(RelayError::Close)
 }
 
-async fn serve<S: Store>(
+async fn serve<H, F>(
     listener: TcpListener,
-    ingest: Arc<Ingest<S>>,
+    handler: H,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-) {
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -190,10 +249,10 @@ async fn serve<S: Store>(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ingest = ingest.clone();
+        let handler = handler.clone();
         let service = service_fn(move |req| {
-            let ingest = ingest.clone();
-            async move { Ok::<_, std::convert::Infallible>(ingest.handle(req).await) }
+            let response = handler(req);
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())

@@ -103,7 +103,8 @@ async fn serve_then_send_test_then_sigterm() {
         &config,
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
             .unwrap()
-            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_port())),
     )
     .unwrap();
     let mut child = Command::new(BIN)

@@ -440,6 +440,9 @@ async fn tokens_in_query_or_path() {
     let config = r#"
 [store]
 path = "{dir}/data"
+
+[admin]
+listen = "127.0.0.1:0"
 [[sources]]
 name = "sg"
 kind = "statusgator"

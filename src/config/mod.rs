@@ -37,6 +37,15 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     pub rules: Arc<Rules>,
     pub templates: Arc<Templates>,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None`: no admin API.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token every admin request but `/healthz` and `/readyz` must carry.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +91,10 @@ pub struct TargetConfig {
     pub concurrency: usize,
     /// Only events from these sources are routed here; `None` means all.
     pub sources: Option<Vec<String>>,
+    /// Consecutive failed attempts that suspend the target; 0 never suspends.
+    pub suspend_after: u32,
+    /// First wait of the suspension probe; it doubles up to 5 minutes.
+    pub probe_interval: Duration,
     pub receive: Receive,
     /// Conditions every event must meet to be delivered here.
     pub filter: Vec<Condition>,
@@ -370,6 +383,18 @@ impl Validator<'_> {
             4,
         )?;
         self.retry(&raw.retry, "retry")?;
+        let default_suspend = self.int(
+            &raw.delivery.suspend_after,
+            "delivery.suspend_after",
+            0..=1000,
+            5,
+        )? as u32;
+        let default_probe = self.duration(
+            &raw.delivery.probe_interval,
+            "delivery.probe_interval",
+            Duration::from_secs(5),
+        )?;
+        let admin = self.admin(&raw.admin)?;
 
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
@@ -511,6 +536,19 @@ impl Validator<'_> {
                 default_concurrency as usize,
                 delivery.timeout,
             )?);
+            let last = targets.last_mut().expect("just pushed");
+            let t = &raw.targets[i];
+            last.suspend_after = self.int(
+                &t.suspend_after,
+                &format!("targets[{i}].suspend_after"),
+                0..=1000,
+                default_suspend as i64,
+            )? as u32;
+            last.probe_interval = self.duration(
+                &t.probe_interval,
+                &format!("targets[{i}].probe_interval"),
+                default_probe,
+            )?;
         }
         let target_names: Vec<String> = targets
             .iter()
@@ -526,6 +564,7 @@ impl Validator<'_> {
             targets,
             rules: Arc::new(rules),
             templates: Arc::new(templates),
+            admin,
         })
     }
 
@@ -747,6 +786,69 @@ impl Validator<'_> {
                 default_concurrency as i64,
             )? as usize,
             sources: t.sources.as_ref().map(|s| s.get_ref().clone()),
+            suspend_after: 5,
+            probe_interval: Duration::from_secs(5),
+        })
+    }
+
+    fn admin(&self, a: &raw::RawAdmin) -> Result<AdminConfig> {
+        if a.enabled == Some(false) {
+            return Ok(AdminConfig {
+                listen: None,
+                token: None,
+            });
+        }
+        let listen = match &a.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+            Some(l) => match l.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    return self.err(
+                        Some(l.span()),
+                        "admin.listen",
+                        format!(
+                            "{:?} is not an address like \"127.0.0.1:9090\"",
+                            l.get_ref()
+                        ),
+                    )
+                }
+            },
+        };
+        let token = match (&a.token, &a.token_env) {
+            (Some(t), Some(_)) => {
+                return self.err(
+                    Some(t.span()),
+                    "admin.token",
+                    "set either token or token_env, not both",
+                )
+            }
+            (Some(t), None) => Some(t.get_ref().clone()),
+            (None, Some(var)) => match std::env::var(var.get_ref()) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    return self.err(
+                        Some(var.span()),
+                        "admin.token_env",
+                        format!("environment variable {} is not set", var.get_ref()),
+                    )
+                }
+            },
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            return self.err(
+                a.token.as_ref().or(a.token_env.as_ref()).map(|t| t.span()),
+                "admin.token",
+                "must not be empty",
+            );
+        }
+        if token.is_none() && !listen.ip().is_loopback() {
+            let span = a.listen.as_ref().map(|l| l.span());
+            return self.err(span, "admin.listen", format!("{listen} is not a loopback address: set admin.token (or admin.token_env) before exposing the admin API"));
+        }
+        Ok(AdminConfig {
+            listen: Some(listen),
+            token,
         })
     }
 

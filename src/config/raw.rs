@@ -25,6 +25,17 @@ pub(super) struct RawConfig {
     pub targets: Vec<RawTarget>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub listen: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +71,8 @@ pub(super) struct RawDelivery {
     pub timeout: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<i64>>,
     pub user_agent: Option<Spanned<String>>,
+    pub suspend_after: Option<Spanned<i64>>,
+    pub probe_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,4 +115,6 @@ pub(super) struct RawTarget {
     pub platform: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub key_field: Option<Spanned<String>>,
+    pub suspend_after: Option<Spanned<i64>>,
+    pub probe_interval: Option<Spanned<String>>,
 }

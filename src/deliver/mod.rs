@@ -9,7 +9,8 @@
 mod classify;
 mod policy;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -18,9 +19,12 @@ use tokio::sync::{watch, Notify};
 pub use classify::{classify, parse_retry_after, Action};
 pub use policy::RetryPolicy;
 
+use crate::admin::metrics::TargetMetrics;
 use crate::config::TargetConfig;
 use crate::normalize::{victorops, Event};
-use crate::store::{Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId};
+use crate::store::{
+    Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId, TargetMode, TargetState,
+};
 use crate::targets::{AttemptResult, Target};
 use crate::template::Templates;
 
@@ -34,6 +38,81 @@ pub struct TargetRuntime {
     /// `Notified` before claiming, and a wake-up with no lane waiting is kept as a permit, so
     /// none is lost.
     pub notify: Notify,
+    pub metrics: TargetMetrics,
+    /// Mirrors the persisted state; lanes read it before every claim.
+    mode: Mutex<TargetState>,
+    consecutive_failures: AtomicU32,
+    probe_running: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl TargetRuntime {
+    pub fn new(id: TargetId, config: TargetConfig, state: Option<TargetState>) -> TargetRuntime {
+        TargetRuntime {
+            id,
+            target: Target::new(&config),
+            config,
+            notify: Notify::new(),
+            metrics: TargetMetrics::default(),
+            mode: Mutex::new(state.unwrap_or(TargetState {
+                mode: TargetMode::Active,
+                since_ms: now_ms(),
+                reason: None,
+            })),
+            consecutive_failures: AtomicU32::new(0),
+            probe_running: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> TargetState {
+        self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn mode(&self) -> TargetMode {
+        self.mode.lock().unwrap_or_else(|p| p.into_inner()).mode
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Switches mode (persisted first, so a restart keeps it) and wakes the lanes when the
+    /// target becomes active. `from` guards against races: `None` means from any mode.
+    pub async fn set_mode<S: Store>(
+        &self,
+        store: &S,
+        from: Option<TargetMode>,
+        to: TargetMode,
+        reason: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let state = TargetState {
+            mode: to,
+            since_ms: now_ms(),
+            reason,
+        };
+        {
+            let current = self.mode();
+            if from.is_some_and(|f| f != current) || current == to {
+                return Ok(false);
+            }
+        }
+        store.set_target_state(self.id, state.clone()).await?;
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        if to == TargetMode::Active {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.notify.notify_waiters();
+        }
+        tracing::warn!(target_name = %self.config.name, mode = ?to, "target state changed");
+        Ok(true)
+    }
 }
 
 /// What one step of a worker did.
@@ -67,9 +146,13 @@ pub fn now_ms() -> u64 {
 }
 
 impl<S: Store> Worker<S> {
-    /// Claims the next due delivery of this target, makes one attempt and records it.
+    /// Claims the next due delivery of this target, makes one attempt and records it. A
+    /// paused or suspended target claims nothing.
     pub async fn deliver_one(&self) -> Result<Outcome, StoreError> {
         let target = &self.target;
+        if target.mode() != TargetMode::Active {
+            return Ok(Outcome::Idle { next_due_ms: None });
+        }
         let delivery = match self.store.claim(target.id, now_ms()).await? {
             Claim::Due(d) => d,
             Claim::Wait(due) => {
@@ -107,11 +190,11 @@ impl<S: Store> Worker<S> {
         let next = match &action {
             Action::Done => Next::Done,
             Action::Retry { retry_after, .. } => {
-                match target
-                    .config
-                    .retry
-                    .delay(number, fastrand::f64(), *retry_after)
-                {
+                match target.config.retry.delay(
+                    number - delivery.retry_base,
+                    fastrand::f64(),
+                    *retry_after,
+                ) {
                     Some(delay) => Next::Retry {
                         due_ms: now_ms() + delay.as_millis() as u64,
                     },
@@ -142,6 +225,8 @@ impl<S: Store> Worker<S> {
             response_excerpt: excerpt,
         };
         self.store.finish(&delivery, attempt, next).await?;
+        self.account(&action, next, latency_ms, event.as_ref())
+            .await;
         let seq = delivery.seq;
         let outcome = match next {
             Next::Done => {
@@ -164,6 +249,156 @@ impl<S: Store> Worker<S> {
         Ok(outcome)
     }
 
+    /// Metrics, last error, and the consecutive-failure count that suspends a target. Only
+    /// failures worth retrying count: a 4xx means the target is up and answering.
+    async fn account(&self, action: &Action, next: Next, latency_ms: u64, event: Option<&Event>) {
+        let t = &self.target;
+        let m = &t.metrics;
+        m.attempt_seconds.observe(latency_ms as f64 / 1000.0);
+        match next {
+            Next::Done => {
+                m.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(received) =
+                    event.and_then(|e| crate::normalize::parse_time(&e.received_at))
+                {
+                    let lag_ms = now_ms().saturating_sub(received.timestamp_millis().max(0) as u64);
+                    m.lag_seconds.observe(lag_ms as f64 / 1000.0);
+                }
+            }
+            Next::Retry { .. } => {
+                m.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Next::Dead => {
+                m.dead.fetch_add(1, Ordering::Relaxed);
+            }
+            Next::Skipped => {
+                m.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match action {
+            Action::Done => {
+                t.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            Action::Retry { reason, .. } => {
+                *t.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                let failures = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let limit = t.config.suspend_after;
+                if limit > 0 && failures >= limit {
+                    let why = format!("{failures} consecutive failed attempts; last: {reason}");
+                    if let Err(e) = t
+                        .set_mode(
+                            self.store.as_ref(),
+                            Some(TargetMode::Active),
+                            TargetMode::Suspended,
+                            Some(why),
+                        )
+                        .await
+                    {
+                        tracing::error!(target_name = %t.config.name, error = %e, "could not record the suspension");
+                    }
+                }
+            }
+            Action::Permanent { reason } => {
+                *t.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            }
+            Action::Skip { .. } => {}
+        }
+    }
+
+    /// While the target is suspended: tries its head delivery again, with backoff, without
+    /// counting failed tries against any delivery. The first answer that is not worth a retry
+    /// (success, or a permanent error: the target is answering) is recorded and resumes it.
+    pub async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        use backon::BackoffBuilder;
+        let t = &self.target;
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(t.config.probe_interval)
+            .with_max_delay(Duration::from_secs(300))
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
+        while t.mode() == TargetMode::Suspended && !*stop.borrow() {
+            let wait = delays.next().unwrap_or(Duration::from_secs(300));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => break,
+            }
+            match self.probe_once().await {
+                Ok(true) => {
+                    if let Err(e) = t
+                        .set_mode(
+                            self.store.as_ref(),
+                            Some(TargetMode::Suspended),
+                            TargetMode::Active,
+                            None,
+                        )
+                        .await
+                    {
+                        tracing::error!(target_name = %t.config.name, error = %e, "could not record the resumption");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(target_name = %t.config.name, error = %e, "probe failed"),
+            }
+        }
+        t.probe_running.store(false, Ordering::Release);
+    }
+
+    /// One probe; `true` when the target answered.
+    async fn probe_once(&self) -> Result<bool, StoreError> {
+        let t = &self.target;
+        let delivery = match self.store.claim(t.id, u64::MAX).await? {
+            Claim::Due(d) => d,
+            // Nothing waits: resume, and let the next delivery show whether it is back.
+            _ => return Ok(true),
+        };
+        let Some(event) = self.store.event(delivery.event_id).await? else {
+            self.store.release(delivery.seq);
+            return Ok(true);
+        };
+        let number = delivery.attempts + 1;
+        let ctx = context(&event, &delivery, number, &t.config.name);
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let result = t
+            .target
+            .send(&self.client, &self.templates, &ctx, t.config.timeout)
+            .await;
+        let action = classify(&result);
+        if let Action::Retry { reason, .. } = &action {
+            tracing::info!(target_name = %t.config.name, error = %reason, "probe failed; target stays suspended");
+            self.store.release(delivery.seq);
+            return Ok(false);
+        }
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let next = match &action {
+            Action::Done => Next::Done,
+            Action::Skip { .. } => Next::Skipped,
+            _ => Next::Dead,
+        };
+        let (status, excerpt) = match &result {
+            AttemptResult::Response {
+                status, excerpt, ..
+            } => (Some(*status), excerpt.clone()),
+            _ => (None, None),
+        };
+        let error = match &action {
+            Action::Permanent { reason } | Action::Skip { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        let attempt = Attempt {
+            number,
+            at_ms,
+            latency_ms,
+            status,
+            error,
+            response_excerpt: excerpt,
+        };
+        self.store.finish(&delivery, attempt, next).await?;
+        self.account(&action, next, latency_ms, Some(&event)).await;
+        Ok(true)
+    }
+
     /// Runs one lane until `stop` turns true; checked between deliveries only, so an attempt
     /// in progress is finished and recorded.
     pub async fn run_lane(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -175,6 +410,15 @@ impl<S: Store> Worker<S> {
             let notified = self.target.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.target.mode() == TargetMode::Suspended
+                && self
+                    .target
+                    .probe_running
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                tokio::spawn(self.clone().probe(stop.clone()));
+            }
             let wait = match self.deliver_one().await {
                 Ok(Outcome::Idle { next_due_ms }) => next_due_ms
                     .map_or(MAX_IDLE, |due| {

@@ -8,6 +8,7 @@ mod error;
 mod signature;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 pub use error::IngestError;
 
+use crate::admin::metrics::{IngestMetrics, SourceMetrics};
 use crate::config::{OrderingKey, SourceConfig};
 use crate::deliver::{context, now_ms, TargetRuntime};
 use crate::normalize::{classify_content_type, normalize, victorops, Event, Received, SourceKind};
@@ -36,6 +38,7 @@ pub struct Ingest<S> {
     pub targets: Vec<Arc<TargetRuntime>>,
     pub templates: Arc<Templates>,
     pub rules: Arc<Rules>,
+    pub metrics: Arc<IngestMetrics>,
     pub max_body_bytes: usize,
     pub dedup_window_ms: u64,
 }
@@ -49,8 +52,15 @@ struct Accepted {
 
 impl<S: Store> Ingest<S> {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        match self.accept(req).await {
+        let mut source = None;
+        let result = self.accept(req, &mut source).await;
+        let m: &SourceMetrics =
+            source.map_or(&self.metrics.unrouted, |i| &self.metrics.sources[i].1);
+        m.received.fetch_add(1, Relaxed);
+        match result {
             Ok(a) => {
+                m.events_stored.fetch_add(a.stored.len() as u64, Relaxed);
+                m.events_duplicate.fetch_add(a.duplicates as u64, Relaxed);
                 let status = match a.kind {
                     SourceKind::Statusgator => StatusCode::OK,
                     SourceKind::Pagerduty => StatusCode::ACCEPTED,
@@ -63,6 +73,7 @@ impl<S: Store> Ingest<S> {
                 respond(status, &body)
             }
             Err(e) => {
+                m.reject(e.code());
                 let status = e.status();
                 if status.is_server_error() {
                     tracing::error!(error = %e, source_error = ?std::error::Error::source(&e), "ingest failed");
@@ -99,9 +110,15 @@ impl<S: Store> Ingest<S> {
         })
     }
 
-    async fn accept(&self, req: Request<Incoming>) -> Result<Accepted, IngestError> {
+    /// Sets `source_index` as soon as the request is routed, for the metrics.
+    async fn accept(
+        &self,
+        req: Request<Incoming>,
+        source_index: &mut Option<usize>,
+    ) -> Result<Accepted, IngestError> {
         let (req, body) = req.into_parts();
         let (source, path_token) = self.route(req.uri.path()).ok_or(IngestError::NotFound)?;
+        *source_index = self.sources.iter().position(|s| std::ptr::eq(s, source));
         if req.method != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
@@ -240,7 +257,7 @@ impl<S: Store> Ingest<S> {
         NewEvent::new(event, deliveries)
     }
 
-    fn ordering_key(&self, target: &TargetRuntime, event: &Event) -> String {
+    pub(crate) fn ordering_key(&self, target: &TargetRuntime, event: &Event) -> String {
         let mut key = match &target.config.ordering_key {
             OrderingKey::AlertField(field) => event.alert.get(field).cloned().unwrap_or_default(),
             OrderingKey::Template(t) => {

@@ -118,6 +118,11 @@ impl SledStore {
         get_delivery(&self.db, seq)
     }
 
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<Seq>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }

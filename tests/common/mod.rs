@@ -302,6 +302,9 @@ pub const SOURCES: &str = r#"
 [store]
 path = "{dir}/data"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[sources]]
 name = "statusgator"
 kind = "statusgator"
