@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hookrelay::admin::client;
 use hookrelay::normalize::SourceKind;
 use hookrelay::{samples, Config};
 
@@ -31,6 +32,32 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Targets of a running relay: state, pending, oldest pending, dead letters, last error.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Events a running relay holds.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Dead letters of a running relay.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Pause or resume a target of a running relay.
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Post a built-in sample payload to a running relay. `send-test list` lists them.
     SendTest {
         /// Sample name, or `list`.
@@ -39,6 +66,83 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// How to reach the admin API: by default the address and token in the config.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API base URL, e.g. http://127.0.0.1:9090.
+    #[arg(long, global = true)]
+    admin: Option<String>,
+    /// Bearer token; default: HOOKRELAY_ADMIN_TOKEN, else the config's admin token.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+// Filters shared by the list commands: RFC 3339 times or epoch milliseconds.
+#[derive(clap::Args)]
+struct Window {
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long)]
+    limit: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// List events, oldest first, with their delivery status.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// pending, done or dead
+        #[arg(long)]
+        status: Option<String>,
+        /// Continue after this event id.
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        window: Window,
+    },
+    /// One event with its deliveries and every attempt.
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        window: Window,
+    },
+    /// Replay one dead letter by id, or all of a target's within a time range.
+    Replay {
+        id: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCommand {
+    /// Stop sending to a target (nothing is dropped) until resumed.
+    Pause { name: String },
+    /// Resume a paused or suspended target.
+    Resume { name: String },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +166,61 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
         Command::SendTest { sample, url } => send_test(&sample, url),
+        Command::Status { admin } => admin_command(admin, client::Command::Status),
+        Command::Events { command, admin } => admin_command(
+            admin,
+            match command {
+                EventsCommand::List {
+                    source,
+                    event_type,
+                    status,
+                    after,
+                    window,
+                } => client::Command::EventsList {
+                    query: query(
+                        &[
+                            ("source", source),
+                            ("type", event_type),
+                            ("status", status),
+                            ("after", after),
+                        ],
+                        window,
+                    ),
+                },
+                EventsCommand::Show { id } => client::Command::EventsShow { id },
+            },
+        ),
+        Command::Dlq { command, admin } => admin_command(
+            admin,
+            match command {
+                DlqCommand::List { target, window } => client::Command::DlqList {
+                    query: query(&[("target", target)], window),
+                },
+                DlqCommand::Replay { id: Some(id), .. } => client::Command::DlqReplayOne { id },
+                DlqCommand::Replay {
+                    id: None,
+                    target,
+                    since,
+                    until,
+                } => client::Command::DlqReplayRange {
+                    query: query(
+                        &[("target", target), ("since", since), ("until", until)],
+                        Window {
+                            since: None,
+                            until: None,
+                            limit: None,
+                        },
+                    ),
+                },
+            },
+        ),
+        Command::Targets { command, admin } => admin_command(
+            admin,
+            match command {
+                TargetsCommand::Pause { name } => client::Command::Pause { target: name },
+                TargetsCommand::Resume { name } => client::Command::Resume { target: name },
+            },
+        ),
         Command::Rules {
             command:
                 RulesCommand::Test {
@@ -133,6 +292,44 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         config.targets.len(),
         config.store.path.display()
     );
+    Ok(())
+}
+
+fn query(pairs: &[(&str, Option<String>)], w: Window) -> Vec<(String, String)> {
+    let window = [
+        ("since", w.since),
+        ("until", w.until),
+        ("limit", w.limit.map(|l| l.to_string())),
+    ];
+    pairs
+        .iter()
+        .cloned()
+        .chain(window)
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+        .collect()
+}
+
+fn admin_command(args: AdminArgs, command: client::Command) -> anyhow::Result<()> {
+    let (base, config_token) = match &args.admin {
+        Some(url) => (url.clone(), None),
+        None => {
+            let config = Config::load(args.config.as_deref())?;
+            let listen = config
+                .admin
+                .listen
+                .context("the admin API is disabled in this config; pass --admin URL")?;
+            (format!("http://{listen}"), config.admin.token)
+        }
+    };
+    let token = args
+        .token
+        .or_else(|| std::env::var("HOOKRELAY_ADMIN_TOKEN").ok())
+        .or(config_token);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let out = runtime
+        .block_on(client::Client::new(&base, token).run(command, args.json))
+        .map_err(anyhow::Error::msg)?;
+    print!("{out}");
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! a token is configured; without one the listener may only be on loopback (checked when the
 //! config is loaded). Secrets (tokens, signing secrets) are never part of any answer.
 
+pub mod client;
 pub mod metrics;
 
 use std::collections::HashMap;
