@@ -264,3 +264,26 @@ fn signing_secrets() {
     let c = parse("[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\nsecrets = [\"a\", \"b\"]\n").unwrap();
     assert_eq!(c.sources[0].secrets, ["a", "b"]);
 }
+
+#[test]
+fn admin_without_a_token_stays_on_loopback() {
+    let e = error(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{SOURCE}"));
+    assert_eq!(e, "test.toml:2: admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token (or admin.token_env) before exposing the admin API");
+    let c = parse(&format!(
+        "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\n{SOURCE}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            c.admin.listen.unwrap().to_string(),
+            c.admin.token.as_deref()
+        ),
+        ("0.0.0.0:9090".into(), Some("t"))
+    );
+    let c = parse(&format!("[admin]\nenabled = false\n{SOURCE}")).unwrap();
+    assert_eq!(c.admin.listen, None);
+    assert_eq!(
+        parse(SOURCE).unwrap().admin.listen.unwrap().to_string(),
+        "127.0.0.1:9090"
+    );
+}

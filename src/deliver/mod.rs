@@ -84,8 +84,10 @@ impl TargetRuntime {
             .clone()
     }
 
-    /// Switches mode (persisted first, so a restart keeps it) and wakes the lanes when the
-    /// target becomes active. `from` guards against races: `None` means from any mode.
+    /// Switches mode and persists it, so a restart keeps it. `from` guards the transition:
+    /// `None` means from any mode. The check and the change happen under one lock, so two
+    /// lanes failing at once cannot both suspend the target. Wakes the lanes when the target
+    /// becomes active.
     pub async fn set_mode<S: Store>(
         &self,
         store: &S,
@@ -99,17 +101,17 @@ impl TargetRuntime {
             reason,
         };
         {
-            let current = self.mode();
-            if from.is_some_and(|f| f != current) || current == to {
+            let mut current = self.mode.lock().unwrap_or_else(|p| p.into_inner());
+            if from.is_some_and(|f| f != current.mode) || current.mode == to {
                 return Ok(false);
             }
+            *current = state.clone();
         }
-        store.set_target_state(self.id, state.clone()).await?;
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = state;
         if to == TargetMode::Active {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             self.notify.notify_waiters();
         }
+        store.set_target_state(self.id, state).await?;
         tracing::warn!(target_name = %self.config.name, mode = ?to, "target state changed");
         Ok(true)
     }
