@@ -110,6 +110,7 @@ impl Relay {
             rules: config.rules.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.body_timeout,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
         });
         let admin_addr = match config.admin.listen {
@@ -135,11 +136,16 @@ impl Relay {
                     let admin = admin.clone();
                     async move { admin.handle(req).await }
                 };
+                let limits = Limits {
+                    grace: config.server.shutdown_grace,
+                    header_timeout: config.server.header_timeout,
+                    max_connections: 64,
+                };
                 admin_server = Some(tokio::spawn(serve(
                     admin_listener,
                     handler,
                     stop_rx.clone(),
-                    config.server.shutdown_grace,
+                    limits,
                 )));
                 Some(addr)
             }
@@ -151,12 +157,12 @@ impl Relay {
                 async move { ingest.handle(req).await }
             }
         };
-        let server = tokio::spawn(serve(
-            listener,
-            handler,
-            stop_rx,
-            config.server.shutdown_grace,
-        ));
+        let limits = Limits {
+            grace: config.server.shutdown_grace,
+            header_timeout: config.server.header_timeout,
+            max_connections: config.server.max_connections,
+        };
+        let server = tokio::spawn(serve(listener, handler, stop_rx, limits));
         tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
         Ok(Relay {
             addr,
@@ -225,17 +231,30 @@ pub async fn run(
     relay.shutdown().await.map_err(RelayError::Close)
 }
 
+/// What one listener allows its clients.
+struct Limits {
+    grace: Duration,
+    header_timeout: Duration,
+    max_connections: usize,
+}
+
 async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    limits: Limits,
 ) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        // At the limit, stop accepting: new connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -256,17 +275,18 @@ async fn serve<H, F>(
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(limits.header_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(limits.grace, graceful.shutdown())
         .await
         .is_err()
     {

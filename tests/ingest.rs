@@ -804,3 +804,57 @@ async fn pagerduty_signatures_are_verified_before_anything_is_stored() {
         relay.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_connections_are_limited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let config = format!("{SOURCES}{OUTBOX}\n[server]\nheader_timeout = \"300ms\"\nbody_timeout = \"300ms\"\nmax_connections = 2\n");
+    let relay = spawn_relay(&config, dir.path()).await;
+    let addr = relay.local_addr();
+
+    // Headers, then half a body, then nothing: 408 when the body timeout passes.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /com.statusgator/v1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(s);
+
+    // Half a request line, then nothing: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /com.statusg").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the relay closes a connection that never finishes its headers"
+    );
+    drop(s);
+
+    // Two idle connections fill the limit; a third client is served once one goes away.
+    let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sg = url(&relay, SG);
+    let third =
+        tokio::spawn(async move { post(&sg, Some(FORM), fixture("statusgator-v1.form")).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!third.is_finished(), "served beyond the connection limit");
+    drop(a);
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(b);
+    assert_eq!(
+        relay.store().stats().await.unwrap().events,
+        1,
+        "nothing stored for the cut-off requests"
+    );
+    relay.shutdown().await.unwrap();
+}

@@ -54,6 +54,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight requests and deliveries.
     pub shutdown_grace: Duration,
+    /// A client must send its request headers within this long.
+    pub header_timeout: Duration,
+    /// …and its body within this long once the headers are in.
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -346,6 +352,22 @@ impl Validator<'_> {
                 "server.shutdown_grace",
                 Duration::from_secs(10),
             )?,
+            header_timeout: self.duration(
+                &raw.server.header_timeout,
+                "server.header_timeout",
+                Duration::from_secs(10),
+            )?,
+            body_timeout: self.duration(
+                &raw.server.body_timeout,
+                "server.body_timeout",
+                Duration::from_secs(10),
+            )?,
+            max_connections: self.int(
+                &raw.server.max_connections,
+                "server.max_connections",
+                1..=100_000,
+                1024,
+            )? as usize,
         };
         let store = StoreConfig {
             path: self.path(

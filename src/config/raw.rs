@@ -44,6 +44,9 @@ pub(super) struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

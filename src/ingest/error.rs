@@ -28,6 +28,8 @@ pub enum IngestError {
     PayloadTooLarge(usize),
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u128),
     #[error(transparent)]
     Invalid(#[from] NormalizeError),
     #[error("the event could not be stored; retry later")]
@@ -45,6 +47,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyRead(_) | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
+            IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -60,6 +63,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::PayloadTooLarge(_) => "payload_too_large",
             IngestError::BodyRead(_) => "body_read",
+            IngestError::BodyTimeout(_) => "body_timeout",
             IngestError::Invalid(NormalizeError::Empty) => "empty_body",
             IngestError::Invalid(NormalizeError::NotUtf8(_)) => "invalid_utf8",
             IngestError::Invalid(NormalizeError::Json(_)) => "malformed_json",

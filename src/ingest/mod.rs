@@ -40,6 +40,7 @@ pub struct Ingest<S> {
     pub rules: Arc<Rules>,
     pub metrics: Arc<IngestMetrics>,
     pub max_body_bytes: usize,
+    pub body_timeout: std::time::Duration,
     pub dedup_window_ms: u64,
 }
 
@@ -162,9 +163,14 @@ impl<S: Store> Ingest<S> {
             .get("x-webhook-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = Limited::new(body, self.max_body_bytes)
-            .collect()
-            .await
+        // A client trickling its body must not hold a connection (and a task) forever.
+        let collected = tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(body, self.max_body_bytes).collect(),
+        )
+        .await
+        .map_err(|_| IngestError::BodyTimeout(self.body_timeout.as_millis()))?;
+        let body = collected
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     IngestError::PayloadTooLarge(self.max_body_bytes)
