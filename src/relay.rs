@@ -88,6 +88,7 @@ impl Relay {
             config.sources.iter().map(|s| s.name.clone()),
         ));
         let mut admin_server = None;
+        let over_budget = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop, stop_rx) = watch::channel(false);
         let mut lanes = JoinSet::new();
         for t in &targets {
@@ -112,7 +113,14 @@ impl Relay {
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
+            over_disk_budget: over_budget.clone(),
         });
+        lanes.spawn(housekeeping(
+            store.clone(),
+            config.store.clone(),
+            over_budget,
+            stop_rx.clone(),
+        ));
         let admin_addr = match config.admin.listen {
             None => None,
             Some(admin_listen) => {
@@ -229,6 +237,65 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     relay.shutdown().await.map_err(RelayError::Close)
+}
+
+/// Retention and the disk budget: prunes on `prune_interval`, checks the store's size every
+/// second. Pruning goes in bounded steps so the writer, which ingest waits on, is never held
+/// for long.
+async fn housekeeping(
+    store: Arc<SledStore>,
+    config: crate::config::StoreConfig,
+    over_budget: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut next_prune = tokio::time::Instant::now() + config.prune_interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1).min(config.prune_interval)) => {}
+            _ = stop.changed() => return,
+        }
+        if config.disk_budget > 0 {
+            let over = store.size_on_disk() > config.disk_budget;
+            if over != over_budget.swap(over, Relaxed) {
+                tracing::warn!(
+                    over_budget = over,
+                    budget = config.disk_budget,
+                    "store disk budget"
+                );
+            }
+        }
+        if tokio::time::Instant::now() < next_prune {
+            continue;
+        }
+        next_prune = tokio::time::Instant::now() + config.prune_interval;
+        let now = crate::deliver::now_ms();
+        let mut after = None;
+        loop {
+            let step = crate::store::Prune {
+                done_before_ms: now.saturating_sub(config.retain_delivered.as_millis() as u64),
+                dead_before_ms: now.saturating_sub(config.retain_dead.as_millis() as u64),
+                now_ms: now,
+                after,
+                max_events: 1000,
+            };
+            match store.prune(step).await {
+                Ok(p) => {
+                    if p.events + p.dedup_keys > 0 {
+                        tracing::info!(events = p.events, dedup_keys = p.dedup_keys, "pruned");
+                    }
+                    match p.resume_after {
+                        Some(a) if !*stop.borrow() => after = Some(a),
+                        _ => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "pruning failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// What one listener allows its clients.

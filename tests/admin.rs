@@ -574,3 +574,100 @@ async fn cli_commands_against_a_running_relay() {
     );
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn retention_prunes_delivered_events_and_keeps_dead_letters_longer() {
+    let dir = tempdir();
+    let hook = Receiver::scripted(Arc::new(|r, _| {
+        if r.text().contains("dead-one") {
+            (404, vec![], "no".into())
+        } else {
+            (200, vec![], "ok".into())
+        }
+    }))
+    .await;
+    let retention = |dead: &str| {
+        with_admin_token(&target("hook", &hook.url("/h"), "body = '{{event.title}}'")).replace(
+            "[store]\npath = \"{dir}/data\"\n",
+            &format!("[store]\npath = \"{{dir}}/data\"\nretain_delivered = \"300ms\"\nretain_dead = \"{dead}\"\nprune_interval = \"100ms\"\n"),
+        )
+    };
+    let relay = spawn_relay(&retention("1h"), dir.path()).await;
+    let mut ids = Vec::new();
+    for (m, msg) in [("a", "done-one"), ("b", "dead-one")] {
+        let (status, body) = post(
+            &url(&relay, SG),
+            Some("application/json"),
+            sg_v3(m, "down", msg),
+        )
+        .await;
+        assert_eq!(status, 200);
+        ids.push(uuid::Uuid::parse_str(body["events"][0].as_str().unwrap()).unwrap());
+    }
+    assert!(
+        wait_until_async(|| async { relay.store().event(ids[0]).await.unwrap().is_none() }).await,
+        "the delivered event is pruned"
+    );
+    assert!(
+        relay.store().event(ids[1]).await.unwrap().is_some(),
+        "the dead letter's event stays"
+    );
+    let (_, t) = admin(&relay, "GET", "/targets").await;
+    assert_eq!(t["targets"][0]["dead_letters"], 1);
+    relay.shutdown().await.unwrap();
+
+    let relay = spawn_relay(&retention("300ms"), dir.path()).await;
+    assert!(
+        wait_until_async(|| async { relay.store().event(ids[1]).await.unwrap().is_none() }).await
+    );
+    let (_, t) = admin(&relay, "GET", "/targets").await;
+    assert_eq!(
+        (
+            t["targets"][0]["dead_letters"].as_u64(),
+            t["targets"][0]["pending"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_the_disk_budget_ingest_answers_503_and_stores_nothing() {
+    let dir = tempdir();
+    let config = SOURCES.replace(
+        "[store]\npath = \"{dir}/data\"\n",
+        "[store]\npath = \"{dir}/data\"\ndisk_budget = 1\nprune_interval = \"100ms\"\n",
+    );
+    let relay = spawn_relay(&config, dir.path()).await;
+    let mut last = (0, Value::Null);
+    for _ in 0..50 {
+        last = post(
+            &url(&relay, SG),
+            Some("application/json"),
+            sg_v3("m", "down", &format!("{:?}", std::time::Instant::now())),
+        )
+        .await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last.1,
+        json!({"error": "the relay's store is over its disk budget; retry later", "code": "disk_budget"})
+    );
+    let before = relay.store().stats().await.unwrap().events;
+    let (status, _) = post(
+        &url(&relay, SG),
+        Some("application/json"),
+        sg_v3("m", "down", "refused"),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        relay.store().stats().await.unwrap().events,
+        before,
+        "nothing stored while over budget"
+    );
+    relay.shutdown().await.unwrap();
+}

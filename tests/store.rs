@@ -258,3 +258,95 @@ async fn dedup_keys_expire_after_their_window() {
     );
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn pruning_removes_finished_events_and_expired_dedup_keys_only() {
+    use hookrelay::store::{DeliveryState, Prune};
+    let dir = tempdir();
+    let store = SledStore::open(dir.path()).unwrap();
+    let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+    let events = [event("done", 1), event("dead", 2), event("pending", 3)];
+    let mut b = batch(&events, &[t], 1_000);
+    b.dedup_until_ms = 5_000;
+    store.ingest(b).await.unwrap();
+    for (n, next) in [(0, Next::Done), (1, Next::Dead)] {
+        let Claim::Due(d) = store.claim(t, 1_000).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.ordering_key, events[n].alert["entity_id"]);
+        store.finish(&d, attempt(1), next).await.unwrap();
+    }
+    assert_eq!(store.counts(t).await.unwrap().dead, 1);
+    let id = |e: &Event| uuid::Uuid::parse_str(&e.id).unwrap();
+    let far = u64::MAX / 2;
+
+    // Dead letters kept longer than delivered events; pending ones are never touched.
+    let p = store
+        .prune(Prune {
+            done_before_ms: far,
+            dead_before_ms: 0,
+            now_ms: 4_000,
+            after: None,
+            max_events: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!((p.events, p.dedup_keys, p.resume_after), (1, 0, None));
+    assert!(store.event(id(&events[0])).await.unwrap().is_none());
+    assert!(store
+        .deliveries_of(id(&events[0]))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.event(id(&events[1])).await.unwrap().is_some());
+    assert!(store.event(id(&events[2])).await.unwrap().is_some());
+
+    let p = store
+        .prune(Prune {
+            done_before_ms: far,
+            dead_before_ms: far,
+            now_ms: 6_000,
+            after: None,
+            max_events: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.events, p.dedup_keys),
+        (1, 3),
+        "the dead letter, and all three dedup keys that expired at 5,000"
+    );
+    assert_eq!(
+        store.counts(t).await.unwrap(),
+        hookrelay::store::TargetCounts {
+            pending: 1,
+            dead: 0
+        }
+    );
+    assert!(store.dead_letters(t).await.unwrap().is_empty());
+    let pending = store.deliveries_of(id(&events[2])).await.unwrap();
+    assert_eq!(pending[0].state, DeliveryState::Pending);
+
+    // Bounded steps resume where they stopped.
+    let more: Vec<Event> = (0..5).map(|i| event(&format!("x{i}"), 10 + i)).collect();
+    store.ingest(batch(&more, &[], 7_000)).await.unwrap();
+    let step = |after| Prune {
+        done_before_ms: far,
+        dead_before_ms: far,
+        now_ms: 6_000,
+        after,
+        max_events: 2,
+    };
+    let mut total = 0;
+    let mut after = None;
+    for _ in 0..10 {
+        let p = store.prune(step(after)).await.unwrap();
+        total += p.events;
+        match p.resume_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(total, 5, "events with no deliveries are finished");
+    store.close().await.unwrap();
+}

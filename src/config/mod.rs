@@ -66,6 +66,13 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub dedup_window: Duration,
+    /// Events whose deliveries all succeeded (or were skipped) are deleted after this long.
+    pub retain_delivered: Duration,
+    /// Dead letters are deleted after this long.
+    pub retain_dead: Duration,
+    pub prune_interval: Duration,
+    /// Bytes on disk above which ingest answers 503; 0: no budget.
+    pub disk_budget: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +388,23 @@ impl Validator<'_> {
                 "store.dedup_window",
                 Duration::from_secs(30 * 86_400),
             )?,
+            retain_delivered: self.duration(
+                &raw.store.retain_delivered,
+                "store.retain_delivered",
+                Duration::from_secs(7 * 86_400),
+            )?,
+            retain_dead: self.duration(
+                &raw.store.retain_dead,
+                "store.retain_dead",
+                Duration::from_secs(30 * 86_400),
+            )?,
+            prune_interval: self.duration(
+                &raw.store.prune_interval,
+                "store.prune_interval",
+                Duration::from_secs(60),
+            )?,
+            disk_budget: self.int(&raw.store.disk_budget, "store.disk_budget", 0..=i64::MAX, 0)?
+                as u64,
         };
         let delivery = DeliveryConfig {
             connect_timeout: self.duration(

@@ -54,6 +54,10 @@ pub(super) struct RawServer {
 pub(super) struct RawStore {
     pub path: Option<Spanned<String>>,
     pub dedup_window: Option<Spanned<String>>,
+    pub retain_delivered: Option<Spanned<String>>,
+    pub retain_dead: Option<Spanned<String>>,
+    pub prune_interval: Option<Spanned<String>>,
+    pub disk_budget: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -34,6 +34,8 @@ pub enum IngestError {
     Invalid(#[from] NormalizeError),
     #[error("the event could not be stored; retry later")]
     Unavailable(#[source] StoreError),
+    #[error("the relay's store is over its disk budget; retry later")]
+    DiskBudget,
 }
 
 impl IngestError {
@@ -48,7 +50,9 @@ impl IngestError {
             IngestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyRead(_) | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Unavailable(_) | IngestError::DiskBudget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -70,6 +74,7 @@ impl IngestError {
             IngestError::Invalid(NormalizeError::Form(_)) => "malformed_form",
             IngestError::Invalid(NormalizeError::Shape(_)) => "unrecognized_payload",
             IngestError::Unavailable(_) => "store_unavailable",
+            IngestError::DiskBudget => "disk_budget",
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Ingest<S> {
     pub max_body_bytes: usize,
     pub body_timeout: std::time::Duration,
     pub dedup_window_ms: u64,
+    /// Set by the relay's disk check while the store is over its budget.
+    pub over_disk_budget: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a stored request produced.
@@ -87,7 +89,7 @@ impl<S: Store> Ingest<S> {
                         resp.headers_mut()
                             .insert(ALLOW, HeaderValue::from_static("POST"));
                     }
-                    IngestError::Unavailable(_) => {
+                    IngestError::Unavailable(_) | IngestError::DiskBudget => {
                         resp.headers_mut()
                             .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                     }
@@ -187,6 +189,9 @@ impl<S: Store> Ingest<S> {
                     signature::SignatureError::Mismatch => IngestError::SignatureMismatch,
                 },
             )?;
+        }
+        if self.over_disk_budget.load(Relaxed) {
+            return Err(IngestError::DiskBudget);
         }
         let received_ms = now_ms();
         let mut events = normalize(&Received {

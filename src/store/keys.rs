@@ -6,6 +6,7 @@
 //! | `E` | event id (16) | event (see `codec`) |
 //! | `V` | event id (16), seq (8) | empty: an event's deliveries |
 //! | `D` | source, 0, dedup key | expiry ms (8), event id (16) |
+//! | `Y` | expiry ms (8), `D` key | empty: dedup keys by expiry, for pruning |
 //! | `L` | seq (8) | delivery record |
 //! | `A` | seq (8), attempt (4) | attempt record |
 //! | `R` | target (4), due ms (8), seq (8) | empty: the ready index, heads of ordering keys only |
@@ -37,6 +38,10 @@ pub fn event_deliveries(id: &[u8; 16]) -> Vec<u8> {
 
 pub fn dedup(source: &str, key: &str) -> Vec<u8> {
     [b"D".as_slice(), source.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+pub fn dedup_expiry(until_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
+    [b"Y".as_slice(), &until_ms.to_be_bytes(), dedup_key].concat()
 }
 
 pub fn delivery(seq: Seq) -> [u8; 9] {

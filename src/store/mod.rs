@@ -152,6 +152,23 @@ pub struct TargetState {
     pub reason: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct Prune {
+    pub done_before_ms: u64,
+    pub dead_before_ms: u64,
+    pub now_ms: u64,
+    pub after: Option<uuid::Uuid>,
+    pub max_events: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub dedup_keys: usize,
+    /// Where the scan stopped; `None` when it reached the retention boundary.
+    pub resume_after: Option<uuid::Uuid>,
+}
+
 /// Counters kept with every write, so reading them never scans the queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TargetCounts {
@@ -301,6 +318,13 @@ pub trait Store: Send + Sync + 'static {
         seqs: Vec<Seq>,
         now_ms: u64,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Deletes, oldest first and at most `max_events` events per call: events whose
+    /// deliveries all finished (done or skipped before `done_before_ms`, dead before
+    /// `dead_before_ms`), with their deliveries, attempts and index entries; and dedup keys
+    /// that expired before `now_ms`. Pending deliveries are never touched. `after` continues a
+    /// previous call.
+    fn prune(&self, limits: Prune) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
 
     /// New deliveries of a stored event.
     fn redeliver(

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::keys;
 use super::{
     codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
-    Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
 };
 use crate::normalize::Event;
 
@@ -44,6 +44,7 @@ enum Op {
     Targets(Vec<String>),
     SetState(TargetId, TargetState),
     Replay(Vec<Seq>, u64),
+    Prune(Prune),
     Redeliver(uuid::Uuid, Vec<NewDelivery>, u64),
     Ping,
     Close,
@@ -53,6 +54,7 @@ enum Reply {
     Ingest(Vec<EventOutcome>),
     Targets(Vec<TargetId>),
     Seqs(Vec<Seq>),
+    Pruned(Pruned),
     Count(usize),
     Done,
 }
@@ -352,6 +354,13 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn prune(&self, limits: Prune) -> Result<Pruned, StoreError> {
+        match self.submit(Op::Prune(limits)).await? {
+            Reply::Pruned(p) => Ok(p),
+            _ => unreachable!("writer answers Prune with Pruned"),
+        }
+    }
+
     async fn replay(&self, seqs: Vec<Seq>, now_ms: u64) -> Result<usize, StoreError> {
         self.submit_count(Op::Replay(seqs, now_ms)).await
     }
@@ -458,6 +467,7 @@ impl Writer {
                 Ok(Reply::Done)
             }
             Op::Replay(seqs, now) => self.replay(&seqs, now).map(Reply::Count),
+            Op::Prune(p) => self.prune(p).map(Reply::Pruned),
             Op::Redeliver(event, deliveries, now) => {
                 self.redeliver(event, deliveries, now).map(Reply::Seqs)
             }
@@ -527,6 +537,7 @@ impl Writer {
                 dedup_key.as_slice(),
                 [b.dedup_until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat(),
             );
+            batch.insert(keys::dedup_expiry(b.dedup_until_ms, &dedup_key), &[]);
             seen.insert(dedup_key);
             batch.insert(keys::event(id.as_bytes()), new.encoded);
             for d in new.deliveries {
@@ -675,6 +686,88 @@ impl Writer {
             heads.insert(head_key, seq);
         }
         Ok(())
+    }
+
+    fn prune(&mut self, p: Prune) -> Result<Pruned, StoreError> {
+        // Event ids are UUIDv7: their first 48 bits are the creation time, so the scan can stop
+        // at the first event younger than both retention periods.
+        let boundary = p.done_before_ms.max(p.dead_before_ms);
+        let start = match p.after {
+            Some(id) => [keys::event(id.as_bytes()), vec![0]].concat(),
+            None => b"E".to_vec(),
+        };
+        let mut batch = sled::Batch::default();
+        let mut pruned = Pruned::default();
+        let mut scanned = 0;
+        let mut last = None;
+        let mut reached_boundary = true;
+        for key in self.db.range(start..b"F".to_vec()).keys() {
+            let key = key?;
+            let Some(id) = key.get(1..17).and_then(|b| uuid::Uuid::from_slice(b).ok()) else {
+                continue;
+            };
+            if (id.as_u128() >> 80) as u64 >= boundary {
+                break;
+            }
+            if scanned == p.max_events {
+                reached_boundary = false;
+                break;
+            }
+            scanned += 1;
+            last = Some(id);
+            let mut deliveries = Vec::new();
+            for k in self
+                .db
+                .scan_prefix(keys::event_deliveries(id.as_bytes()))
+                .keys()
+            {
+                let k = k?;
+                if let Some(d) = keys::seq_of(&k[17..])
+                    .map(|seq| get_delivery(&self.db, seq))
+                    .transpose()?
+                    .flatten()
+                {
+                    deliveries.push(d);
+                }
+            }
+            let expired = deliveries.iter().all(|d| match d.state {
+                DeliveryState::Pending => false,
+                DeliveryState::Dead => d.updated_ms < p.dead_before_ms,
+                DeliveryState::Done | DeliveryState::Skipped => d.updated_ms < p.done_before_ms,
+            });
+            if !expired {
+                continue;
+            }
+            for d in &deliveries {
+                batch.remove(keys::event_delivery(id.as_bytes(), d.seq));
+                batch.remove(keys::delivery(d.seq).as_slice());
+                for a in self.db.scan_prefix(keys::attempts(d.seq)).keys() {
+                    batch.remove(a?);
+                }
+                if d.state == DeliveryState::Dead {
+                    batch.remove(keys::dead(d.target, d.updated_ms, d.seq).as_slice());
+                    self.bump(&mut batch, d.target, 0, -1)?;
+                }
+            }
+            batch.remove(key);
+            pruned.events += 1;
+        }
+        pruned.resume_after = if reached_boundary { None } else { last };
+        // Expired dedup keys, found through their expiry index: their sender stopped retrying
+        // long ago. A key stored again since then has a later expiry and stays.
+        let expired = keys::dedup_expiry(0, b"")..keys::dedup_expiry(p.now_ms, b"");
+        for k in self.db.range(expired).keys().take(p.max_events) {
+            let k = k?;
+            let until = keys::seq_of(&k[1..9]).unwrap_or(0);
+            let dedup_key = &k[9..];
+            if self.db.get(dedup_key)?.and_then(|v| keys::seq_of(&v)) == Some(until) {
+                batch.remove(dedup_key);
+                pruned.dedup_keys += 1;
+            }
+            batch.remove(k);
+        }
+        self.db.apply_batch(batch)?;
+        Ok(pruned)
     }
 
     fn replay(&mut self, seqs: &[Seq], now_ms: u64) -> Result<usize, StoreError> {
