@@ -247,7 +247,30 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        hookrelay::run(config, listener, shutdown_signal()).await?;
+        let relay = hookrelay::Relay::start(config, listener).await?;
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            #[cfg(unix)]
+            let reload = hangup.recv();
+            #[cfg(not(unix))]
+            let reload = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = reload => match Config::load(path.as_deref()) {
+                    Ok(new) => {
+                        if let Err(e) = relay.reload(new) {
+                            tracing::error!(error = %e, "reload refused");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload refused: the new config is invalid; the running config stays"),
+                },
+            }
+        }
+        tracing::info!("shutting down");
+        relay.shutdown().await?;
         Ok(())
     })
 }

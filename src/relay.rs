@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,8 +19,8 @@ use tokio::task::JoinSet;
 use crate::admin::metrics::IngestMetrics;
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::deliver::{TargetRuntime, Worker};
-use crate::ingest::Ingest;
+use crate::deliver::{TargetRuntime, TargetSpec, Worker};
+use crate::ingest::{Ingest, Live};
 use crate::store::{SledStore, Store, StoreError, TargetId};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,9 @@ pub enum RelayError {
 /// A running relay. Dropping it without [`Relay::shutdown`] stops nothing gracefully.
 pub struct Relay {
     addr: SocketAddr,
+    ingest: Arc<Ingest<SledStore>>,
+    /// What a reload may not change, as it was at start.
+    fixed: Fixed,
     admin_addr: Option<SocketAddr>,
     admin_server: Option<tokio::task::JoinHandle<()>>,
     store: Arc<SledStore>,
@@ -81,7 +85,8 @@ impl Relay {
         let mut targets: Vec<Arc<TargetRuntime>> = Vec::with_capacity(ids.len());
         for (t, id) in config.targets.iter().zip(ids) {
             let state = store.target_state(id).await.map_err(store_err)?;
-            targets.push(Arc::new(TargetRuntime::new(id, t.clone(), state)));
+            let spec = TargetSpec::new(t.clone(), config.templates.clone());
+            targets.push(Arc::new(TargetRuntime::new(id, spec, state)));
         }
 
         let metrics = Arc::new(IngestMetrics::new(
@@ -95,20 +100,20 @@ impl Relay {
             let worker = Arc::new(Worker {
                 store: store.clone(),
                 target: t.clone(),
-                templates: config.templates.clone(),
                 client: client.clone(),
             });
-            for _ in 0..t.config.concurrency {
+            for _ in 0..t.spec().config.concurrency {
                 lanes.spawn(worker.clone().run_lane(stop_rx.clone()));
             }
         }
 
         let ingest = Arc::new(Ingest {
             store: store.clone(),
-            sources: config.sources.clone(),
+            live: ArcSwap::from_pointee(Live {
+                sources: config.sources.clone(),
+                rules: config.rules.clone(),
+            }),
             targets: targets.clone(),
-            templates: config.templates.clone(),
-            rules: config.rules.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
@@ -174,6 +179,8 @@ impl Relay {
         tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
         Ok(Relay {
             addr,
+            ingest,
+            fixed: Fixed::of(&config),
             admin_addr,
             store,
             targets,
@@ -199,11 +206,30 @@ impl Relay {
         &self.store
     }
 
+    /// Applies a new, already validated config: target settings and templates (for pending
+    /// deliveries too), rules, and source paths, tokens and secrets. Listeners, the store,
+    /// the admin API, delivery client settings, and which sources and targets exist (and
+    /// their lane counts) need a restart: a config that changes them is refused whole.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let wanted = Fixed::of(&config);
+        if let Some(what) = self.fixed.difference(&wanted) {
+            return Err(format!(
+                "{what} changed, which needs a restart; the running config stays"
+            ));
+        }
+        for (t, new) in self.targets.iter().zip(&config.targets) {
+            t.replace_spec(TargetSpec::new(new.clone(), config.templates.clone()));
+        }
+        self.ingest.live.store(Arc::new(Live {
+            sources: config.sources,
+            rules: config.rules,
+        }));
+        tracing::info!(targets = self.targets.len(), "config reloaded");
+        Ok(())
+    }
+
     pub fn target_id(&self, name: &str) -> Option<TargetId> {
-        self.targets
-            .iter()
-            .find(|t| t.config.name == name)
-            .map(|t| t.id)
+        self.targets.iter().find(|t| t.name == name).map(|t| t.id)
     }
 
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
@@ -224,6 +250,54 @@ impl Relay {
         self.store.close().await?;
         tracing::info!("hookrelay stopped");
         Ok(())
+    }
+}
+
+/// The parts of a config a running relay cannot change.
+#[derive(Debug, PartialEq)]
+struct Fixed {
+    server: crate::config::ServerConfig,
+    store: crate::config::StoreConfig,
+    admin: crate::config::AdminConfig,
+    delivery: crate::config::DeliveryConfig,
+    sources: Vec<String>,
+    targets: Vec<(String, usize)>,
+}
+
+impl Fixed {
+    fn of(c: &Config) -> Fixed {
+        Fixed {
+            server: c.server.clone(),
+            store: c.store.clone(),
+            admin: c.admin.clone(),
+            delivery: c.delivery.clone(),
+            sources: c.sources.iter().map(|s| s.name.clone()).collect(),
+            targets: c
+                .targets
+                .iter()
+                .map(|t| (t.name.clone(), t.concurrency))
+                .collect(),
+        }
+    }
+
+    /// The first part that differs, named as in the config.
+    fn difference(&self, other: &Fixed) -> Option<&'static str> {
+        [
+            (self.server != other.server, "[server]"),
+            (self.store != other.store, "[store]"),
+            (self.admin != other.admin, "[admin]"),
+            (
+                self.delivery != other.delivery,
+                "[delivery] (client settings)",
+            ),
+            (self.sources != other.sources, "the set of sources"),
+            (
+                self.targets != other.targets,
+                "the set of targets or a target's concurrency",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(changed, what)| changed.then_some(what))
     }
 }
 

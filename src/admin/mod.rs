@@ -173,7 +173,7 @@ impl<S: Store> Admin<S> {
     fn target(&self, name: &str) -> Result<&Arc<TargetRuntime>, AdminError> {
         self.targets
             .iter()
-            .find(|t| t.config.name == name)
+            .find(|t| t.name == name)
             .ok_or_else(|| AdminError::NotFound(format!("target {name:?}")))
     }
 
@@ -181,7 +181,7 @@ impl<S: Store> Admin<S> {
         self.targets
             .iter()
             .find(|t| t.id == id)
-            .map_or(Value::Null, |t| Value::String(t.config.name.clone()))
+            .map_or(Value::Null, |t| Value::String(t.name.clone()))
     }
 
     async fn metrics(&self) -> Answer {
@@ -192,7 +192,7 @@ impl<S: Store> Admin<S> {
             let oldest = self.store.oldest_pending_ms(t.id).await?;
             let mode = t.mode();
             gauges.push(TargetGauges {
-                name: &t.config.name,
+                name: &t.name,
                 metrics: &t.metrics,
                 pending: counts.pending,
                 dead_letters: counts.dead,
@@ -216,7 +216,7 @@ impl<S: Store> Admin<S> {
         let oldest = self.store.oldest_pending_ms(t.id).await?;
         let state = t.state();
         Ok(json!({
-            "name": t.config.name,
+            "name": t.name,
             "state": state.mode,
             "since": time(state.since_ms),
             "reason": state.reason,
@@ -425,7 +425,7 @@ impl<S: Store> Admin<S> {
                 .await?
             {
                 out.push(json!({
-                    "id": d.seq, "event_id": d.event_id.to_string(), "target": t.config.name, "attempts": d.attempts,
+                    "id": d.seq, "event_id": d.event_id.to_string(), "target": t.name, "attempts": d.attempts,
                     "dead_at": time(d.updated_ms), "last_status": d.last_status, "last_error": d.last_error,
                 }));
             }

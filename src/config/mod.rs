@@ -40,7 +40,7 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     /// `None`: no admin API.
     pub listen: Option<SocketAddr>,
@@ -48,7 +48,7 @@ pub struct AdminConfig {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
@@ -62,7 +62,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub path: PathBuf,
     pub dedup_window: Duration,
@@ -75,7 +75,7 @@ pub struct StoreConfig {
     pub disk_budget: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,

@@ -21,6 +21,8 @@ pub use policy::RetryPolicy;
 
 use crate::admin::metrics::TargetMetrics;
 use crate::config::TargetConfig;
+use arc_swap::ArcSwap;
+
 use crate::normalize::{victorops, Event};
 use crate::store::{
     Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId, TargetMode, TargetState,
@@ -31,8 +33,9 @@ use crate::template::Templates;
 /// A configured target, ready to deliver to.
 pub struct TargetRuntime {
     pub id: TargetId,
-    pub config: TargetConfig,
-    pub target: Target,
+    /// Fixed for the life of the process; everything else about the target can be reloaded.
+    pub name: String,
+    spec: ArcSwap<TargetSpec>,
     /// Ingest wakes one idle lane per request that adds work (`notify_one`: waking every lane
     /// would have all of them scan the ready index for the one delivery). Lanes enable their
     /// `Notified` before claiming, and a wake-up with no lane waiting is kept as a permit, so
@@ -46,12 +49,30 @@ pub struct TargetRuntime {
     last_error: Mutex<Option<String>>,
 }
 
-impl TargetRuntime {
-    pub fn new(id: TargetId, config: TargetConfig, state: Option<TargetState>) -> TargetRuntime {
-        TargetRuntime {
-            id,
+/// What a target is configured to do, swapped as a whole on reload: its settings, the request
+/// builder made from them, and the templates its settings refer to.
+pub struct TargetSpec {
+    pub config: TargetConfig,
+    pub target: Target,
+    pub templates: Arc<Templates>,
+}
+
+impl TargetSpec {
+    pub fn new(config: TargetConfig, templates: Arc<Templates>) -> TargetSpec {
+        TargetSpec {
             target: Target::new(&config),
             config,
+            templates,
+        }
+    }
+}
+
+impl TargetRuntime {
+    pub fn new(id: TargetId, spec: TargetSpec, state: Option<TargetState>) -> TargetRuntime {
+        TargetRuntime {
+            id,
+            name: spec.config.name.clone(),
+            spec: ArcSwap::from_pointee(spec),
             notify: Notify::new(),
             metrics: TargetMetrics::default(),
             mode: Mutex::new(state.unwrap_or(TargetState {
@@ -63,6 +84,17 @@ impl TargetRuntime {
             probe_running: AtomicBool::new(false),
             last_error: Mutex::new(None),
         }
+    }
+
+    /// The current spec; a delivery holds on to one for its whole attempt.
+    pub fn spec(&self) -> Arc<TargetSpec> {
+        self.spec.load_full()
+    }
+
+    /// Applies a reloaded spec to every later attempt, pending deliveries included.
+    pub fn replace_spec(&self, spec: TargetSpec) {
+        self.spec.store(Arc::new(spec));
+        self.notify.notify_waiters();
     }
 
     pub fn state(&self) -> TargetState {
@@ -112,7 +144,7 @@ impl TargetRuntime {
             self.notify.notify_waiters();
         }
         store.set_target_state(self.id, state).await?;
-        tracing::warn!(target_name = %self.config.name, mode = ?to, "target state changed");
+        tracing::warn!(target_name = %self.name, mode = ?to, "target state changed");
         Ok(true)
     }
 }
@@ -137,7 +169,6 @@ pub enum Outcome {
 pub struct Worker<S> {
     pub store: Arc<S>,
     pub target: Arc<TargetRuntime>,
-    pub templates: Arc<Templates>,
     pub client: reqwest::Client,
 }
 
@@ -172,14 +203,14 @@ impl<S: Store> Worker<S> {
             }
         };
         let number = delivery.attempts + 1;
+        let spec = target.spec();
         let at_ms = now_ms();
         let started = Instant::now();
         let result = match &event {
             Some(event) => {
-                let ctx = context(event, &delivery, number, &target.config.name);
-                target
-                    .target
-                    .send(&self.client, &self.templates, &ctx, target.config.timeout)
+                let ctx = context(event, &delivery, number, &target.name);
+                spec.target
+                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
                     .await
             }
             None => AttemptResult::Invalid(format!(
@@ -192,7 +223,7 @@ impl<S: Store> Worker<S> {
         let next = match &action {
             Action::Done => Next::Done,
             Action::Retry { retry_after, .. } => {
-                match target.config.retry.delay(
+                match spec.config.retry.delay(
                     number - delivery.retry_base,
                     fastrand::f64(),
                     *retry_after,
@@ -232,19 +263,19 @@ impl<S: Store> Worker<S> {
         let seq = delivery.seq;
         let outcome = match next {
             Next::Done => {
-                tracing::debug!(target_name = %target.config.name, seq, attempt = number, latency_ms, "delivered");
+                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
                 Outcome::Delivered(seq)
             }
             Next::Retry { due_ms } => {
-                tracing::info!(target_name = %target.config.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
+                tracing::info!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
                 Outcome::Retrying { seq, due_ms }
             }
             Next::Dead => {
-                tracing::warn!(target_name = %target.config.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
+                tracing::warn!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
                 Outcome::Dead(seq)
             }
             Next::Skipped => {
-                tracing::debug!(target_name = %target.config.name, seq, reason = error.as_deref(), "delivery skipped");
+                tracing::debug!(target_name = %target.name, seq, reason = error.as_deref(), "delivery skipped");
                 Outcome::Skipped(seq)
             }
         };
@@ -284,7 +315,7 @@ impl<S: Store> Worker<S> {
             Action::Retry { reason, .. } => {
                 *t.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
                 let failures = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                let limit = t.config.suspend_after;
+                let limit = t.spec().config.suspend_after;
                 if limit > 0 && failures >= limit {
                     let why = format!("{failures} consecutive failed attempts; last: {reason}");
                     if let Err(e) = t
@@ -296,7 +327,7 @@ impl<S: Store> Worker<S> {
                         )
                         .await
                     {
-                        tracing::error!(target_name = %t.config.name, error = %e, "could not record the suspension");
+                        tracing::error!(target_name = %t.name, error = %e, "could not record the suspension");
                     }
                 }
             }
@@ -314,7 +345,7 @@ impl<S: Store> Worker<S> {
         use backon::BackoffBuilder;
         let t = &self.target;
         let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(t.config.probe_interval)
+            .with_min_delay(t.spec().config.probe_interval)
             .with_max_delay(Duration::from_secs(300))
             .with_factor(2.0)
             .without_max_times()
@@ -336,11 +367,11 @@ impl<S: Store> Worker<S> {
                         )
                         .await
                     {
-                        tracing::error!(target_name = %t.config.name, error = %e, "could not record the resumption");
+                        tracing::error!(target_name = %t.name, error = %e, "could not record the resumption");
                     }
                 }
                 Ok(false) => {}
-                Err(e) => tracing::error!(target_name = %t.config.name, error = %e, "probe failed"),
+                Err(e) => tracing::error!(target_name = %t.name, error = %e, "probe failed"),
             }
         }
         t.probe_running.store(false, Ordering::Release);
@@ -359,16 +390,17 @@ impl<S: Store> Worker<S> {
             return Ok(true);
         };
         let number = delivery.attempts + 1;
-        let ctx = context(&event, &delivery, number, &t.config.name);
+        let ctx = context(&event, &delivery, number, &t.name);
+        let spec = t.spec();
         let at_ms = now_ms();
         let started = Instant::now();
-        let result = t
+        let result = spec
             .target
-            .send(&self.client, &self.templates, &ctx, t.config.timeout)
+            .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
             .await;
         let action = classify(&result);
         if let Action::Retry { reason, .. } = &action {
-            tracing::info!(target_name = %t.config.name, error = %reason, "probe failed; target stays suspended");
+            tracing::info!(target_name = %t.name, error = %reason, "probe failed; target stays suspended");
             self.store.release(delivery.seq);
             return Ok(false);
         }
@@ -429,7 +461,7 @@ impl<S: Store> Worker<S> {
                     .min(MAX_IDLE),
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::error!(target_name = %self.target.config.name, error = %e, "delivery step failed");
+                    tracing::error!(target_name = %self.target.name, error = %e, "delivery step failed");
                     Duration::from_secs(1)
                 }
             };

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -30,20 +31,24 @@ use crate::store::{
     clamp_ordering_key, Delivery, EventOutcome, IngestBatch, NewDelivery, NewEvent, Store,
     StoreError,
 };
-use crate::template::Templates;
 
 pub struct Ingest<S> {
     pub store: Arc<S>,
-    pub sources: Vec<SourceConfig>,
+    /// Sources and rules, swapped whole on reload.
+    pub live: ArcSwap<Live>,
     pub targets: Vec<Arc<TargetRuntime>>,
-    pub templates: Arc<Templates>,
-    pub rules: Arc<Rules>,
     pub metrics: Arc<IngestMetrics>,
     pub max_body_bytes: usize,
     pub body_timeout: std::time::Duration,
     pub dedup_window_ms: u64,
     /// Set by the relay's disk check while the store is over its budget.
     pub over_disk_budget: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What ingest reads from the config that a reload may change.
+pub struct Live {
+    pub sources: Vec<SourceConfig>,
+    pub rules: Arc<Rules>,
 }
 
 /// What a stored request produced.
@@ -102,14 +107,17 @@ impl<S: Store> Ingest<S> {
 
     /// `(source, token from the path)` for a request path: the source's own path, or its path
     /// followed by one secret segment.
-    fn route<'a>(&'a self, path: &'a str) -> Option<(&'a SourceConfig, Option<&'a str>)> {
+    fn route<'a>(
+        live: &'a Live,
+        path: &'a str,
+    ) -> Option<(usize, &'a SourceConfig, Option<&'a str>)> {
         let path = path.trim_end_matches('/');
-        self.sources.iter().find_map(|s| {
+        live.sources.iter().enumerate().find_map(|(i, s)| {
             if path == s.path {
-                return Some((s, None));
+                return Some((i, s, None));
             }
             let rest = path.strip_prefix(s.path.as_str())?.strip_prefix('/')?;
-            (!rest.contains('/') && s.token.is_some()).then_some((s, Some(rest)))
+            (!rest.contains('/') && s.token.is_some()).then_some((i, s, Some(rest)))
         })
     }
 
@@ -120,8 +128,11 @@ impl<S: Store> Ingest<S> {
         source_index: &mut Option<usize>,
     ) -> Result<Accepted, IngestError> {
         let (req, body) = req.into_parts();
-        let (source, path_token) = self.route(req.uri.path()).ok_or(IngestError::NotFound)?;
-        *source_index = self.sources.iter().position(|s| std::ptr::eq(s, source));
+        let live = self.live.load_full();
+        let (index, source, path_token) =
+            Self::route(&live, req.uri.path()).ok_or(IngestError::NotFound)?;
+        // Reloads keep the set of source names, so the metrics' slots line up.
+        *source_index = Some(index);
         if req.method != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
@@ -207,7 +218,7 @@ impl<S: Store> Ingest<S> {
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let traces: Vec<Trace> = events
             .iter_mut()
-            .map(|e| prepare_alert(e, source, &self.rules))
+            .map(|e| prepare_alert(e, source, &live.rules))
             .collect();
         let batch = IngestBatch {
             events: events
@@ -259,7 +270,9 @@ impl<S: Store> Ingest<S> {
         let deliveries = self
             .targets
             .iter()
-            .filter(|t| routing(&t.config, &event.source, &event.alert, trace) == Routing::Selected)
+            .filter(|t| {
+                routing(&t.spec().config, &event.source, &event.alert, trace) == Routing::Selected
+            })
             .map(|t| NewDelivery {
                 target: t.id,
                 ordering_key: self.ordering_key(t, event),
@@ -269,15 +282,16 @@ impl<S: Store> Ingest<S> {
     }
 
     pub(crate) fn ordering_key(&self, target: &TargetRuntime, event: &Event) -> String {
-        let mut key = match &target.config.ordering_key {
+        let spec = target.spec();
+        let mut key = match &spec.config.ordering_key {
             OrderingKey::AlertField(field) => event.alert.get(field).cloned().unwrap_or_default(),
             OrderingKey::Template(t) => {
                 let placeholder = Delivery::placeholder(uuid::Uuid::nil(), target.id);
-                let ctx = context(event, &placeholder, 1, &target.config.name);
-                self.templates.render(t, &ctx).unwrap_or_else(|e| {
+                let ctx = context(event, &placeholder, 1, &target.name);
+                spec.templates.render(t, &ctx).unwrap_or_else(|e| {
                     // An event is never refused for a target's key template; it shares the
                     // empty key instead, which keeps it in order with the others that did.
-                    tracing::warn!(target_name = %target.config.name, error = %e, "ordering_key template failed; using the empty key");
+                    tracing::warn!(target_name = %target.name, error = %e, "ordering_key template failed; using the empty key");
                     String::new()
                 })
             }
