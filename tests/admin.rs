@@ -671,3 +671,58 @@ async fn over_the_disk_budget_ingest_answers_503_and_stores_nothing() {
     );
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn reload_applies_to_pending_deliveries_and_refuses_restart_only_changes() {
+    let dir = tempdir();
+    let old = Receiver::statuses(&[503, 503, 503, 503]).await;
+    let new = Receiver::ok().await;
+    let config = |url: &str, rules: &str| {
+        format!("{}{rules}", with_admin_token(&target("hook", url, "body = '{{event.title}}|{{alert.team}}'\nretry = { initial_delay = \"300ms\", jitter = 0.0 }")))
+    };
+    let rule = "\n[[rules]]\nfield = \"monitoring_tool\"\nwildcard = \"StatusGator\"\nset = { team = \"ops\" }\n";
+    let relay = spawn_relay(&config(&old.url("/old"), "\n[[rules]]\nfield = \"monitoring_tool\"\nwildcard = \"*\"\nset = { team = \"none\" }\n"), dir.path()).await;
+    let (status, _) = post(
+        &url(&relay, SG),
+        Some("application/json"),
+        sg_v3("m", "down", "first"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    old.wait_for(1, Duration::from_secs(5)).await;
+
+    let parse = |text: String| {
+        hookrelay::Config::parse(
+            &text.replace("{dir}", dir.path().to_str().unwrap()),
+            "test.toml",
+            dir.path(),
+        )
+        .unwrap()
+    };
+    // Changing what needs a restart is refused whole: nothing of it applies.
+    let mut moved = parse(config(&new.url("/new"), rule));
+    moved.server.max_body_bytes = 1234;
+    assert_eq!(
+        relay.reload(moved).unwrap_err(),
+        "[server] changed, which needs a restart; the running config stays"
+    );
+
+    relay.reload(parse(config(&new.url("/new"), rule))).unwrap();
+    let got = new.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].uri, "/new");
+    assert_eq!(
+        got[0].text(),
+        "first|none",
+        "the pending delivery goes to the new URL; its event keeps the fields it was stored with"
+    );
+    let (status, _) = post(
+        &url(&relay, SG),
+        Some("application/json"),
+        sg_v3("n", "down", "second"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got = new.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].text(), "second|ops", "new events get the new rules");
+    relay.shutdown().await.unwrap();
+}

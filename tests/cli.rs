@@ -271,3 +271,89 @@ set = { StatusHubfield = '9cc47ae1670bf9c1', host_name = 'pig-${{\1}}' }
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
+    let dir = tempdir();
+    let first = Receiver::ok().await;
+    let second = Receiver::ok().await;
+    let port = free_port();
+    let config = dir.path().join("relay.toml");
+    let write = |url: &str, extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nenabled = false\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[targets]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n{extra}"
+            ),
+        )
+        .unwrap()
+    };
+    write(&first.url("/one"), "");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("HOOKRELAY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await
+    );
+    let relay_url = format!("http://127.0.0.1:{port}/sg");
+    let send = |n: &str| {
+        let body = format!("{{\"type\":\"StatusChange\",\"monitor\":{{\"id\":\"{n}\"}},\"status\":\"down\",\"recorded_at\":\"2025-01-01T00:00:00Z\"}}");
+        client()
+            .post(relay_url.clone())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+
+    assert_eq!(send("a").await.unwrap().status(), 200);
+    first.wait_for(1, Duration::from_secs(5)).await;
+
+    write(&second.url("/two"), "");
+    assert!(hup().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(send("b").await.unwrap().status(), 200);
+    let got = second.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].uri, "/two");
+
+    // A broken file is refused; the relay keeps running on what it had.
+    write(&first.url("/one"), "retry = { jitter = 7.0 }\n");
+    assert!(hup().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(send("c").await.unwrap().status(), 200);
+    second.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(first.count(), 1);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("config reloaded"), "{stderr}");
+    assert!(
+        stderr.contains("reload refused: the new config is invalid"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("targets[0].retry.jitter: must be at least 0.0 and below 1.0"),
+        "{stderr}"
+    );
+}
