@@ -227,6 +227,19 @@ async fn health_auth_metrics_and_events() {
     assert_eq!(re["deliveries"].as_array().unwrap().len(), 1);
     let got = hook.wait_for(3, Duration::from_secs(5)).await;
     assert_eq!(got[2].json()["title"], "one");
+    // Readiness is a real store round trip: with the store's writer gone it fails.
+    relay.store().close().await.unwrap();
+    let ready = client().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     relay.shutdown().await.unwrap();
 }
 
@@ -533,10 +546,15 @@ async fn cli_commands_against_a_running_relay() {
     assert!(ok);
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed["dead_letters"][0]["event_id"], event_id.as_str());
-    let (ok, out, _) = cli(&admin_url, "dlq replay --target hook").await;
-    assert!(ok);
+    let dead_id = listed["dead_letters"][0]["id"].as_u64().unwrap();
+    let (ok, out, err) = cli(&admin_url, &format!("dlq replay {dead_id}")).await;
+    assert!(ok, "{err}");
     assert_eq!(out, "replayed 1\n");
     hook.wait_for(2, Duration::from_secs(5)).await;
+    assert!(wait_until_async(|| async { relay.store().stats().await.unwrap().done == 1 }).await);
+    let (ok, out, _) = cli(&admin_url, "dlq replay --target hook").await;
+    assert!(ok);
+    assert_eq!(out, "replayed 0\n", "nothing is dead any more");
 
     let (ok, out, _) = cli(&admin_url, "targets pause hook").await;
     assert!(
