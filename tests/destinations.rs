@@ -507,6 +507,42 @@ fn expected_statushub_body(
     out
 }
 
+/// The `STATE.*`/`INCIDENT.*` part of a StatusHub body, as `normalize::victorops` documents it.
+fn derived(
+    entity: &str,
+    display: &str,
+    state: &str,
+    phase: &str,
+    tool: &str,
+    occurred_ms: i64,
+) -> Vec<(&'static str, Value)> {
+    let occurred = json!(occurred_ms);
+    vec![
+        ("STATE.ENTITY_ID", json!(entity)),
+        ("STATE.CURRENT_STATE", json!(state)),
+        ("STATE.CURRENT_ALERT_PHASE", json!(phase)),
+        ("STATE.SERVICE", json!(display)),
+        ("STATE.INCIDENT_NAME", json!(display)),
+        ("STATE.HOST", json!("")),
+        ("STATE.MONITOR_TYPE", json!(tool)),
+        ("STATE.ALERT_COUNT", json!(1)),
+        ("STATE.STATE_START_TIME", occurred.clone()),
+        ("STATE.LAST_TIMESTAMP", occurred.clone()),
+        ("STATE.INCIDENT_TIMESTAMP", occurred.clone()),
+        ("INCIDENT.INCIDENT_ID", json!(entity)),
+        ("INCIDENT.ENTITY_ID", json!(entity)),
+        ("INCIDENT.ENTITY_DISPLAY_NAME", json!(display)),
+        ("INCIDENT.SERVICE", json!(display)),
+        ("INCIDENT.HOST", json!("")),
+        ("INCIDENT.ENTITY_TYPE", json!("SERVICE")),
+        ("INCIDENT.ENTITY_STATE", json!(state)),
+        ("INCIDENT.CURRENT_PHASE", json!(phase)),
+        ("INCIDENT.MONITOR_TYPE", json!(tool)),
+        ("INCIDENT.ALERT_COUNT", json!(1)),
+        ("INCIDENT.INCIDENT_TIMESTAMP", occurred),
+    ]
+}
+
 fn received_ms(event: &hookrelay::Event) -> String {
     chrono::DateTime::parse_from_rfc3339(&event.received_at)
         .unwrap()
@@ -523,31 +559,14 @@ async fn a_statusgator_v3_event_fans_out_to_three_different_bodies() {
         "service_name=OpenAI&favicon_url=https%3A%2F%2Ffavicons.statusgator.com%2Fopenai.png&status_page_url=https%3A%2F%2Fstatus.openai.com&home_page_url=https%3A%2F%2Fopenai.com&current_status=up&last_status=down&occurred_at=2025-07-17T02%3A20%3A45Z"
     );
     assert_eq!(hub[0].uri, "/hooks/victor_ops?token=d017698cd8a72c54");
-    let occurred = json!(1_752_718_845_000_i64);
-    let derived = [
-        ("STATE.ENTITY_ID", json!("UIMPLWZg9D")),
-        ("STATE.CURRENT_STATE", json!("OK")),
-        ("STATE.CURRENT_ALERT_PHASE", json!("RESOLVED")),
-        ("STATE.SERVICE", json!("OpenAI is up")),
-        ("STATE.INCIDENT_NAME", json!("OpenAI is up")),
-        ("STATE.HOST", json!("")),
-        ("STATE.MONITOR_TYPE", json!("StatusGator")),
-        ("STATE.ALERT_COUNT", json!(1)),
-        ("STATE.STATE_START_TIME", occurred.clone()),
-        ("STATE.LAST_TIMESTAMP", occurred.clone()),
-        ("STATE.INCIDENT_TIMESTAMP", occurred.clone()),
-        ("INCIDENT.INCIDENT_ID", json!("UIMPLWZg9D")),
-        ("INCIDENT.ENTITY_ID", json!("UIMPLWZg9D")),
-        ("INCIDENT.ENTITY_DISPLAY_NAME", json!("OpenAI is up")),
-        ("INCIDENT.SERVICE", json!("OpenAI is up")),
-        ("INCIDENT.HOST", json!("")),
-        ("INCIDENT.ENTITY_TYPE", json!("SERVICE")),
-        ("INCIDENT.ENTITY_STATE", json!("OK")),
-        ("INCIDENT.CURRENT_PHASE", json!("RESOLVED")),
-        ("INCIDENT.MONITOR_TYPE", json!("StatusGator")),
-        ("INCIDENT.ALERT_COUNT", json!(1)),
-        ("INCIDENT.INCIDENT_TIMESTAMP", occurred),
-    ];
+    let derived = derived(
+        "UIMPLWZg9D",
+        "OpenAI is up",
+        "OK",
+        "RESOLVED",
+        "StatusGator",
+        1_752_718_845_000,
+    );
     let rcv = received_ms(&event);
     let extra = [
         ("VO_UUID", event.id.as_str()),
@@ -578,31 +597,14 @@ async fn a_pagerduty_v3_event_fans_out_to_three_different_bodies() {
         r#"{"messages":[{"type":"incident.trigger","id":"01BZYIL05THJDFF2Y08X9SVMTU","created_on":"2021-06-04T13:35:29.781Z","data":{"incident":{"id":"PFQZPSY","incident_number":9,"created_on":"2021-06-04T13:35:29.781Z","status":"triggered","html_url":"https://pig208.pagerduty.com/incidents/PFQZPSY","service":{"id":"PA2P440","name":"pig208","html_url":"https://pig208.pagerduty.com/services/PA2P440","deleted_at":null},"escalation_policy":{"id":"PY82TC6","name":"Default","deleted_at":null},"trigger_summary_data":{"subject":"Test Incident 3"},"last_status_change_on":"2021-06-04T13:35:29.781Z","last_status_change_by":{"id":"PJ0LVEB","name":"PIG 208","html_url":"https://pig208.pagerduty.com/users/PJ0LVEB"},"assigned_to":[{"at":"2021-06-04T13:35:29.781Z","object":{"id":"PJ0LVEB","name":"PIG 208","html_url":"https://pig208.pagerduty.com/users/PJ0LVEB","type":"user"}}]}}}]}"#
     );
     assert_eq!(hub[0].uri, "/hooks/victor_ops?token=9cc47ae1670bf9c1");
-    let occurred = json!(1_622_813_729_781_i64);
-    let derived = [
-        ("STATE.ENTITY_ID", json!("PFQZPSY")),
-        ("STATE.CURRENT_STATE", json!("CRITICAL")),
-        ("STATE.CURRENT_ALERT_PHASE", json!("UNACKED")),
-        ("STATE.SERVICE", json!("Test Incident 3")),
-        ("STATE.INCIDENT_NAME", json!("Test Incident 3")),
-        ("STATE.HOST", json!("")),
-        ("STATE.MONITOR_TYPE", json!("PagerDuty")),
-        ("STATE.ALERT_COUNT", json!(1)),
-        ("STATE.STATE_START_TIME", occurred.clone()),
-        ("STATE.LAST_TIMESTAMP", occurred.clone()),
-        ("STATE.INCIDENT_TIMESTAMP", occurred.clone()),
-        ("INCIDENT.INCIDENT_ID", json!("PFQZPSY")),
-        ("INCIDENT.ENTITY_ID", json!("PFQZPSY")),
-        ("INCIDENT.ENTITY_DISPLAY_NAME", json!("Test Incident 3")),
-        ("INCIDENT.SERVICE", json!("Test Incident 3")),
-        ("INCIDENT.HOST", json!("")),
-        ("INCIDENT.ENTITY_TYPE", json!("SERVICE")),
-        ("INCIDENT.ENTITY_STATE", json!("CRITICAL")),
-        ("INCIDENT.CURRENT_PHASE", json!("UNACKED")),
-        ("INCIDENT.MONITOR_TYPE", json!("PagerDuty")),
-        ("INCIDENT.ALERT_COUNT", json!(1)),
-        ("INCIDENT.INCIDENT_TIMESTAMP", occurred),
-    ];
+    let derived = derived(
+        "PFQZPSY",
+        "Test Incident 3",
+        "CRITICAL",
+        "UNACKED",
+        "PagerDuty",
+        1_622_813_729_781,
+    );
     let rcv = received_ms(&event);
     let extra = [
         ("VO_UUID", event.id.as_str()),

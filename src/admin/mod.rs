@@ -433,16 +433,19 @@ impl<S: Store> Admin<S> {
         ok(json!({ "dead_letters": out }))
     }
 
-    async fn show_dead(&self, seq: &str) -> Answer {
+    async fn dead_letter(&self, seq: &str) -> Result<Delivery, AdminError> {
         let seq: u64 = seq
             .parse()
             .map_err(|_| AdminError::BadRequest(format!("{seq:?} is not a delivery id")))?;
-        let d = self
-            .store
+        self.store
             .delivery(seq)
             .await?
             .filter(|d| d.state == DeliveryState::Dead)
-            .ok_or_else(|| AdminError::NotFound(format!("dead letter {seq}")))?;
+            .ok_or_else(|| AdminError::NotFound(format!("dead letter {seq}")))
+    }
+
+    async fn show_dead(&self, seq: &str) -> Answer {
+        let d = self.dead_letter(seq).await?;
         ok(self.delivery_json(&d).await?)
     }
 
@@ -455,16 +458,8 @@ impl<S: Store> Admin<S> {
     }
 
     async fn replay_one(&self, seq: &str) -> Answer {
-        let seq: u64 = seq
-            .parse()
-            .map_err(|_| AdminError::BadRequest(format!("{seq:?} is not a delivery id")))?;
-        let d = self
-            .store
-            .delivery(seq)
-            .await?
-            .filter(|d| d.state == DeliveryState::Dead)
-            .ok_or_else(|| AdminError::NotFound(format!("dead letter {seq}")))?;
-        self.replay(vec![seq], &[d.target]).await
+        let d = self.dead_letter(seq).await?;
+        self.replay(vec![d.seq], &[d.target]).await
     }
 
     async fn replay_range(&self, q: &HashMap<String, String>) -> Answer {

@@ -300,6 +300,33 @@ impl Validator<'_> {
         Ok(n)
     }
 
+    /// A secret given inline or by the name of an environment variable, not both.
+    fn secret(
+        &self,
+        inline: &Option<Spanned<String>>,
+        env: &Option<Spanned<String>>,
+        key: &str,
+        env_key: &str,
+    ) -> Result<Option<String>> {
+        match (inline, env) {
+            (Some(t), Some(_)) => self.err(
+                Some(t.span()),
+                key,
+                format!("set either {} or {}, not both", last(key), last(env_key)),
+            ),
+            (Some(t), None) => Ok(Some(t.get_ref().clone())),
+            (None, Some(var)) => match std::env::var(var.get_ref()) {
+                Ok(t) => Ok(Some(t)),
+                Err(_) => self.err(
+                    Some(var.span()),
+                    env_key,
+                    format!("environment variable {} is not set", var.get_ref()),
+                ),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() || self.base == Path::new(".") {
@@ -477,27 +504,7 @@ impl Validator<'_> {
                     format!("{path:?} is used by two sources"),
                 );
             }
-            let token = match (&s.token, &s.token_env) {
-                (Some(t), Some(_)) => {
-                    return self.err(
-                        Some(t.span()),
-                        &key("token"),
-                        "set either token or token_env, not both",
-                    )
-                }
-                (Some(t), None) => Some(t.get_ref().clone()),
-                (None, Some(var)) => match std::env::var(var.get_ref()) {
-                    Ok(t) => Some(t),
-                    Err(_) => {
-                        return self.err(
-                            Some(var.span()),
-                            &key("token_env"),
-                            format!("environment variable {} is not set", var.get_ref()),
-                        )
-                    }
-                },
-                (None, None) => None,
-            };
+            let token = self.secret(&s.token, &s.token_env, &key("token"), &key("token_env"))?;
             if let Some(t) = &token {
                 let bad = t.is_empty()
                     || !t
@@ -860,27 +867,7 @@ impl Validator<'_> {
                 }
             },
         };
-        let token = match (&a.token, &a.token_env) {
-            (Some(t), Some(_)) => {
-                return self.err(
-                    Some(t.span()),
-                    "admin.token",
-                    "set either token or token_env, not both",
-                )
-            }
-            (Some(t), None) => Some(t.get_ref().clone()),
-            (None, Some(var)) => match std::env::var(var.get_ref()) {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    return self.err(
-                        Some(var.span()),
-                        "admin.token_env",
-                        format!("environment variable {} is not set", var.get_ref()),
-                    )
-                }
-            },
-            (None, None) => None,
-        };
+        let token = self.secret(&a.token, &a.token_env, "admin.token", "admin.token_env")?;
         if token.as_deref() == Some("") {
             return self.err(
                 a.token.as_ref().or(a.token_env.as_ref()).map(|t| t.span()),
@@ -1108,6 +1095,11 @@ impl Validator<'_> {
             ),
         }
     }
+}
+
+/// The last segment of a dotted key: `sources[0].token` → `token`.
+fn last(key: &str) -> &str {
+    key.rsplit('.').next().unwrap_or(key)
 }
 
 /// `{{alert.NAME}}` (spaces allowed inside the braces) → `NAME`.

@@ -237,26 +237,8 @@ impl<S: Store> Worker<S> {
             Action::Permanent { .. } => Next::Dead,
             Action::Skip { .. } => Next::Skipped,
         };
-        let (status, excerpt) = match &result {
-            AttemptResult::Response {
-                status, excerpt, ..
-            } => (Some(*status), excerpt.clone()),
-            _ => (None, None),
-        };
-        let error = match &action {
-            Action::Done => None,
-            Action::Retry { reason, .. }
-            | Action::Permanent { reason }
-            | Action::Skip { reason } => Some(reason.clone()),
-        };
-        let attempt = Attempt {
-            number,
-            at_ms,
-            latency_ms,
-            status,
-            error: error.clone(),
-            response_excerpt: excerpt,
-        };
+        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
+        let error = attempt.error.clone();
         self.store.finish(&delivery, attempt, next).await?;
         self.account(&action, next, latency_ms, event.as_ref())
             .await;
@@ -410,24 +392,7 @@ impl<S: Store> Worker<S> {
             Action::Skip { .. } => Next::Skipped,
             _ => Next::Dead,
         };
-        let (status, excerpt) = match &result {
-            AttemptResult::Response {
-                status, excerpt, ..
-            } => (Some(*status), excerpt.clone()),
-            _ => (None, None),
-        };
-        let error = match &action {
-            Action::Permanent { reason } | Action::Skip { reason } => Some(reason.clone()),
-            _ => None,
-        };
-        let attempt = Attempt {
-            number,
-            at_ms,
-            latency_ms,
-            status,
-            error,
-            response_excerpt: excerpt,
-        };
+        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
         self.store.finish(&delivery, attempt, next).await?;
         self.account(&action, next, latency_ms, Some(&event)).await;
         Ok(true)
@@ -471,6 +436,36 @@ impl<S: Store> Worker<S> {
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+/// The record of one attempt: what came back, and the reason when it was not a success.
+fn attempt_record(
+    number: u32,
+    at_ms: u64,
+    latency_ms: u64,
+    result: &AttemptResult,
+    action: &Action,
+) -> Attempt {
+    let (status, response_excerpt) = match result {
+        AttemptResult::Response {
+            status, excerpt, ..
+        } => (Some(*status), excerpt.clone()),
+        _ => (None, None),
+    };
+    let error = match action {
+        Action::Done => None,
+        Action::Retry { reason, .. } | Action::Permanent { reason } | Action::Skip { reason } => {
+            Some(reason.clone())
+        }
+    };
+    Attempt {
+        number,
+        at_ms,
+        latency_ms,
+        status,
+        error,
+        response_excerpt,
     }
 }
 
