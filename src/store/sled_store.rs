@@ -292,22 +292,23 @@ impl Store for SledStore {
     }
 
     async fn oldest_pending_ms(&self, target: TargetId) -> Result<Option<u64>, StoreError> {
-        let mut oldest: Option<u64> = None;
+        // Sequence numbers grow with creation time and a key's head is its oldest delivery,
+        // so the oldest pending delivery is the head with the smallest sequence number: only
+        // its record needs reading.
+        let mut oldest: Option<Seq> = None;
         for v in self
             .db
             .scan_prefix(keys::target_prefix(b'K', target))
             .values()
         {
-            let v = v?;
-            if let Some(d) = keys::seq_of(&v)
-                .map(|seq| self.get_delivery(seq))
-                .transpose()?
-                .flatten()
-            {
-                oldest = Some(oldest.map_or(d.created_ms, |o| o.min(d.created_ms)));
+            if let Some(seq) = keys::seq_of(&v?) {
+                oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
             }
         }
-        Ok(oldest)
+        Ok(match oldest {
+            Some(seq) => self.get_delivery(seq)?.map(|d| d.created_ms),
+            None => None,
+        })
     }
 
     async fn events_page(
