@@ -66,6 +66,8 @@ body = '{"text": "{{alert.entity_display_name}}: {{alert.state_message}}", "svc"
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("x-event"), Some(event_id.as_str()));
     assert_eq!(r.header("x-kind"), Some("pagerduty"));
+    assert_eq!(r.header("x-hookrelay-event-id"), Some(event_id.as_str()));
+    assert_eq!(r.header("x-hookrelay-delivery-id"), Some("1"));
     assert!(r.header("user-agent").unwrap().starts_with("hookrelay/"));
 
     // The same template on a StatusGator event lacks `payload.data`: strict mode

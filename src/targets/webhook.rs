@@ -7,6 +7,11 @@ use super::{redacted, same_origin, Prepared};
 use crate::config::WebhookSpec;
 use crate::template::{RenderFailure, Templates};
 
+/// The event's id: the same on every delivery of one event, to every target.
+pub const EVENT_ID: &str = "x-hookrelay-event-id";
+/// The delivery's id: the same on every attempt of one delivery.
+pub const DELIVERY_ID: &str = "x-hookrelay-delivery-id";
+
 pub struct Webhook {
     spec: WebhookSpec,
 }
@@ -43,6 +48,16 @@ impl Webhook {
                 format!("header {name}: rendered value is not a valid header value")
             })?;
             headers.insert(name.clone(), value);
+        }
+        // Deliveries are at least once: these let a receiver drop a repeat.
+        for (name, value) in [(EVENT_ID, &ctx["event"]["id"]), (DELIVERY_ID, &ctx["delivery"]["id"])] {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                headers.entry(name).or_insert(v);
+            }
         }
         let body = templates
             .render(&self.spec.body, ctx)
