@@ -29,14 +29,25 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("HOOKRELAY_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
         .spawn()
         .unwrap()
 }
 
 async fn wait_listening(port: u16) {
     assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await,
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok())
+        .await,
         "the relay did not come up"
     );
 }
@@ -48,7 +59,11 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     let started = Instant::now();
     // b fails for a while, so retries are pending when the kills land.
     let b = Receiver::scripted(Arc::new(move |_, _| {
-        let status = if started.elapsed() < Duration::from_millis(1500) { 503 } else { 200 };
+        let status = if started.elapsed() < Duration::from_millis(1500) {
+            503
+        } else {
+            200
+        };
         (status, vec![], String::new())
     }))
     .await;
@@ -115,11 +130,17 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
         s.await.unwrap();
     }
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
-    assert!(acked.len() > 100, "the load generator got only {} acknowledgements", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load generator got only {} acknowledgements",
+        acked.len()
+    );
 
     let complete = wait_until(Duration::from_secs(60), || {
         let (da, db) = (delivered(&a), delivered(&b));
-        acked.iter().all(|id| da.contains_key(id) && db.contains_key(id))
+        acked
+            .iter()
+            .all(|id| da.contains_key(id) && db.contains_key(id))
     })
     .await;
     let (da, db) = (delivered(&a), delivered(&b));
@@ -139,8 +160,164 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(complete && lost_a + lost_b == 0, "lost: a {lost_a}, b {lost_b}; relay log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        complete && lost_a + lost_b == 0,
+        "lost: a {lost_a}, b {lost_b}; relay log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // Nothing was delivered that the relay did not acknowledge (a request cut off mid-way may
     // have been stored without its answer arriving; those are extra, not lost).
     assert!(da.len() >= acked.len() && db.len() >= acked.len());
+}
+
+const SG: &str = "/com.statusgator/v1";
+
+fn numbered(key: usize, n: usize) -> String {
+    format!("{{\"type\":\"StatusChange\",\"recorded_at\":\"2025-01-01T00:00:00Z\",\"monitor\":{{\"id\":\"k{key}\"}},\"status\":\"down\",\"message\":\"k{key}-{n}\"}}")
+}
+
+#[tokio::test]
+async fn a_target_down_for_a_while_drains_in_order_and_never_delays_another() {
+    let dir = tempdir();
+    let healthy = Receiver::ok().await;
+    let port = free_port();
+    let targets = format!(
+        "\n[[targets]]\nname = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/x\"\nbody = '{{{{event.title}}}}'\nretry = {{ initial_delay = \"50ms\", max_delay = \"300ms\", jitter = 0.0, max_retries = 100 }}\nprobe_interval = \"100ms\"\n\n[[targets]]\nname = \"healthy\"\nkind = \"webhook\"\nurl = \"{}\"\nbody = '{{{{event.title}}}}'\n",
+        healthy.url("/ok")
+    );
+    let relay = spawn_relay(&format!("{SOURCES}{targets}"), dir.path()).await;
+    let (keys, per_key) = (6, 10);
+    let mut sent_at = HashMap::new();
+    for n in 0..per_key {
+        for key in 0..keys {
+            sent_at.insert(format!("k{key}-{n}"), Instant::now());
+            let (status, _) =
+                post(&url(&relay, SG), Some("application/json"), numbered(key, n)).await;
+            assert_eq!(status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let total = keys * per_key;
+    let got = healthy.wait_for(total, Duration::from_secs(10)).await;
+    let max_lag = got
+        .iter()
+        .map(|r| r.at.duration_since(sent_at[&r.text()]))
+        .max()
+        .unwrap();
+    assert!(
+        max_lag < Duration::from_secs(1),
+        "the healthy target waited {max_lag:?}"
+    );
+
+    // The other target comes back.
+    let back = Instant::now();
+    let down = Receiver::scripted_on(
+        Arc::new(|_, _| (200, vec![], "ok".into())),
+        &format!("127.0.0.1:{port}"),
+    )
+    .await;
+    let drained = down.wait_for(total, Duration::from_secs(20)).await;
+    let drain_time = back.elapsed();
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for r in &drained {
+        let text = r.text();
+        let (key, n) = text.split_once('-').unwrap();
+        let n: usize = n.parse().unwrap();
+        if let Some(prev) = last.insert(key.to_owned(), n) {
+            assert!(n > prev, "{key}: {n} arrived after {prev}");
+        }
+    }
+    let ids: HashSet<String> = drained.iter().map(|r| r.text()).collect();
+    assert_eq!(ids.len(), total, "everything was delivered");
+    println!(
+        "outage: {total} events over {} keys while one target was down; healthy target max lag {} ms; \
+         the other drained all {total} in per-key order {} ms after it came back",
+        keys,
+        max_lag.as_millis(),
+        drain_time.as_millis()
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_target_taking_ten_seconds_slows_neither_ingest_nor_other_targets() {
+    let dir = tempdir();
+    let slow = Receiver::scripted(Arc::new(|_, _| {
+        (
+            200,
+            vec![("x-test-delay-ms".into(), "10000".into())],
+            "late".into(),
+        )
+    }))
+    .await;
+    let fast = Receiver::ok().await;
+    let targets = format!(
+        "\n[[targets]]\nname = \"slow\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"500ms\"\nretry = {{ initial_delay = \"100ms\", jitter = 0.0 }}\nsuspend_after = 0\n\n[[targets]]\nname = \"fast\"\nkind = \"webhook\"\nurl = \"{}\"\nbody = '{{{{event.title}}}}'\n",
+        slow.url("/slow"),
+        fast.url("/fast")
+    );
+    let relay = spawn_relay(&format!("{SOURCES}{targets}"), dir.path()).await;
+    let mut ingest_max = Duration::ZERO;
+    let mut sent_at = HashMap::new();
+    for n in 0..20 {
+        let t = Instant::now();
+        sent_at.insert(format!("k{}-{n}", n % 5), t);
+        let (status, _) = post(
+            &url(&relay, SG),
+            Some("application/json"),
+            numbered(n % 5, n),
+        )
+        .await;
+        ingest_max = ingest_max.max(t.elapsed());
+        assert_eq!(status, 200);
+    }
+    let got = fast.wait_for(20, Duration::from_secs(5)).await;
+    let fast_max = got
+        .iter()
+        .map(|r| r.at.duration_since(sent_at[&r.text()]))
+        .max()
+        .unwrap();
+    assert!(
+        ingest_max < Duration::from_millis(500),
+        "ingest took {ingest_max:?}"
+    );
+    assert!(
+        fast_max < Duration::from_secs(1),
+        "the fast target waited {fast_max:?}"
+    );
+    // The slow one times out after 500 ms and is retried.
+    let id = relay.target_id("slow").unwrap();
+    assert!(
+        wait_until_async(|| async { timeouts(&relay, id).await >= 3 }).await,
+        "timeouts were not recorded and retried"
+    );
+    let timed_out = timeouts(&relay, id).await;
+    println!(
+        "slow: a target answering after 10 s; 20 events, ingest max {} ms, other target max lag {} ms, \
+         {timed_out} attempts at the slow one timed out after 500 ms and were retried",
+        ingest_max.as_millis(),
+        fast_max.as_millis()
+    );
+    relay.shutdown().await.unwrap();
+}
+
+/// Attempts at `target` recorded as timed out, over the first 40 deliveries.
+async fn timeouts(relay: &hookrelay::Relay, target: u32) -> usize {
+    use hookrelay::store::Store;
+    let mut n = 0;
+    for seq in 1..=40 {
+        if let Some(d) = relay.store().delivery(seq).await.unwrap() {
+            if d.target == target {
+                n += relay
+                    .store()
+                    .attempts(seq)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a.error.as_deref() == Some("timed out"))
+                    .count();
+            }
+        }
+    }
+    n
 }

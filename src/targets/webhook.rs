@@ -50,7 +50,10 @@ impl Webhook {
             headers.insert(name.clone(), value);
         }
         // Deliveries are at least once: these let a receiver drop a repeat.
-        for (name, value) in [(EVENT_ID, &ctx["event"]["id"]), (DELIVERY_ID, &ctx["delivery"]["id"])] {
+        for (name, value) in [
+            (EVENT_ID, &ctx["event"]["id"]),
+            (DELIVERY_ID, &ctx["delivery"]["id"]),
+        ] {
             let text = match value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
