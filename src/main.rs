@@ -58,6 +58,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The store on disk (the relay must not be running).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Post a built-in sample payload to a running relay. `send-test list` lists them.
     SendTest {
         /// Sample name, or `list`.
@@ -146,6 +153,13 @@ enum TargetsCommand {
 }
 
 #[derive(Subcommand)]
+enum StoreCommand {
+    /// After the relay refused a damaged store: accept what it still holds and let the relay
+    /// start with it. What was lost stays lost; restore a backup instead if there is one.
+    AcceptDamage,
+}
+
+#[derive(Subcommand)]
 enum RulesCommand {
     /// Dry run: which rules match, the alert fields after them, and the exact request each
     /// target would get (or why it would get none). Nothing is stored or sent.
@@ -221,6 +235,10 @@ fn main() -> ExitCode {
                 TargetsCommand::Resume { name } => client::Command::Resume { target: name },
             },
         ),
+        Command::Store {
+            command: StoreCommand::AcceptDamage,
+            config,
+        } => accept_damage(config),
         Command::Rules {
             command:
                 RulesCommand::Test {
@@ -353,6 +371,17 @@ fn admin_command(args: AdminArgs, command: client::Command) -> anyhow::Result<()
         .block_on(client::Client::new(&base, token).run(command, args.json))
         .map_err(anyhow::Error::msg)?;
     print!("{out}");
+    Ok(())
+}
+
+fn accept_damage(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(path.as_deref())?;
+    let (recorded, found) = hookrelay::store::Manifest::accept_damage(&config.store.path)
+        .with_context(|| format!("cannot open the store at {}", config.store.path.display()))?;
+    println!(
+        "store {}: accepted as it is; it had recorded deliveries up to #{recorded} and holds up to #{found}",
+        config.store.path.display()
+    );
     Ok(())
 }
 

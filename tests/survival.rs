@@ -321,3 +321,121 @@ async fn timeouts(relay: &hookrelay::Relay, target: u32) -> usize {
     }
     n
 }
+
+#[tokio::test]
+async fn a_damaged_store_is_refused_with_a_way_out() {
+    let dir = tempdir();
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let outbox = format!(
+        "\n[[targets]]\nname = \"outbox\"\nkind = \"file\"\npath = \"{}/outbox.jsonl\"\n",
+        dir.path().display()
+    );
+    let relay = spawn_relay(&format!("{SOURCES}{outbox}"), &base).await;
+    for n in 0..200 {
+        let (status, _) = post(
+            &url(&relay, SG),
+            Some("application/json"),
+            numbered(n % 7, n),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    relay.shutdown().await.unwrap();
+
+    let damages: [(&str, fn(&std::path::Path)); 4] = [
+        ("truncated to a third", |db| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(db.join("db"))
+                .unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len / 3).unwrap();
+        }),
+        ("emptied", |db| std::fs::write(db.join("db"), b"").unwrap()),
+        ("overwritten in the middle", |db| {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(db.join("db"))
+                .unwrap();
+            let len = f.metadata().unwrap().len();
+            f.seek(SeekFrom::Start(len / 4)).unwrap();
+            f.write_all(&vec![0xA5; (len / 2) as usize]).unwrap();
+        }),
+        ("its config file removed", |db| {
+            std::fs::remove_file(db.join("conf")).unwrap()
+        }),
+    ];
+    let mut report = Vec::new();
+    for (what, damage) in damages {
+        let copy = dir.path().join(what.replace(' ', "-"));
+        copy_dir(&base.join("data"), &copy.join("data"));
+        damage(&copy.join("data"));
+        let config = format!("{SOURCES}{outbox}").replace("{dir}", copy.to_str().unwrap());
+        let parsed = hookrelay::Config::parse(&config, "test.toml", &copy).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = hookrelay::Relay::start(parsed, listener).await;
+        let error = match started {
+            // Opening is only right if nothing was lost.
+            Ok(r) => {
+                use hookrelay::store::Store;
+                let events = r.store().stats().await.unwrap().events;
+                r.shutdown().await.unwrap();
+                assert_eq!(
+                    events, 200,
+                    "a store {what} was opened with {events} of its 200 events"
+                );
+                report.push(format!("{what}: opened with all 200 events"));
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("store"), "{what}: {error}");
+        report.push(format!("{what}: refused"));
+        if error.contains("accept-damage") {
+            // The documented way out: accept what is left, then start.
+            let config_path = copy.join("relay.toml");
+            std::fs::write(&config_path, &config).unwrap();
+            let out = Command::new(BIN)
+                .args([
+                    "store",
+                    "accept-damage",
+                    "--config",
+                    config_path.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("accepted as it is"), "{said}");
+            let parsed = hookrelay::Config::parse(&config, "test.toml", &copy).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let relay = hookrelay::Relay::start(parsed, listener)
+                .await
+                .expect("starts after accept-damage");
+            relay.shutdown().await.unwrap();
+            report.last_mut().unwrap().push_str(
+                " as missing acknowledged data, then started after `store accept-damage`",
+            );
+        }
+    }
+    println!("corruption: {}", report.join("; "));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -16,6 +16,7 @@
 //! | `T` | target name | target id (4) |
 //! | `S` | target (4) | target state |
 //! | `C` | target (4) | pending (8), dead (8) |
+//! | `M` | `seq` | the next delivery seq (8), written with every batch that allocates one |
 //!
 //! An ordering key is written as its length (2) and bytes, so no key is a prefix of another.
 
@@ -43,6 +44,9 @@ pub fn dedup(source: &str, key: &str) -> Vec<u8> {
 pub fn dedup_expiry(until_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
     [b"Y".as_slice(), &until_ms.to_be_bytes(), dedup_key].concat()
 }
+
+/// Where the next delivery seq is kept.
+pub const NEXT_SEQ: &[u8] = b"Mseq";
 
 pub fn delivery(seq: Seq) -> [u8; 9] {
     let mut k = [0u8; 9];

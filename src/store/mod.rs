@@ -15,7 +15,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 pub use keys::clamp_ordering_key;
-pub use sled_store::SledStore;
+pub use sled_store::{Manifest, SledStore};
 
 use crate::normalize::Event;
 
@@ -31,6 +31,17 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is shut down")]
     Closed,
+    #[error(
+        "the store at {path} is missing data it acknowledged: its manifest records deliveries up \
+         to #{recorded}, but the database now ends at #{found}. It was damaged (truncated, \
+         overwritten, or its files replaced). Restore the directory from a backup, or run \
+         `hookrelay store accept-damage` to start with what is left; the rest is lost"
+    )]
+    Damaged {
+        path: String,
+        recorded: u64,
+        found: u64,
+    },
 }
 
 /// Everything one request stores, written atomically.

@@ -65,21 +65,42 @@ struct Job {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database at `path` and starts its writer thread.
+    /// Opens (or creates) the database at `path` and starts its writer thread. Refuses a
+    /// database that holds less than its manifest says was durably written (see
+    /// [`Manifest`]).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let manifest = Manifest::read(path)?;
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let next_seq = match db.scan_prefix(b"L").keys().next_back() {
+        let stored = db
+            .get(keys::NEXT_SEQ)?
+            .and_then(|v| keys::seq_of(&v))
+            .unwrap_or(1);
+        let last_delivery = match db.scan_prefix(b"L").keys().next_back() {
             Some(k) => keys::seq_of(&k?[1..]).map_or(1, |s| s + 1),
             None => 1,
         };
+        let next_seq = stored.max(last_delivery);
+        if let Some(recorded) = manifest {
+            if next_seq < recorded {
+                return Err(StoreError::Damaged {
+                    path: path.display().to_string(),
+                    recorded: recorded - 1,
+                    found: next_seq - 1,
+                });
+            }
+        }
+        Manifest::write(path, next_seq)?;
         let (tx, rx) = mpsc::channel(MAX_GROUP);
         let writer = Writer {
             db: db.clone(),
             next_seq,
             counts: HashMap::new(),
+            path: path.to_path_buf(),
+            manifest_seq: next_seq,
+            manifest_at: std::time::Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("hookrelay-store".into())
@@ -136,6 +157,66 @@ fn get_delivery(db: &sled::Db, seq: Seq) -> Result<Option<Delivery>, StoreError>
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}"))),
         None => Ok(None),
+    }
+}
+
+/// A small file beside the database recording how far it is known to be durable: the next
+/// delivery seq as of a flush that succeeded. sled recovers a truncated or scrambled log by
+/// silently dropping what it cannot read; comparing with the manifest turns that into a refusal
+/// to start instead of a relay that quietly forgot what it acknowledged.
+pub struct Manifest;
+
+const MANIFEST: &str = "hookrelay.manifest";
+
+impl Manifest {
+    fn read(dir: &Path) -> Result<Option<Seq>, StoreError> {
+        match std::fs::read_to_string(dir.join(MANIFEST)) {
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Corrupt(format!("{}: {e}", dir.join(MANIFEST).display()))
+                })?;
+                Ok(v["next_seq"].as_u64())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io(sled::Error::Io(e))),
+        }
+    }
+
+    /// Written to a temporary file, synced, then renamed over the old one.
+    fn write(dir: &Path, next_seq: Seq) -> Result<(), StoreError> {
+        use std::io::Write;
+        let tmp = dir.join(format!("{MANIFEST}.tmp"));
+        let io = |e| StoreError::Io(sled::Error::Io(e));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(
+            serde_json::json!({"version": 1, "next_seq": next_seq})
+                .to_string()
+                .as_bytes(),
+        )
+        .map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Accepts a damaged store as it is: the manifest is rewritten to what the database holds.
+    /// Returns (what the manifest recorded, what the database holds) as last delivery numbers.
+    pub fn accept_damage(dir: &Path) -> Result<(u64, u64), StoreError> {
+        let recorded = Self::read(dir)?.unwrap_or(1);
+        std::fs::remove_file(dir.join(MANIFEST)).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(StoreError::Io(sled::Error::Io(e)))
+            }
+        })?;
+        // Opening writes a new manifest from what the database holds.
+        drop(SledStore::open(dir)?);
+        let found = Self::read(dir)?.unwrap_or(1);
+        Ok((recorded.saturating_sub(1), found.saturating_sub(1)))
     }
 }
 
@@ -415,6 +496,10 @@ struct Writer {
     next_seq: Seq,
     /// Per-target counters as last written; dropped on a failed write so they are read again.
     counts: HashMap<TargetId, TargetCounts>,
+    path: std::path::PathBuf,
+    /// What the manifest says, and when it was written.
+    manifest_seq: Seq,
+    manifest_at: std::time::Instant,
 }
 
 impl Writer {
@@ -439,12 +524,23 @@ impl Writer {
             if let Err(e) = &flushed {
                 tracing::error!(error = %e, "store flush failed");
             }
+            let manifest_due =
+                close || self.manifest_at.elapsed() >= std::time::Duration::from_secs(1);
             for (reply, result) in results.drain(..) {
                 let result = match (&flushed, result) {
                     (Err(e), Ok(_)) => Err(StoreError::Io(e.clone())),
                     (_, r) => r,
                 };
                 let _ = reply.send(result);
+            }
+            // After the answers, so it never delays an acknowledgement; only what the flush
+            // made durable is recorded.
+            if flushed.is_ok() && manifest_due && self.next_seq != self.manifest_seq {
+                match Manifest::write(&self.path, self.next_seq) {
+                    Ok(()) => self.manifest_seq = self.next_seq,
+                    Err(e) => tracing::warn!(error = %e, "could not update the store manifest"),
+                }
+                self.manifest_at = std::time::Instant::now();
             }
             if close {
                 return;
@@ -545,6 +641,9 @@ impl Writer {
                 self.enqueue_new(&mut batch, &mut heads, id, d, b.now_ms)?;
             }
             outcomes.push(EventOutcome::Stored);
+        }
+        if self.next_seq != first_seq {
+            batch.insert(keys::NEXT_SEQ, &self.next_seq.to_be_bytes());
         }
         if let Err(e) = self.db.apply_batch(batch) {
             self.next_seq = first_seq;
@@ -819,6 +918,7 @@ impl Writer {
         for d in deliveries {
             seqs.push(self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?);
         }
+        batch.insert(keys::NEXT_SEQ, &self.next_seq.to_be_bytes());
         if let Err(e) = self.db.apply_batch(batch) {
             self.next_seq = first_seq;
             return Err(e.into());
