@@ -343,7 +343,7 @@ async fn a_damaged_store_is_refused_with_a_way_out() {
     }
     relay.shutdown().await.unwrap();
 
-    let damages: [(&str, fn(&std::path::Path)); 4] = [
+    let damages: [(&str, Damage); 4] = [
         ("truncated to a third", |db| {
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -426,6 +426,9 @@ async fn a_damaged_store_is_refused_with_a_way_out() {
     }
     println!("corruption: {}", report.join("; "));
 }
+
+/// A way to damage a store directory.
+type Damage = fn(&std::path::Path);
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
