@@ -34,6 +34,9 @@ pub mod store;
 mod targets;
 pub mod template;
 
+#[cfg(test)]
+mod proptests;
+
 pub use config::Config;
 pub use normalize::Event;
 pub use relay::{run, Relay, RelayError};

@@ -7,6 +7,9 @@
 mod error;
 mod signature;
 
+#[cfg(test)]
+pub(crate) use signature::verify as verify_signature;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

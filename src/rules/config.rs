@@ -43,6 +43,7 @@ pub struct RawRule {
     pub enabled: Option<bool>,
 }
 
+#[derive(Debug)]
 pub struct Problem {
     pub span: Option<Range<usize>>,
     pub key: String,
