@@ -9,6 +9,9 @@ use hookrelay::store::Store;
 const SG: &str = "/com.statusgator/v1";
 const PD: &str = "/com.pagerduty/v1";
 
+/// What, where, Content-Type, body, expected status, expected code (empty: accepted).
+type Case<'a> = (&'a str, &'a String, Option<&'a str>, Vec<u8>, u16, &'a str);
+
 #[tokio::test]
 async fn malformed_input_matrix() {
     let dir = tempdir();
@@ -17,7 +20,7 @@ async fn malformed_input_matrix() {
     let pd = url(&relay, PD);
     let v3 = r#"{"type":"StatusChange","monitor":{"id":"m"},"status":"down","recorded_at":"2025-01-01T00:00:00Z"}"#;
     // (what, url, content type, body, status, code or "" for accepted, stored events after)
-    let cases: Vec<(&str, &String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("JSON with a charset", &sg, Some("application/json; charset=utf-8"), v3.into(), 200, ""),
         ("JSON with upper-case media type", &pd, Some("Application/JSON"), include_bytes!("fixtures/pagerduty-v3-ping.json").to_vec(), 202, ""),
         ("form with a charset", &sg, Some("application/x-www-form-urlencoded; charset=UTF-8"), include_bytes!("fixtures/statusgator-v1-aws.form").to_vec(), 200, ""),
