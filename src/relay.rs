@@ -20,7 +20,7 @@ use crate::admin::metrics::IngestMetrics;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::deliver::{TargetRuntime, TargetSpec, Worker};
-use crate::ingest::{Ingest, Live};
+use crate::ingest::{DiskState, Ingest, Live};
 use crate::store::{SledStore, Store, StoreError, TargetId};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ impl Relay {
             config.sources.iter().map(|s| s.name.clone()),
         ));
         let mut admin_server = None;
-        let over_budget = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let disk = Arc::new(DiskState::default());
         let (stop, stop_rx) = watch::channel(false);
         let mut lanes = JoinSet::new();
         for t in &targets {
@@ -118,12 +118,13 @@ impl Relay {
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
-            over_disk_budget: over_budget.clone(),
+            disk: disk.clone(),
+            write_timeout: config.store.write_timeout,
         });
         lanes.spawn(housekeeping(
             store.clone(),
             config.store.clone(),
-            over_budget,
+            disk,
             stop_rx.clone(),
         ));
         let admin_addr = match config.admin.listen {
@@ -319,7 +320,7 @@ pub async fn run(
 async fn housekeeping(
     store: Arc<SledStore>,
     config: crate::config::StoreConfig,
-    over_budget: Arc<std::sync::atomic::AtomicBool>,
+    disk: Arc<DiskState>,
     mut stop: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -331,11 +332,22 @@ async fn housekeeping(
         }
         if config.disk_budget > 0 {
             let over = store.size_on_disk() > config.disk_budget;
-            if over != over_budget.swap(over, Relaxed) {
+            if over != disk.over_budget.swap(over, Relaxed) {
                 tracing::warn!(
                     over_budget = over,
                     budget = config.disk_budget,
                     "store disk budget"
+                );
+            }
+        }
+        if let Some(free) = free_bytes(&config.path) {
+            let low = free < config.min_free_bytes;
+            if low != disk.nearly_full.swap(low, Relaxed) {
+                tracing::warn!(
+                    nearly_full = low,
+                    free,
+                    reserve = config.min_free_bytes,
+                    "store disk space"
                 );
             }
         }
@@ -370,6 +382,22 @@ async fn housekeeping(
             }
         }
     }
+}
+
+/// Bytes available to this process on the filesystem holding `path`.
+#[cfg(unix)]
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_: &std::path::Path) -> Option<u64> {
+    None
 }
 
 /// What one listener allows its clients.

@@ -442,3 +442,149 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, megabytes: u32) -> Result<SmallDisk, String> {
+        if is_root() {
+            std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+            let out = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={megabytes}m"),
+                    "tmpfs",
+                    at.to_str().unwrap(),
+                ])
+                .output()
+                .map_err(|e| format!("cannot run mount: {e}"))?;
+            if out.status.success() {
+                return Ok(SmallDisk(at.to_path_buf()));
+            }
+            return Err(format!(
+                "mount failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Err("not running as root, so no small filesystem can be mounted".into())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-l", self.0.to_str().unwrap()])
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_loses_nothing_and_recovers() {
+    let dir = tempdir();
+    let fs = dir.path().join("small");
+    let disk = match SmallDisk::mount(&fs, 16) {
+        Ok(d) => d,
+        Err(why) => {
+            println!("disk-full: skipped: {why}");
+            return;
+        }
+    };
+    let ballast = fs.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 6 << 20]).unwrap();
+    let receiver = Receiver::ok().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[store]\npath = \"{}\"\nmin_free_bytes = 3145728\nprune_interval = \"100ms\"\nwrite_timeout = \"2s\"\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[targets]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+        fs.join("data").display(),
+        receiver.url("/in")
+    );
+    let relay = spawn_relay(&config, dir.path()).await;
+    let pad = "x".repeat(12_000);
+    let mut acked = HashSet::new();
+    let mut refused = HashMap::new();
+    let mut slowest = Duration::ZERO;
+    for n in 0..3000 {
+        let body = format!("{{\"type\":\"StatusChange\",\"monitor\":{{\"id\":\"m{}\"}},\"status\":\"down\",\"message\":\"{n}\",\"details\":\"{pad}\"}}", n % 10);
+        let t = Instant::now();
+        let (status, answer) = tokio::time::timeout(
+            Duration::from_secs(10),
+            post(&url(&relay, "/sg"), Some("application/json"), body),
+        )
+        .await
+        .expect("the relay answers even when its disk is full");
+        slowest = slowest.max(t.elapsed());
+        if status == 200 {
+            acked.extend(
+                answer["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_owned()),
+            );
+        } else {
+            assert_eq!(status, 503, "{answer}");
+            *refused
+                .entry(answer["code"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+            if refused.values().sum::<usize>() >= 5 {
+                break;
+            }
+        }
+    }
+    assert!(
+        refused.contains_key("disk_full"),
+        "the disk never filled: {refused:?}"
+    );
+    let filled_at = acked.len();
+
+    // Space is freed: ingest accepts again by itself.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        let (status, answer) = post(
+            &url(&relay, "/sg"),
+            Some("application/json"),
+            "{\"type\":\"StatusChange\",\"monitor\":{\"id\":\"after\"},\"status\":\"up\"}"
+                .to_owned(),
+        )
+        .await;
+        if status == 200 {
+            acked.extend(
+                answer["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_owned()),
+            );
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "ingest did not recover after space was freed");
+    let all = wait_until(Duration::from_secs(20), || {
+        let d = delivered(&receiver);
+        acked.iter().all(|id| d.contains_key(id))
+    })
+    .await;
+    let d = delivered(&receiver);
+    let lost = acked.iter().filter(|id| !d.contains_key(*id)).count();
+    println!(
+        "disk-full: 16 MB filesystem; {filled_at} events acknowledged before it filled, then 503 {refused:?}; \
+         slowest answer {} ms; accepted again after space was freed; lost {lost} of {}",
+        slowest.as_millis(),
+        acked.len()
+    );
+    assert!(all && lost == 0);
+    let _ = tokio::time::timeout(Duration::from_secs(5), relay.shutdown()).await;
+    drop(disk);
+}

@@ -23,6 +23,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "unrecognized_payload",
     "store_unavailable",
     "disk_budget",
+    "disk_full",
 ];
 
 pub struct Histogram {

@@ -73,6 +73,11 @@ pub struct StoreConfig {
     pub prune_interval: Duration,
     /// Bytes on disk above which ingest answers 503; 0: no budget.
     pub disk_budget: u64,
+    /// Free bytes on the store's filesystem below which ingest answers 503. sled hangs when
+    /// its disk fills up, so it must never get there.
+    pub min_free_bytes: u64,
+    /// How long a request waits for its write before answering 503.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -432,6 +437,17 @@ impl Validator<'_> {
             )?,
             disk_budget: self.int(&raw.store.disk_budget, "store.disk_budget", 0..=i64::MAX, 0)?
                 as u64,
+            min_free_bytes: self.int(
+                &raw.store.min_free_bytes,
+                "store.min_free_bytes",
+                0..=i64::MAX,
+                64 << 20,
+            )? as u64,
+            write_timeout: self.duration(
+                &raw.store.write_timeout,
+                "store.write_timeout",
+                Duration::from_secs(4),
+            )?,
         };
         let delivery = DeliveryConfig {
             connect_timeout: self.duration(

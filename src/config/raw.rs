@@ -58,6 +58,8 @@ pub(super) struct RawStore {
     pub retain_dead: Option<Spanned<String>>,
     pub prune_interval: Option<Spanned<String>>,
     pub disk_budget: Option<Spanned<i64>>,
+    pub min_free_bytes: Option<Spanned<i64>>,
+    pub write_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -36,6 +36,8 @@ pub enum IngestError {
     Unavailable(#[source] StoreError),
     #[error("the relay's store is over its disk budget; retry later")]
     DiskBudget,
+    #[error("the relay's disk is almost full; retry later")]
+    DiskFull,
 }
 
 impl IngestError {
@@ -50,7 +52,7 @@ impl IngestError {
             IngestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyRead(_) | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            IngestError::Unavailable(_) | IngestError::DiskBudget => {
+            IngestError::Unavailable(_) | IngestError::DiskBudget | IngestError::DiskFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -75,6 +77,7 @@ impl IngestError {
             IngestError::Invalid(NormalizeError::Shape(_)) => "unrecognized_payload",
             IngestError::Unavailable(_) => "store_unavailable",
             IngestError::DiskBudget => "disk_budget",
+            IngestError::DiskFull => "disk_full",
         }
     }
 }

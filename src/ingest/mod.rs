@@ -44,8 +44,17 @@ pub struct Ingest<S> {
     pub max_body_bytes: usize,
     pub body_timeout: std::time::Duration,
     pub dedup_window_ms: u64,
-    /// Set by the relay's disk check while the store is over its budget.
-    pub over_disk_budget: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the relay's disk check while the store is over its budget, or its disk is
+    /// nearly full.
+    pub disk: Arc<DiskState>,
+    pub write_timeout: std::time::Duration,
+}
+
+/// What the once-a-second disk check found.
+#[derive(Default)]
+pub struct DiskState {
+    pub over_budget: std::sync::atomic::AtomicBool,
+    pub nearly_full: std::sync::atomic::AtomicBool,
 }
 
 /// What ingest reads from the config that a reload may change.
@@ -97,7 +106,9 @@ impl<S: Store> Ingest<S> {
                         resp.headers_mut()
                             .insert(ALLOW, HeaderValue::from_static("POST"));
                     }
-                    IngestError::Unavailable(_) | IngestError::DiskBudget => {
+                    IngestError::Unavailable(_)
+                    | IngestError::DiskBudget
+                    | IngestError::DiskFull => {
                         resp.headers_mut()
                             .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                     }
@@ -204,7 +215,10 @@ impl<S: Store> Ingest<S> {
                 },
             )?;
         }
-        if self.over_disk_budget.load(Relaxed) {
+        if self.disk.nearly_full.load(Relaxed) {
+            return Err(IngestError::DiskFull);
+        }
+        if self.disk.over_budget.load(Relaxed) {
             return Err(IngestError::DiskBudget);
         }
         let received_ms = now_ms();
@@ -245,10 +259,13 @@ impl<S: Store> Ingest<S> {
             })
             .map(|(i, _)| i)
             .collect();
-        let outcomes = self
-            .store
-            .ingest(batch)
+        // A write stuck in the storage engine must not hold the sender past its own timeout:
+        // answer 503 (it retries; if the write lands after all, dedup absorbs the repeat).
+        let outcomes = tokio::time::timeout(self.write_timeout, self.store.ingest(batch))
             .await
+            .map_err(|_| {
+                IngestError::Unavailable(StoreError::Stalled(self.write_timeout.as_millis()))
+            })?
             .map_err(IngestError::Unavailable)?;
         for i in touched {
             self.targets[i].notify.notify_one();

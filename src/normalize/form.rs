@@ -7,7 +7,7 @@
 
 use super::NormalizeError;
 
-pub(crate) fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, NormalizeError> {
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, NormalizeError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut offset = 0;
     for part in body.split(|b| *b == b'&' || *b == b';') {

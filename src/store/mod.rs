@@ -31,6 +31,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is shut down")]
     Closed,
+    #[error("the store did not complete a write within {0} ms")]
+    Stalled(u128),
     #[error(
         "the store at {path} is missing data it acknowledged: its manifest records deliveries up \
          to #{recorded}, but the database now ends at #{found}. It was damaged (truncated, \

@@ -301,6 +301,7 @@ pub fn read_lines(path: &PathBuf) -> Vec<serde_json::Value> {
 pub const SOURCES: &str = r#"
 [store]
 path = "{dir}/data"
+min_free_bytes = 1048576
 
 [admin]
 listen = "127.0.0.1:0"
