@@ -37,6 +37,8 @@ async fn malformed_input_matrix() {
         ("a percent-encoded invalid UTF-8 value", &sg, Some("application/x-www-form-urlencoded"), b"service_name=%C3%28&current_status=up".to_vec(), 400, "malformed_form"),
         ("multipart", &sg, Some("multipart/form-data; boundary=x"), b"--x--".to_vec(), 415, "unsupported_media_type"),
         ("NUL bytes", &pd, Some("application/json"), b"{\"event\":\0}".to_vec(), 400, "malformed_json"),
+        ("10,000-deep nesting", &pd, Some("application/json"), format!("{{\"event\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), 400, "malformed_json"),
+        ("10,000-deep objects", &sg, Some("application/json"), format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000)).into_bytes(), 400, "malformed_json"),
     ];
     let mut stored = 0;
     for (what, to, ct, body, status, code) in cases {
