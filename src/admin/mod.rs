@@ -335,7 +335,8 @@ impl<S: Store> Admin<S> {
         }))
     }
 
-    async fn show_event(&self, id: &str) -> Answer {
+    /// A stored event by the id in a path.
+    async fn stored_event(&self, id: &str) -> Result<(uuid::Uuid, Event), AdminError> {
         let uuid = uuid::Uuid::parse_str(id)
             .map_err(|_| AdminError::BadRequest(format!("{id:?} is not an event id")))?;
         let event = self
@@ -343,6 +344,11 @@ impl<S: Store> Admin<S> {
             .event(uuid)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("event {id}")))?;
+        Ok((uuid, event))
+    }
+
+    async fn show_event(&self, id: &str) -> Answer {
+        let (uuid, event) = self.stored_event(id).await?;
         let mut deliveries = Vec::new();
         for d in self.store.deliveries_of(uuid).await? {
             deliveries.push(self.delivery_json(&d).await?);
@@ -355,13 +361,7 @@ impl<S: Store> Admin<S> {
     }
 
     async fn redeliver(&self, id: &str, only: Option<&String>) -> Answer {
-        let uuid = uuid::Uuid::parse_str(id)
-            .map_err(|_| AdminError::BadRequest(format!("{id:?} is not an event id")))?;
-        let event = self
-            .store
-            .event(uuid)
-            .await?
-            .ok_or_else(|| AdminError::NotFound(format!("event {id}")))?;
+        let (uuid, event) = self.stored_event(id).await?;
         let targets: Vec<&Arc<TargetRuntime>> = match only {
             Some(name) => vec![self.target(name)?],
             None => {
