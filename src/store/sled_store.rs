@@ -50,6 +50,18 @@ enum Op {
     Close,
 }
 
+impl Op {
+    /// Whether the caller must wait for the flush. Everything a sender's acknowledgement or an
+    /// operator's action depends on does. An attempt's outcome does not: it is applied (and so
+    /// visible to claims, which keeps each key in order) before the answer, and if a crash loses
+    /// it before the group's flush, the delivery is simply sent again: at least once, and the
+    /// last thing a key's target received is still its latest. Not waiting for a flush per
+    /// delivery is what lets delivery keep pace with ingest.
+    fn answers_after_flush(&self) -> bool {
+        !matches!(self, Op::Finish { .. })
+    }
+}
+
 enum Reply {
     Ingest(Vec<EventOutcome>),
     Targets(Vec<TargetId>),
@@ -517,8 +529,13 @@ impl Writer {
             let mut close = false;
             for job in jobs.drain(..) {
                 close |= matches!(job.op, Op::Close);
+                let durable = job.op.answers_after_flush();
                 let result = self.apply(job.op);
-                results.push((job.reply, result));
+                if durable || result.is_err() {
+                    results.push((job.reply, result));
+                } else {
+                    let _ = job.reply.send(result);
+                }
             }
             let flushed = self.db.flush();
             if let Err(e) = &flushed {
