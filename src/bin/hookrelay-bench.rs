@@ -80,14 +80,17 @@ async fn sink(port: u16, arrivals: Arrivals, received: Arc<AtomicU64>) -> anyhow
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let (arrivals, received) = (arrivals.clone(), received.clone());
                     async move {
+                        let (parts, body) = req.into_parts();
+                        // Read the whole body, or the connection cannot be kept alive.
+                        let _ = http_body_util::BodyExt::collect(body).await;
                         received.fetch_add(1, Ordering::Relaxed);
-                        if let Some(id) = req
-                            .headers()
+                        if let Some(id) = parts
+                            .headers
                             .get("x-hookrelay-event-id")
                             .and_then(|v| v.to_str().ok())
                         {
                             let mut a = arrivals.lock().unwrap();
-                            let seen = a.entry(req.uri().path().to_owned()).or_default();
+                            let seen = a.entry(parts.uri.path().to_owned()).or_default();
                             seen.entry(id.to_owned()).or_insert((Instant::now(), 0)).1 += 1;
                         }
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(

@@ -22,6 +22,9 @@ use super::{
 };
 use crate::normalize::Event;
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// How many queued operations one group commit takes at most.
 const MAX_GROUP: usize = 4096;
 
@@ -85,6 +88,10 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // sled caches up to 1 GiB by default; the relay reads little back (claims read
+            // index keys, deliveries one event each), so a small cache bounds memory at no
+            // measured cost.
+            .cache_capacity(CACHE_BYTES)
             .open()?;
         let stored = db
             .get(keys::NEXT_SEQ)?
