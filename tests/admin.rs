@@ -67,6 +67,17 @@ fn prometheus(text: &str) -> HashMap<String, f64> {
     out
 }
 
+/// Posts a StatusGator "down" for `monitor` and expects it accepted.
+async fn accept(relay: &hookrelay::Relay, monitor: &str, message: &str) {
+    let (status, answer) = post(
+        &url(relay, SG),
+        Some("application/json"),
+        sg_v3(monitor, "down", message),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 fn sg_v3(monitor: &str, status: &str, message: &str) -> String {
     json!({"type": "StatusChange", "recorded_at": "2025-07-17T02:20:45Z", "monitor": {"id": monitor}, "status": status, "message": message}).to_string()
 }
@@ -104,13 +115,7 @@ async fn health_auth_metrics_and_events() {
     }
 
     for (monitor, msg) in [("a", "one"), ("b", "two")] {
-        let (status, _) = post(
-            &url(&relay, SG),
-            Some("application/json"),
-            sg_v3(monitor, "down", msg),
-        )
-        .await;
-        assert_eq!(status, 200);
+        accept(&relay, monitor, msg).await;
     }
     let (status, _) = post(&url(&relay, SG), Some("application/json"), "{nope").await;
     assert_eq!(status, 400);
@@ -239,13 +244,7 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
     ));
     let relay = spawn_relay(&config, dir.path()).await;
     for (m, msg) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
-        let (status, _) = post(
-            &url(&relay, SG),
-            Some("application/json"),
-            sg_v3(m, "down", msg),
-        )
-        .await;
-        assert_eq!(status, 200);
+        accept(&relay, m, msg).await;
     }
     let suspended = wait_until_async(|| async {
         admin(&relay, "GET", "/targets").await.1["targets"][0]["state"] == "suspended"
@@ -266,13 +265,7 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
 
     // Events are still accepted while it is suspended.
     for (m, msg) in [("a", "a3"), ("b", "b2")] {
-        let (status, _) = post(
-            &url(&relay, SG),
-            Some("application/json"),
-            sg_v3(m, "down", msg),
-        )
-        .await;
-        assert_eq!(status, 200);
+        accept(&relay, m, msg).await;
     }
     // An attempt already in flight when the fifth failure suspended the target still finishes
     // and is recorded; let those settle, then nothing may change while it is suspended.
@@ -418,13 +411,7 @@ async fn dead_letters_listed_and_replayed_by_target_and_time_range() {
     .await;
     let start = chrono::Utc::now().to_rfc3339();
     for (m, msg) in [("a", "one"), ("b", "two"), ("c", "three")] {
-        let (status, _) = post(
-            &url(&relay, SG),
-            Some("application/json"),
-            sg_v3(m, "down", msg),
-        )
-        .await;
-        assert_eq!(status, 200);
+        accept(&relay, m, msg).await;
     }
     assert!(wait_until_async(|| async { relay.store().stats().await.unwrap().dead == 3 }).await);
     let (status, list) = admin(&relay, "GET", "/dead-letters?target=hook").await;

@@ -22,6 +22,18 @@ fn run(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
     )
 }
 
+/// `hookrelay serve --config <config>` with its log on a pipe.
+fn serve(config: &std::path::Path, cwd: &std::path::Path, log: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .current_dir(cwd)
+        .env("HOOKRELAY_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn check_config_accepts_the_shipped_config() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -107,14 +119,7 @@ async fn serve_then_send_test_then_sigterm() {
             .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_port())),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("HOOKRELAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&config, dir.path(), "warn");
     let up = wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
@@ -289,14 +294,7 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
         .unwrap()
     };
     write(&first.url("/one"), "");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("HOOKRELAY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&config, dir.path(), "info");
     assert!(
         wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
             "127.0.0.1",
