@@ -236,65 +236,70 @@ fn pagerduty_message(event: &Value, p: &Value) -> Result<Value, String> {
     Ok(message)
 }
 
+/// Where a V1 message's values come from in a newer payload; the only part that differs
+/// between V2 and V3.
+struct Sources<'a> {
+    message_id: &'a Value,
+    occurred: &'a Value,
+    incident: &'a Value,
+    number: &'a Value,
+    created: &'a Value,
+    changed_on: &'a Value,
+    changed_by: &'a Value,
+    /// `(at, user reference)` per assignee.
+    assigned: Vec<(&'a Value, &'a Value)>,
+}
+
 fn from_v3(p: &Value) -> Value {
     let e = &p["event"];
     let d = &e["data"];
-    let at = e.get("occurred_at").cloned().unwrap_or(Value::Null);
-    let mut inc = Map::new();
-    inc.insert("id".into(), d["id"].clone());
-    inc.insert("incident_number".into(), d["number"].clone());
-    inc.insert(
-        "created_on".into(),
-        d.get("created_at").cloned().unwrap_or(at.clone()),
-    );
-    inc.insert("status".into(), d["status"].clone());
-    inc.insert("html_url".into(), d["html_url"].clone());
-    if d.get("incident_key").is_some_and(|k| k.is_string()) {
-        inc.insert("incident_key".into(), d["incident_key"].clone());
-    }
-    inc.insert("service".into(), with_deleted_at(&d["service"]));
-    inc.insert(
-        "escalation_policy".into(),
-        with_deleted_at(&d["escalation_policy"]),
-    );
-    inc.insert(
-        "trigger_summary_data".into(),
-        json!({ "subject": d["title"] }),
-    );
-    inc.insert("last_status_change_on".into(), at.clone());
-    inc.insert(
-        "last_status_change_by".into(),
-        if e["agent"].is_object() {
-            person(&e["agent"])
-        } else {
-            Value::Null
-        },
-    );
-    let assigned: Vec<Value> = d["assignees"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|u| {
-                    let mut o = person(u);
-                    o["type"] = "user".into();
-                    json!({"at": at, "object": o})
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    inc.insert("assigned_to".into(), Value::Array(assigned));
-    json!({"type": "", "id": e["id"], "created_on": at, "data": {"incident": inc}})
+    let at = &e["occurred_at"];
+    v1_message(Sources {
+        message_id: &e["id"],
+        occurred: at,
+        incident: d,
+        number: &d["number"],
+        created: d.get("created_at").unwrap_or(at),
+        changed_on: at,
+        changed_by: &e["agent"],
+        assigned: d["assignees"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| (at, u))
+            .collect(),
+    })
 }
 
 fn from_v2(m: &Value) -> Value {
     let i = &m["incident"];
+    v1_message(Sources {
+        message_id: &m["id"],
+        occurred: &m["created_on"],
+        incident: i,
+        number: &i["incident_number"],
+        created: &i["created_at"],
+        changed_on: &i["last_status_change_at"],
+        changed_by: &i["last_status_change_by"],
+        assigned: i["assignments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| (&x["at"], &x["assignee"]))
+            .collect(),
+    })
+}
+
+/// A V1 message in the schema's key order; `conform` then drops what is absent or mistyped.
+fn v1_message(s: Sources<'_>) -> Value {
+    let i = s.incident;
     let mut inc = Map::new();
     inc.insert("id".into(), i["id"].clone());
-    inc.insert("incident_number".into(), i["incident_number"].clone());
-    inc.insert("created_on".into(), i["created_at"].clone());
+    inc.insert("incident_number".into(), s.number.clone());
+    inc.insert("created_on".into(), s.created.clone());
     inc.insert("status".into(), i["status"].clone());
     inc.insert("html_url".into(), i["html_url"].clone());
-    if i.get("incident_key").is_some_and(|k| k.is_string()) {
+    if i.get("incident_key").is_some_and(Value::is_string) {
         inc.insert("incident_key".into(), i["incident_key"].clone());
     }
     inc.insert("service".into(), with_deleted_at(&i["service"]));
@@ -306,32 +311,24 @@ fn from_v2(m: &Value) -> Value {
         "trigger_summary_data".into(),
         json!({ "subject": i["title"] }),
     );
-    inc.insert(
-        "last_status_change_on".into(),
-        i["last_status_change_at"].clone(),
-    );
-    inc.insert(
-        "last_status_change_by".into(),
-        if i["last_status_change_by"].is_object() {
-            person(&i["last_status_change_by"])
-        } else {
-            Value::Null
-        },
-    );
-    let assigned: Vec<Value> = i["assignments"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    let mut o = person(&x["assignee"]);
-                    o["type"] = "user".into();
-                    json!({"at": x["at"], "object": o})
-                })
-                .collect()
+    inc.insert("last_status_change_on".into(), s.changed_on.clone());
+    let by = if s.changed_by.is_object() {
+        person(s.changed_by)
+    } else {
+        Value::Null
+    };
+    inc.insert("last_status_change_by".into(), by);
+    let assigned = s
+        .assigned
+        .into_iter()
+        .map(|(at, user)| {
+            let mut o = person(user);
+            o["type"] = "user".into();
+            json!({"at": at, "object": o})
         })
-        .unwrap_or_default();
+        .collect();
     inc.insert("assigned_to".into(), Value::Array(assigned));
-    json!({"type": "", "id": m["id"], "created_on": m["created_on"], "data": {"incident": inc}})
+    json!({"type": "", "id": s.message_id, "created_on": s.occurred, "data": {"incident": inc}})
 }
 
 /// The Iglu schema `com.pagerduty/incident/jsonschema/1-0-0`, as a shape to cut values to.
