@@ -92,7 +92,7 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
                                 uuid::Uuid::parse_str(&event.id).unwrap_or_default(),
                                 0,
                             );
-                            let ctx = context(&event, &delivery, 1, &t.name);
+                            let ctx = context(&event, &delivery, 1, &t.name, t.needs());
                             match Target::new(t).prepare(&config.templates, &ctx) {
                                 Ok(p) => Outcome::Send(Box::new(p)),
                                 Err(e) => Outcome::Invalid(e),

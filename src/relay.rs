@@ -141,7 +141,6 @@ impl Relay {
                 let admin = Arc::new(Admin {
                     store: store.clone(),
                     targets: targets.clone(),
-                    ingest: ingest.clone(),
                     metrics,
                     token: config.admin.token.clone(),
                     store_size: Box::new(move || sized.size_on_disk()),

@@ -37,6 +37,43 @@ pub enum Escape {
     None,
 }
 
+/// The parts of a delivery's template context that cost work to build (parsing the sender's
+/// payload, deriving the VictorOps variables, copying the raw body), and whether a target's
+/// templates read them. Built only when read: on the delivery path that is most of the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextNeeds {
+    pub payload: bool,
+    pub vo: bool,
+    pub raw: bool,
+}
+
+impl ContextNeeds {
+    pub const NONE: ContextNeeds = ContextNeeds {
+        payload: false,
+        vo: false,
+        raw: false,
+    };
+    pub const ALL: ContextNeeds = ContextNeeds {
+        payload: true,
+        vo: true,
+        raw: true,
+    };
+
+    /// From template sources, erring towards building: any mention of a part, or any way of
+    /// reaching the whole context indirectly (`this`, `@root`, `../`, `lookup`), counts.
+    pub fn of_templates(sources: &[&str]) -> ContextNeeds {
+        let any = |word: &str| sources.iter().any(|s| s.contains(word));
+        if ["this", "@root", "../", "lookup"].iter().any(|w| any(w)) {
+            return ContextNeeds::ALL;
+        }
+        ContextNeeds {
+            payload: any("payload"),
+            vo: any("vo") || any("${{"),
+            raw: any("raw"),
+        }
+    }
+}
+
 /// A compiled template: which registry holds it, under which name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateRef {
@@ -344,6 +381,44 @@ mod tests {
     fn strict_mode_rejects_missing_fields() {
         let err = render(Escape::None, "{{alert.nope}}", json!({"alert": {}})).unwrap_err();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn context_needs_err_towards_building() {
+        assert_eq!(
+            ContextNeeds::of_templates(&["{{json event}}", "http://h/{{alert.x}}"]),
+            ContextNeeds::NONE
+        );
+        assert_eq!(
+            ContextNeeds::of_templates(&["{{payload.a}}"]),
+            ContextNeeds {
+                payload: true,
+                ..ContextNeeds::NONE
+            }
+        );
+        assert_eq!(
+            ContextNeeds::of_templates(&["x ${{ALERT.a}}"]),
+            ContextNeeds {
+                vo: true,
+                ..ContextNeeds::NONE
+            }
+        );
+        assert_eq!(
+            ContextNeeds::of_templates(&["{{json vo}}", "{{raw.body}}"]),
+            ContextNeeds {
+                vo: true,
+                raw: true,
+                payload: false
+            }
+        );
+        assert_eq!(
+            ContextNeeds::of_templates(&["{{#each this}}{{/each}}"]),
+            ContextNeeds::ALL
+        );
+        assert_eq!(
+            ContextNeeds::of_templates(&["{{lookup event \"id\"}}"]),
+            ContextNeeds::ALL
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::deliver::{now_ms, TargetRuntime};
-use crate::ingest::Ingest;
+use crate::ingest::ordering_key;
 use crate::normalize::{format_time, parse_time, Event};
 use crate::store::{Delivery, DeliveryState, NewDelivery, Store, StoreError, TargetMode};
 use metrics::{IngestMetrics, TargetGauges};
@@ -28,7 +28,6 @@ use metrics::{IngestMetrics, TargetGauges};
 pub struct Admin<S> {
     pub store: Arc<S>,
     pub targets: Vec<Arc<TargetRuntime>>,
-    pub ingest: Arc<Ingest<S>>,
     pub metrics: Arc<IngestMetrics>,
     pub token: Option<String>,
     /// Reports the store's size on disk for `/metrics`.
@@ -383,7 +382,7 @@ impl<S: Store> Admin<S> {
             .iter()
             .map(|t| NewDelivery {
                 target: t.id,
-                ordering_key: self.ingest.ordering_key(t, &event),
+                ordering_key: ordering_key(t, &t.spec(), &event),
             })
             .collect();
         let seqs = self.store.redeliver(uuid, new, now_ms()).await?;

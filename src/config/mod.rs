@@ -22,7 +22,7 @@ use crate::deliver::RetryPolicy;
 use crate::normalize::SourceKind;
 use crate::rules::{compile_condition, compile_rules, Condition, Rules};
 use crate::targets::{DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
-use crate::template::{Escape, TemplateRef, Templates, DEFAULT_BODY};
+use crate::template::{ContextNeeds, Escape, TemplateRef, Templates, DEFAULT_BODY};
 
 /// The `config.toml` shipped at the repository root, built into the binary so the relay runs
 /// with no file at all.
@@ -118,6 +118,23 @@ pub struct TargetConfig {
     pub filter: Vec<Condition>,
 }
 
+impl TargetConfig {
+    /// What of the template context this target's requests read: the rest is not built.
+    pub fn needs(&self) -> ContextNeeds {
+        match &self.kind {
+            TargetKind::Webhook(spec) | TargetKind::Statushub(spec) => spec.needs,
+            TargetKind::File(_) => ContextNeeds {
+                raw: true,
+                ..ContextNeeds::NONE
+            },
+            TargetKind::Snowplow(_) => ContextNeeds {
+                payload: true,
+                ..ContextNeeds::NONE
+            },
+        }
+    }
+}
+
 /// Which events a target takes, before its `filter`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receive {
@@ -153,6 +170,8 @@ pub struct WebhookSpec {
     pub origin: (String, String, u16),
     pub headers: Vec<(reqwest::header::HeaderName, TemplateRef)>,
     pub body: TemplateRef,
+    /// What of the template context its templates read.
+    pub needs: ContextNeeds,
 }
 
 #[derive(Debug, Clone)]
@@ -1013,12 +1032,22 @@ impl Validator<'_> {
         let body = templates
             .register(escape, &format!("{name}/body"), &body_src)
             .or_else(|e| self.err(body_span.clone(), &body_key, format!("bad template: {e}")))?;
+        let header_sources = t
+            .headers
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.get_ref().as_str());
+        let sources: Vec<&str> = [url.get_ref().as_str(), body_src.as_str()]
+            .into_iter()
+            .chain(header_sources)
+            .collect();
         Ok(WebhookSpec {
             method,
             url: url_ref,
             origin,
             headers,
             body,
+            needs: ContextNeeds::of_templates(&sources),
         })
     }
 

@@ -28,6 +28,7 @@ use crate::store::{
     Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId, TargetMode, TargetState,
 };
 use crate::targets::{AttemptResult, Target};
+use crate::template::ContextNeeds;
 use crate::template::Templates;
 
 /// A configured target, ready to deliver to.
@@ -208,7 +209,7 @@ impl<S: Store> Worker<S> {
         let started = Instant::now();
         let result = match &event {
             Some(event) => {
-                let ctx = context(event, &delivery, number, &target.name);
+                let ctx = context(event, &delivery, number, &target.name, spec.config.needs());
                 spec.target
                     .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
                     .await
@@ -372,8 +373,8 @@ impl<S: Store> Worker<S> {
             return Ok(true);
         };
         let number = delivery.attempts + 1;
-        let ctx = context(&event, &delivery, number, &t.name);
         let spec = t.spec();
+        let ctx = context(&event, &delivery, number, &t.name, spec.config.needs());
         let at_ms = now_ms();
         let started = Instant::now();
         let result = spec
@@ -470,25 +471,40 @@ fn attempt_record(
 }
 
 /// What templates see; documented in `templates/README.md`.
-pub fn context(event: &Event, delivery: &Delivery, attempt: u32, target: &str) -> Value {
+pub fn context(
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    target: &str,
+    needs: ContextNeeds,
+) -> Value {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
     ev.as_object_mut().map(|o| o.remove("message_index"));
-    let alert = ev.get("alert").cloned().unwrap_or(Value::Null);
-    let query = ev.get("query").cloned().unwrap_or(Value::Null);
-    json!({
-        "event": ev,
-        "alert": alert,
-        "query": query,
-        "vo": victorops::namespaces(event),
-        "payload": event.payload(),
-        "raw": {
-            "content_type": event.raw.content_type,
-            "body": String::from_utf8_lossy(&event.raw.body),
-        },
-        "delivery": {
-            "id": delivery.seq,
-            "attempt": attempt,
-            "target": target,
-        },
-    })
+    let mut ctx = serde_json::Map::with_capacity(7);
+    ctx.insert(
+        "alert".into(),
+        ev.get("alert").cloned().unwrap_or(Value::Null),
+    );
+    ctx.insert(
+        "query".into(),
+        ev.get("query").cloned().unwrap_or(Value::Null),
+    );
+    ctx.insert("event".into(), ev);
+    if needs.vo {
+        ctx.insert("vo".into(), Value::Object(victorops::namespaces(event)));
+    }
+    if needs.payload {
+        ctx.insert("payload".into(), event.payload());
+    }
+    if needs.raw {
+        ctx.insert(
+            "raw".into(),
+            json!({"content_type": event.raw.content_type, "body": String::from_utf8_lossy(&event.raw.body)}),
+        );
+    }
+    ctx.insert(
+        "delivery".into(),
+        json!({"id": delivery.seq, "attempt": attempt, "target": target}),
+    );
+    Value::Object(ctx)
 }

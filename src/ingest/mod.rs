@@ -27,13 +27,14 @@ pub use error::IngestError;
 
 use crate::admin::metrics::{IngestMetrics, SourceMetrics};
 use crate::config::{OrderingKey, SourceConfig};
-use crate::deliver::{context, now_ms, TargetRuntime};
+use crate::deliver::{context, now_ms, TargetRuntime, TargetSpec};
 use crate::normalize::{classify_content_type, normalize, victorops, Event, Received, SourceKind};
 use crate::rules::{routing, Routing, Rules, Trace};
 use crate::store::{
     clamp_ordering_key, Delivery, EventOutcome, IngestBatch, NewDelivery, NewEvent, Store,
     StoreError,
 };
+use crate::template::ContextNeeds;
 
 pub struct Ingest<S> {
     pub store: Arc<S>,
@@ -290,35 +291,37 @@ impl<S: Store> Ingest<S> {
         let deliveries = self
             .targets
             .iter()
-            .filter(|t| {
-                routing(&t.spec().config, &event.source, &event.alert, trace) == Routing::Selected
-            })
-            .map(|t| NewDelivery {
-                target: t.id,
-                ordering_key: self.ordering_key(t, event),
+            .filter_map(|t| {
+                let spec = t.spec();
+                let selected =
+                    routing(&spec.config, &event.source, &event.alert, trace) == Routing::Selected;
+                selected.then(|| NewDelivery {
+                    target: t.id,
+                    ordering_key: ordering_key(t, &spec, event),
+                })
             })
             .collect();
         NewEvent::new(event, deliveries)
     }
+}
 
-    pub(crate) fn ordering_key(&self, target: &TargetRuntime, event: &Event) -> String {
-        let spec = target.spec();
-        let mut key = match &spec.config.ordering_key {
-            OrderingKey::AlertField(field) => event.alert.get(field).cloned().unwrap_or_default(),
-            OrderingKey::Template(t) => {
-                let placeholder = Delivery::placeholder(uuid::Uuid::nil(), target.id);
-                let ctx = context(event, &placeholder, 1, &target.name);
-                spec.templates.render(t, &ctx).unwrap_or_else(|e| {
-                    // An event is never refused for a target's key template; it shares the
-                    // empty key instead, which keeps it in order with the others that did.
-                    tracing::warn!(target_name = %target.name, error = %e, "ordering_key template failed; using the empty key");
-                    String::new()
-                })
-            }
-        };
-        clamp_ordering_key(&mut key);
-        key
-    }
+/// The ordering key of `event` for `target`, from the target's current spec.
+pub(crate) fn ordering_key(target: &TargetRuntime, spec: &TargetSpec, event: &Event) -> String {
+    let mut key = match &spec.config.ordering_key {
+        OrderingKey::AlertField(field) => event.alert.get(field).cloned().unwrap_or_default(),
+        OrderingKey::Template(t) => {
+            let placeholder = Delivery::placeholder(uuid::Uuid::nil(), target.id);
+            let ctx = context(event, &placeholder, 1, &target.name, ContextNeeds::ALL);
+            spec.templates.render(t, &ctx).unwrap_or_else(|e| {
+                // An event is never refused for a target's key template; it shares the
+                // empty key instead, which keeps it in order with the others that did.
+                tracing::warn!(target_name = %target.name, error = %e, "ordering_key template failed; using the empty key");
+                String::new()
+            })
+        }
+    };
+    clamp_ordering_key(&mut key);
+    key
 }
 
 /// Source-level fields, then the rules, then VictorOps' field limits.
