@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::admin::client;
+use hookrelay::config::Backend;
 use hookrelay::normalize::SourceKind;
 use hookrelay::{samples, Config};
 
@@ -330,12 +331,31 @@ async fn shutdown_signal() {
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())?;
+    let store = match &config.store.backend {
+        Backend::Sled => config.store.path.display().to_string(),
+        Backend::Postgres(pg) => {
+            let where_ = hookrelay::store::redact_url(&pg.url);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(hookrelay::store::check_connection(
+                    &pg.url,
+                    std::time::Duration::from_secs(5),
+                ))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "store.url: cannot reach the PostgreSQL database at {where_}: {e}"
+                    )
+                })?;
+            format!("postgres {where_} (reachable; instance {})", pg.instance)
+        }
+    };
     println!(
-        "config OK: listen {}, {} source(s), {} target(s), store {}",
+        "config OK: listen {}, {} source(s), {} target(s), store {store}",
         config.server.listen,
         config.sources.len(),
         config.targets.len(),
-        config.store.path.display()
     );
     Ok(())
 }
@@ -380,6 +400,9 @@ fn admin_command(args: AdminArgs, command: client::Command) -> anyhow::Result<()
 
 fn accept_damage(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())?;
+    if let Backend::Postgres(_) = config.store.backend {
+        anyhow::bail!("store accept-damage applies to the sled store; this config uses PostgreSQL, whose own recovery applies");
+    }
     let (recorded, found) = hookrelay::store::Manifest::accept_damage(&config.store.path)
         .with_context(|| format!("cannot open the store at {}", config.store.path.display()))?;
     println!(

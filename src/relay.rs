@@ -18,10 +18,11 @@ use tokio::task::JoinSet;
 
 use crate::admin::metrics::IngestMetrics;
 use crate::admin::Admin;
+use crate::config::Backend;
 use crate::config::Config;
 use crate::deliver::{TargetRuntime, TargetSpec, Worker};
 use crate::ingest::{DiskState, Ingest, Live};
-use crate::store::{SledStore, Store, StoreError, TargetId};
+use crate::store::{AnyStore, PgStore, SledStore, Store, StoreError, TargetId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -48,12 +49,12 @@ pub enum RelayError {
 /// A running relay. Dropping it without [`Relay::shutdown`] stops nothing gracefully.
 pub struct Relay {
     addr: SocketAddr,
-    ingest: Arc<Ingest<SledStore>>,
+    ingest: Arc<Ingest<AnyStore>>,
     /// What a reload may not change, as it was at start.
     fixed: Fixed,
     admin_addr: Option<SocketAddr>,
     admin_server: Option<tokio::task::JoinHandle<()>>,
-    store: Arc<SledStore>,
+    store: Arc<AnyStore>,
     targets: Vec<Arc<TargetRuntime>>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -65,14 +66,24 @@ impl Relay {
     /// Starts the relay on an already bound listener (tests bind port 0).
     pub async fn start(config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
-        let store_path = config.store.path.display().to_string();
+        let store_path = match &config.store.backend {
+            Backend::Sled => config.store.path.display().to_string(),
+            Backend::Postgres(pg) => crate::store::redact_url(&pg.url),
+        };
         let store_err = |source| RelayError::Store {
             path: store_path.clone(),
             source,
         };
-        std::fs::create_dir_all(&config.store.path)
-            .map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
-        let store = Arc::new(SledStore::open(&config.store.path).map_err(store_err)?);
+        let store = Arc::new(match &config.store.backend {
+            Backend::Sled => {
+                std::fs::create_dir_all(&config.store.path)
+                    .map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
+                AnyStore::Sled(SledStore::open(&config.store.path).map_err(store_err)?)
+            }
+            Backend::Postgres(pg) => {
+                AnyStore::Postgres(PgStore::open(pg).await.map_err(store_err)?)
+            }
+        });
         let names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
         let ids = store.target_ids(&names).await.map_err(store_err)?;
         let client = reqwest::Client::builder()
@@ -87,6 +98,16 @@ impl Relay {
             let state = store.target_state(id).await.map_err(store_err)?;
             let spec = TargetSpec::new(t.clone(), config.templates.clone());
             targets.push(Arc::new(TargetRuntime::new(id, spec, state)));
+        }
+
+        if let AnyStore::Postgres(pg) = store.as_ref() {
+            // Other instances' new work wakes this instance's lanes.
+            let woken = targets.clone();
+            pg.set_waker(Box::new(move |id| {
+                for t in woken.iter().filter(|t| id.is_none_or(|id| id == t.id)) {
+                    t.notify.notify_one();
+                }
+            }));
         }
 
         let metrics = Arc::new(IngestMetrics::new(
@@ -125,6 +146,7 @@ impl Relay {
             store.clone(),
             config.store.clone(),
             disk,
+            targets.clone(),
             stop_rx.clone(),
         ));
         let admin_addr = match config.admin.listen {
@@ -202,7 +224,7 @@ impl Relay {
     }
 
     /// The store, for inspection.
-    pub fn store(&self) -> &SledStore {
+    pub fn store(&self) -> &AnyStore {
         &self.store
     }
 
@@ -317,9 +339,10 @@ pub async fn run(
 /// second. Pruning goes in bounded steps so the writer, which ingest waits on, is never held
 /// for long.
 async fn housekeeping(
-    store: Arc<SledStore>,
+    store: Arc<AnyStore>,
     config: crate::config::StoreConfig,
     disk: Arc<DiskState>,
+    targets: Vec<Arc<TargetRuntime>>,
     mut stop: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -339,7 +362,18 @@ async fn housekeeping(
                 );
             }
         }
-        if let Some(free) = free_bytes(&config.path) {
+        if store.is_shared() {
+            // Another instance may have paused, resumed or suspended a target.
+            for t in &targets {
+                match store.target_state(t.id).await {
+                    Ok(Some(state)) => t.adopt(state),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read target states"),
+                }
+            }
+        }
+        let local_disk = matches!(config.backend, Backend::Sled);
+        if let Some(free) = free_bytes(&config.path).filter(|_| local_disk) {
             let low = free < config.min_free_bytes;
             if low != disk.nearly_full.swap(low, Relaxed) {
                 tracing::warn!(

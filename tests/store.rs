@@ -1,4 +1,6 @@
-//! The sled store through its trait, on a real directory: the invariants delivery relies on.
+//! The store contract: the invariants delivery relies on, through the `Store` trait, run
+//! against both backends: sled on a real directory and PostgreSQL on a real server (a fresh
+//! database per test; skipped with a notice when no server is configured).
 
 mod common;
 
@@ -8,8 +10,70 @@ use std::sync::Arc;
 use common::tempdir;
 use hookrelay::normalize::{normalize, Event, Received, SourceKind};
 use hookrelay::store::{
-    Attempt, Claim, EventOutcome, IngestBatch, NewDelivery, NewEvent, Next, SledStore, Store,
+    AnyStore, Attempt, Claim, EventOutcome, IngestBatch, NewDelivery, NewEvent, Next, PgOptions,
+    PgStore, SledStore, Store,
 };
+
+/// Where a test's store lives; `open` may be called again to reopen it.
+enum Fixture {
+    Sled(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Fixture {
+    fn sled() -> Fixture {
+        Fixture::Sled(tempdir())
+    }
+
+    async fn postgres() -> Option<Fixture> {
+        common::fresh_database().await.map(Fixture::Postgres)
+    }
+
+    async fn open(&self) -> AnyStore {
+        match self {
+            Fixture::Sled(dir) => AnyStore::Sled(SledStore::open(dir.path()).unwrap()),
+            Fixture::Postgres(url) => AnyStore::Postgres(
+                PgStore::open(&PgOptions {
+                    url: url.clone(),
+                    pool_size: 8,
+                    lease: std::time::Duration::from_secs(60),
+                    instance: "contract".into(),
+                })
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+/// Each case once per backend: `sled::case` and `postgres::case`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sled {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$case(super::Fixture::sled()).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(f) = super::Fixture::postgres().await {
+                    super::$case(f).await
+                }
+            })*
+        }
+    };
+}
+
+contract!(
+    concurrent_ingests_keep_per_key_order,
+    a_key_behind_a_pending_head_is_never_claimable,
+    a_stale_finish_is_ignored,
+    reopening_keeps_ids_sequences_and_leases_nothing,
+    dedup_keys_expire_after_their_window,
+    pruning_removes_finished_events_and_expired_dedup_keys_only,
+);
 
 fn event(monitor: &str, n: usize) -> Event {
     let body = serde_json::json!({
@@ -61,10 +125,8 @@ fn attempt(number: u32) -> Attempt {
     }
 }
 
-#[tokio::test]
-async fn concurrent_ingests_share_flushes_and_keep_per_key_order() {
-    let dir = tempdir();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+async fn concurrent_ingests_keep_per_key_order(fx: Fixture) {
+    let store = Arc::new(fx.open().await);
     let ids = store.target_ids(&["a".into(), "b".into()]).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..400 {
@@ -110,10 +172,8 @@ async fn concurrent_ingests_share_flushes_and_keep_per_key_order() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_key_behind_a_pending_head_is_never_claimable() {
-    let dir = tempdir();
-    let store = SledStore::open(dir.path()).unwrap();
+async fn a_key_behind_a_pending_head_is_never_claimable(fx: Fixture) {
+    let store = fx.open().await;
     let t = store.target_ids(&["t".into()]).await.unwrap()[0];
     let events = [event("A", 1), event("A", 2), event("B", 3)];
     store.ingest(batch(&events, &[t], 1_000)).await.unwrap();
@@ -156,10 +216,8 @@ async fn a_key_behind_a_pending_head_is_never_claimable() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_stale_finish_is_ignored() {
-    let dir = tempdir();
-    let store = SledStore::open(dir.path()).unwrap();
+async fn a_stale_finish_is_ignored(fx: Fixture) {
+    let store = fx.open().await;
     let t = store.target_ids(&["t".into()]).await.unwrap()[0];
     store
         .ingest(batch(&[event("A", 1)], &[t], 1_000))
@@ -180,11 +238,9 @@ async fn a_stale_finish_is_ignored() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn reopening_keeps_ids_sequences_and_leases_nothing() {
-    let dir = tempdir();
+async fn reopening_keeps_ids_sequences_and_leases_nothing(fx: Fixture) {
     let (t, first_seq) = {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = fx.open().await;
         let t = store.target_ids(&["x".into(), "y".into()]).await.unwrap();
         store
             .ingest(batch(&[event("A", 1), event("A", 2)], &[t[1]], 1_000))
@@ -197,7 +253,7 @@ async fn reopening_keeps_ids_sequences_and_leases_nothing() {
         store.close().await.unwrap();
         (t, d.seq)
     };
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = fx.open().await;
     assert_eq!(
         store
             .target_ids(&["y".into(), "z".into(), "x".into()])
@@ -226,10 +282,8 @@ async fn reopening_keeps_ids_sequences_and_leases_nothing() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn dedup_keys_expire_after_their_window() {
-    let dir = tempdir();
-    let store = SledStore::open(dir.path()).unwrap();
+async fn dedup_keys_expire_after_their_window(fx: Fixture) {
+    let store = fx.open().await;
     let e = event("A", 1);
     let mut b = batch(std::slice::from_ref(&e), &[], 1_000);
     b.dedup_until_ms = 2_000;
@@ -259,11 +313,9 @@ async fn dedup_keys_expire_after_their_window() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn pruning_removes_finished_events_and_expired_dedup_keys_only() {
+async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture) {
     use hookrelay::store::{DeliveryState, Prune};
-    let dir = tempdir();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = fx.open().await;
     let t = store.target_ids(&["t".into()]).await.unwrap()[0];
     let events = [event("done", 1), event("dead", 2), event("pending", 3)];
     let mut b = batch(&events, &[t], 1_000);

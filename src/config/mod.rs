@@ -78,6 +78,16 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// How long a request waits for its write before answering 503.
     pub write_timeout: Duration,
+    pub backend: Backend,
+}
+
+/// Where events are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    /// An embedded sled database in `store.path`: one instance.
+    Sled,
+    /// A PostgreSQL database that several instances share.
+    Postgres(crate::store::PgOptions),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -467,6 +477,8 @@ impl Validator<'_> {
                 "store.write_timeout",
                 Duration::from_secs(4),
             )?,
+            // Set once the targets' timeouts are known: the lease must outlast them.
+            backend: Backend::Sled,
         };
         let delivery = DeliveryConfig {
             connect_timeout: self.duration(
@@ -644,6 +656,15 @@ impl Validator<'_> {
             .collect();
         let rules = compile_rules(&raw.rules, &target_names)
             .or_else(|p| self.err(p.span, &p.key, p.message))?;
+        let longest = targets
+            .iter()
+            .map(|t| t.timeout)
+            .chain([delivery.timeout])
+            .max()
+            .unwrap_or_default()
+            + delivery.connect_timeout;
+        let mut store = store;
+        store.backend = self.backend(&raw.store, &server, longest)?;
         Ok(Config {
             server,
             store,
@@ -654,6 +675,94 @@ impl Validator<'_> {
             templates: Arc::new(templates),
             admin,
         })
+    }
+
+    /// `store.backend` and, for PostgreSQL, how to reach it. `longest` is the longest an
+    /// attempt may take, which a lease must exceed.
+    fn backend(
+        &self,
+        raw: &raw::RawStore,
+        server: &ServerConfig,
+        longest: Duration,
+    ) -> Result<Backend> {
+        let kind = raw.backend.as_ref();
+        let postgres_only = [
+            (raw.url.as_ref().map(|v| v.span()), "store.url"),
+            (raw.url_env.as_ref().map(|v| v.span()), "store.url_env"),
+            (raw.pool_size.as_ref().map(|v| v.span()), "store.pool_size"),
+            (raw.lease.as_ref().map(|v| v.span()), "store.lease"),
+            (raw.instance.as_ref().map(|v| v.span()), "store.instance"),
+        ];
+        match kind.map(|k| k.get_ref().as_str()) {
+            None | Some("sled") => {
+                if let Some((span, key)) = postgres_only.into_iter().find(|(s, _)| s.is_some()) {
+                    return self.err(
+                        span,
+                        key,
+                        "applies only to backend = \"postgres\"; the store is sled",
+                    );
+                }
+                Ok(Backend::Sled)
+            }
+            Some("postgres") => {
+                let Some(url) =
+                    self.secret(&raw.url, &raw.url_env, "store.url", "store.url_env")?
+                else {
+                    return self.err(
+                        kind.map(|k| k.span()),
+                        "store.url",
+                        "backend = \"postgres\" needs store.url (or store.url_env naming a \
+                         variable that holds it), like postgres://user:password@host/db",
+                    );
+                };
+                let span = raw.url.as_ref().or(raw.url_env.as_ref()).map(|v| v.span());
+                let key = if raw.url.is_some() {
+                    "store.url"
+                } else {
+                    "store.url_env"
+                };
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    return self.err(span, key, format!("not a PostgreSQL URL: {e}"));
+                }
+                let pool_size = self.int(&raw.pool_size, "store.pool_size", 1..=1000, 16)? as usize;
+                let default_lease = longest + Duration::from_secs(30);
+                let lease = self.duration(&raw.lease, "store.lease", default_lease)?;
+                if lease <= longest {
+                    return self.err(
+                        raw.lease.as_ref().map(|v| v.span()),
+                        "store.lease",
+                        format!(
+                            "{} is not longer than the longest attempt ({} with the connect \
+                             timeout): another instance could send a delivery still in flight",
+                            humantime::format_duration(lease),
+                            humantime::format_duration(longest)
+                        ),
+                    );
+                }
+                let instance = match &raw.instance {
+                    Some(i) if i.get_ref().trim().is_empty() || i.get_ref().contains('\n') => {
+                        return self.err(
+                            Some(i.span()),
+                            "store.instance",
+                            "must be a non-empty name on one line",
+                        )
+                    }
+                    Some(i) => i.get_ref().clone(),
+                    None => default_instance(server.listen),
+                };
+                Ok(Backend::Postgres(crate::store::PgOptions {
+                    url,
+                    pool_size,
+                    lease,
+                    instance,
+                }))
+            }
+            Some(other) => self.err(
+                kind.map(|k| k.span()),
+                "store.backend",
+                format!("{other:?} is not a backend; use \"sled\" or \"postgres\""),
+            ),
+        }
     }
 
     fn retry(&self, r: &RawRetry, key: &str) -> Result<RetryPolicy> {
@@ -1157,3 +1266,19 @@ fn alert_field(src: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests;
+
+/// An instance's name when none is configured: the host's name and the ingest port, which
+/// differ between instances on one host and stay the same across restarts.
+fn default_instance(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hookrelay".into());
+    match listen.port() {
+        // A port picked at bind time (tests) says nothing stable: never share a name.
+        0 => format!("{host}:0:{}", uuid::Uuid::now_v7().simple()),
+        port => format!("{host}:{port}"),
+    }
+}

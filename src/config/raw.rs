@@ -60,6 +60,12 @@ pub(super) struct RawStore {
     pub disk_budget: Option<Spanned<i64>>,
     pub min_free_bytes: Option<Spanned<i64>>,
     pub write_timeout: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub pool_size: Option<Spanned<i64>>,
+    pub lease: Option<Spanned<String>>,
+    pub instance: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -117,6 +117,24 @@ impl TargetRuntime {
             .clone()
     }
 
+    /// Takes a state another instance stored, without writing it back.
+    pub fn adopt(&self, state: TargetState) {
+        let resumed = {
+            let mut current = self.mode.lock().unwrap_or_else(|p| p.into_inner());
+            if current.mode == state.mode {
+                return;
+            }
+            let resumed = state.mode == TargetMode::Active;
+            tracing::info!(target_name = %self.name, mode = ?state.mode, "target state changed by another instance");
+            *current = state;
+            resumed
+        };
+        if resumed {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.notify.notify_waiters();
+        }
+    }
+
     /// Switches mode and persists it, so a restart keeps it. `from` guards the transition:
     /// `None` means from any mode. The check and the change happen under one lock, so two
     /// lanes failing at once cannot both suspend the target. Wakes the lanes when the target

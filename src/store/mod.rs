@@ -6,15 +6,19 @@
 //! store's business: a claimed delivery is invisible to other claims until it is finished or
 //! released, and after a crash everything not recorded as finished is simply due again.
 
+mod any;
 mod codec;
 mod keys;
+mod postgres;
 mod sled_store;
 
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub use any::AnyStore;
 pub use keys::clamp_ordering_key;
+pub use postgres::{check_connection, redact_url, PgOptions, PgStore, Waker};
 pub use sled_store::{Manifest, SledStore};
 
 use crate::normalize::Event;
@@ -27,6 +31,8 @@ pub type Seq = u64;
 pub enum StoreError {
     #[error("store I/O error: {0}")]
     Io(#[from] sled::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("store record is damaged: {0}")]
     Corrupt(String),
     #[error("store is shut down")]

@@ -316,3 +316,42 @@ name = "pagerduty"
 kind = "pagerduty"
 path = "/com.pagerduty/v1"
 "#;
+
+/// The server the PostgreSQL tests use, from `HOOKRELAY_TEST_DATABASE_URL` (a URL ending in
+/// a database name, e.g. `postgres://postgres@127.0.0.1:55432/postgres`; `.ci/postgres`
+/// starts one). Without it those tests pass without running and say so once on stderr.
+pub fn test_database_url() -> Option<String> {
+    match std::env::var("HOOKRELAY_TEST_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                // Straight to the file descriptor: the test harness captures eprintln!.
+                let _ = std::io::stderr().write_all(
+                    b"\nNOTICE: HOOKRELAY_TEST_DATABASE_URL is not set: PostgreSQL store tests \
+                      are SKIPPED. Run `eval \"$(bash .ci/postgres)\"` first to run them.\n",
+                );
+            });
+            None
+        }
+    }
+}
+
+/// A new, empty database on the test server; its URL.
+pub async fn fresh_database() -> Option<String> {
+    let admin = test_database_url()?;
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL server answers");
+    let conn = tokio::spawn(conn);
+    let name = format!("hookrelay_test_{}", uuid::Uuid::now_v7().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = conn.await;
+    let base = admin.rsplit_once('/').expect("URL ends in a database").0;
+    Some(format!("{base}/{name}"))
+}
