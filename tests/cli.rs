@@ -355,3 +355,61 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_reports_an_unreachable_database_without_its_password() {
+    let dir = tempdir();
+    let path = dir.path().join("pg.toml");
+    let port = free_port();
+    std::fs::write(
+        &path,
+        format!("[store]\nbackend = \"postgres\"\nurl = \"postgres://relay:s3cret@127.0.0.1:{port}/events\"\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "store.url: cannot reach the PostgreSQL database at postgres://relay@127.0.0.1:{port}/events: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_config_reaches_a_running_database() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let dir = tempdir();
+    let path = dir.path().join("pg.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:8099\"\n[store]\nbackend = \"postgres\"\nurl_env = \"RELAY_DB\"\ninstance = \"a\"\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("RELAY_DB", &url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = url.rsplit_once('/').unwrap().1;
+    assert!(stdout.starts_with("config OK: listen 127.0.0.1:8099, 1 source(s), 0 target(s), store postgres postgres://"), "{stdout}");
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with(&format!("/{db} (reachable; instance a)")),
+        "{stdout}"
+    );
+}

@@ -351,3 +351,82 @@ async fn leases_pass_between_instances_only_when_they_expire() {
     assert_eq!(d.state, hookrelay::store::DeliveryState::Done);
     assert_eq!(a.attempts(held.seq).await.unwrap().len(), 1);
 }
+
+/// Two relays in one process on one database: pausing a target through one instance's admin
+/// API stops the other instance too; resuming starts both, and the paused work goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_one_instance_holds_them_all() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let dir = tempdir();
+    let sink = Receiver::ok().await;
+    let config = |name: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[store]\nbackend = \"postgres\"\nurl = \"{db}\"\ninstance = \"{name}\"\n\
+             [[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n\
+             [[targets]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            sink.url("/hook")
+        )
+    };
+    let one = spawn_relay(&config("one"), dir.path()).await;
+    let two = spawn_relay(&config("two"), dir.path()).await;
+    let paused = client()
+        .post(format!(
+            "http://{}/targets/hook/pause",
+            one.admin_addr().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200);
+    let status_of = |relay: &hookrelay::Relay| {
+        let url = format!("http://{}/targets", relay.admin_addr().unwrap());
+        async move {
+            let v: serde_json::Value = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["targets"][0]["state"].as_str().unwrap().to_owned()
+        }
+    };
+    assert!(
+        wait_until_async(|| async { status_of(&two).await == "paused" }).await,
+        "the other instance follows the pause"
+    );
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (status, v) = post(&url(&two, "/sg"), Some("application/json"), body(1, n)).await;
+        assert_eq!(status, 200);
+        ids.push(v["events"][0].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.count(),
+        0,
+        "a paused target sends nothing from any instance"
+    );
+
+    let resumed = client()
+        .post(format!(
+            "http://{}/targets/hook/resume",
+            one.admin_addr().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    assert!(wait_until(Duration::from_secs(10), || sink.count() == 5).await);
+    let delivered: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| r.header("x-hookrelay-event-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, ids, "all five, in order");
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}

@@ -73,6 +73,7 @@ contract!(
     reopening_keeps_ids_sequences_and_leases_nothing,
     dedup_keys_expire_after_their_window,
     pruning_removes_finished_events_and_expired_dedup_keys_only,
+    operator_views_replay_and_redeliver,
 );
 
 fn event(monitor: &str, n: usize) -> Event {
@@ -400,5 +401,151 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
         }
     }
     assert_eq!(total, 5, "events with no deliveries are finished");
+    store.close().await.unwrap();
+}
+
+/// What operators read and do: counts, oldest pending, pages of events, dead letters in a
+/// window, replay into the key's queue, redelivery, and target state.
+async fn operator_views_replay_and_redeliver(fx: Fixture) {
+    use hookrelay::store::{DeliveryState, TargetCounts, TargetMode, TargetState};
+    let store = fx.open().await;
+    let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+    let events = [event("A", 1), event("A", 2), event("B", 3)];
+    store.ingest(batch(&events, &[t], 1_000)).await.unwrap();
+    assert_eq!(
+        store.counts(t).await.unwrap(),
+        TargetCounts {
+            pending: 3,
+            dead: 0
+        }
+    );
+    assert_eq!(store.oldest_pending_ms(t).await.unwrap(), Some(1_000));
+
+    // Events page in time order.
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let page = store.events_page(None, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    let after = uuid::Uuid::parse_str(&ids[1]).unwrap();
+    let rest = store.events_page(Some(after), 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, ids[2]);
+    assert_eq!(
+        rest[0].raw.body, events[2].raw.body,
+        "raw body kept byte for byte"
+    );
+
+    // A-1 dies at 2,000; B dies at 3,000.
+    let Claim::Due(a1) = store.claim(t, 1_000).await.unwrap() else {
+        panic!()
+    };
+    let Claim::Due(b) = store.claim(t, 1_000).await.unwrap() else {
+        panic!()
+    };
+    let dead_at = |at_ms| Attempt {
+        number: 1,
+        at_ms,
+        latency_ms: 0,
+        status: Some(400),
+        error: Some("bad request".into()),
+        response_excerpt: Some("no\0pe".into()),
+    };
+    store.finish(&a1, dead_at(2_000), Next::Dead).await.unwrap();
+    store.finish(&b, dead_at(3_000), Next::Dead).await.unwrap();
+    assert_eq!(
+        store.counts(t).await.unwrap(),
+        TargetCounts {
+            pending: 1,
+            dead: 2
+        }
+    );
+    let window = store
+        .dead_letters_between(t, 2_500, 9_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(window.iter().map(|d| d.seq).collect::<Vec<_>>(), [b.seq]);
+    assert_eq!(
+        store
+            .dead_letters(t)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.seq)
+            .collect::<Vec<_>>(),
+        [a1.seq, b.seq]
+    );
+    let recorded = store.attempts(a1.seq).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].status, Some(400));
+    assert!(recorded[0]
+        .response_excerpt
+        .as_deref()
+        .unwrap()
+        .starts_with("no"));
+
+    // A-2 became A's head; A-1 replayed goes behind it, with a fresh retry budget.
+    assert_eq!(store.replay(vec![a1.seq, 999_999], 4_000).await.unwrap(), 1);
+    let replayed = store.delivery(a1.seq).await.unwrap().unwrap();
+    assert_eq!(
+        (replayed.state, replayed.retry_base, replayed.due_ms),
+        (DeliveryState::Pending, 1, 4_000)
+    );
+    let Claim::Due(next) = store.claim(t, 4_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        next.seq,
+        a1.seq + 1,
+        "A-2 first: it was waiting as the head"
+    );
+    assert!(
+        matches!(store.claim(t, 4_000).await.unwrap(), Claim::Empty),
+        "A-1 waits behind A-2; B is dead"
+    );
+    store.finish(&next, attempt(1), Next::Done).await.unwrap();
+    let Claim::Due(again) = store.claim(t, 4_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(again.seq, a1.seq);
+    store.finish(&again, attempt(2), Next::Done).await.unwrap();
+
+    // Redelivery adds a new delivery of a stored event; an unknown event gets none.
+    let b_event = uuid::Uuid::parse_str(&ids[2]).unwrap();
+    let seqs = store
+        .redeliver(
+            b_event,
+            vec![NewDelivery {
+                target: t,
+                ordering_key: "B".into(),
+            }],
+            5_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs.len(), 1);
+    assert!(seqs[0] > b.seq);
+    assert_eq!(store.deliveries_of(b_event).await.unwrap().len(), 2);
+    assert!(store
+        .redeliver(uuid::Uuid::now_v7(), vec![], 5_000)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Target state persists.
+    assert_eq!(store.target_state(t).await.unwrap(), None);
+    let paused = TargetState {
+        mode: TargetMode::Paused,
+        since_ms: 7,
+        reason: Some("maintenance".into()),
+    };
+    store.set_target_state(t, paused.clone()).await.unwrap();
+    assert_eq!(store.target_state(t).await.unwrap(), Some(paused));
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.events, stats.pending, stats.done, stats.dead),
+        (3, 1, 2, 1)
+    );
     store.close().await.unwrap();
 }

@@ -287,3 +287,71 @@ fn admin_without_a_token_stays_on_loopback() {
         "127.0.0.1:9090"
     );
 }
+
+#[test]
+fn store_backend_errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[store]\nbackend = \"mysql\"\n",
+            "test.toml:2: store.backend: \"mysql\" is not a backend; use \"sled\" or \"postgres\"",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\n",
+            "test.toml:2: store.url: backend = \"postgres\" needs store.url",
+        ),
+        (
+            "[store]\nurl = \"postgres://h/db\"\n",
+            "test.toml:2: store.url: applies only to backend = \"postgres\"; the store is sled",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nurl_env = \"X\"\n",
+            "test.toml:3: store.url: set either url or url_env, not both",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\nurl_env = \"HOOKRELAY_TEST_UNSET_VARIABLE\"\n",
+            "test.toml:3: store.url_env: environment variable HOOKRELAY_TEST_UNSET_VARIABLE is not set",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://h:notaport/db\"\n",
+            "test.toml:3: store.url: not a PostgreSQL URL",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nlease = \"20s\"\n",
+            "test.toml:4: store.lease: 20s is not longer than the longest attempt (35s with the connect timeout)",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0\n",
+            "test.toml:4: store.pool_size: 0 is out of range",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\ninstance = \" \"\n",
+            "test.toml:4: store.instance: must be a non-empty name on one line",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = error(&format!("{text}{SOURCE}"));
+        assert!(e.starts_with(want), "got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn postgres_backend_defaults_and_secret_free_debug() {
+    let c = parse(&format!(
+        "[server]\nlisten = \"127.0.0.1:8085\"\n[store]\nbackend = \"postgres\"\nurl = \"postgres://u:s3cret@db.internal:5433/relay\"\n[delivery]\ntimeout = \"10s\"\n{SOURCE}[[targets]]\nname = \"slow\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"50s\"\n"
+    ))
+    .unwrap();
+    let Backend::Postgres(pg) = &c.store.backend else {
+        panic!("postgres backend")
+    };
+    assert_eq!(pg.pool_size, 16);
+    // The longest target timeout plus the connect timeout plus a margin.
+    assert_eq!(pg.lease, Duration::from_secs(50 + 5 + 30));
+    assert!(pg.instance.ends_with(":8085"), "{}", pg.instance);
+    let debug = format!("{:?}", c.store);
+    assert!(!debug.contains("s3cret"), "{debug}");
+    assert!(
+        debug.contains("postgres://u@db.internal:5433/relay"),
+        "{debug}"
+    );
+    assert_eq!(parse(SOURCE).unwrap().store.backend, Backend::Sled);
+}
