@@ -58,9 +58,62 @@ struct Args {
     /// Port for the sink (baseline mode: where the proxy sends requests).
     #[arg(long, default_value_t = 0)]
     sink_port: u16,
+    /// Store events in PostgreSQL: a server URL ending in a database name. The benchmark
+    /// makes a fresh database beside it for the run and drops it afterwards.
+    #[arg(long)]
+    postgres: Option<String>,
     /// The relay binary; default: `hookrelay` beside this one.
     #[arg(long)]
     relay: Option<PathBuf>,
+}
+
+/// A database of the benchmark's own on a PostgreSQL server.
+struct Database {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create(server: &str) -> anyhow::Result<Database> {
+        let name = format!("hookrelay_bench_{}", std::process::id());
+        Self::admin(server, &format!("DROP DATABASE IF EXISTS {name}")).await?;
+        Self::admin(server, &format!("CREATE DATABASE {name}")).await?;
+        let base = server
+            .rsplit_once('/')
+            .context("the PostgreSQL URL must end in a database name")?
+            .0;
+        Ok(Database {
+            server: server.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn admin(server: &str, sql: &str) -> anyhow::Result<()> {
+        let (client, conn) = tokio_postgres::connect(server, tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(conn);
+        client.batch_execute(sql).await?;
+        drop(client);
+        let _ = conn.await;
+        Ok(())
+    }
+
+    async fn size(&self) -> anyhow::Result<u64> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(conn);
+        let size: i64 = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await?
+            .get(0);
+        drop(client);
+        let _ = conn.await;
+        Ok(size.max(0) as u64)
+    }
+
+    async fn drop(self) -> anyhow::Result<()> {
+        Self::admin(&self.server, &format!("DROP DATABASE IF EXISTS {}", self.name)).await
+    }
 }
 
 /// First arrival of each event id at the sink, per target path.
@@ -319,9 +372,17 @@ async fn main() -> anyhow::Result<()> {
         targets.push_str(&format!("[[targets]]\nname = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{closed}/down\"\nretry = {{ initial_delay = \"1h\" }}\nsuspend_after = 0\n"));
     }
     let config = dir.join("relay.toml");
+    let database = match &args.postgres {
+        Some(server) => Some(Database::create(server).await?),
+        None => None,
+    };
+    let backend = match &database {
+        Some(db) => format!("backend = \"postgres\"\nurl = \"{}\"\ninstance = \"bench\"\n", db.url),
+        None => String::new(),
+    };
     let write_config = |with_targets: &str| {
         std::fs::write(&config, format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 4096\n[admin]\nenabled = false\n[store]\npath = \"{}\"\nmin_free_bytes = 0\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\n{with_targets}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 4096\n[admin]\nenabled = false\n[store]\n{backend}path = \"{}\"\nmin_free_bytes = 0\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\n{with_targets}",
             dir.join("data").display()
         ))
     };
@@ -397,7 +458,13 @@ async fn main() -> anyhow::Result<()> {
     let drained = Instant::now();
     let rss = peak_rss_kb(pid);
     stop(child);
-    let disk = dir_bytes(&dir.join("data"));
+    let disk = match &database {
+        Some(db) => db.size().await?,
+        None => dir_bytes(&dir.join("data")),
+    };
+    if let Some(db) = database {
+        db.drop().await?;
+    }
 
     let mut lat = load.latencies_us;
     lat.sort_unstable();
