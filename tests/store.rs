@@ -126,31 +126,48 @@ fn attempt(number: u32) -> Attempt {
     }
 }
 
+/// Ingests of different keys run at once; each key's ingests follow one another, as a sender
+/// that waits for each acknowledgement sends them. Order is promised between acknowledged
+/// ingests and the ones sent after them: concurrent ingests of one key have no order to keep
+/// (with PostgreSQL their sequence numbers may even commit out of order).
 async fn concurrent_ingests_keep_per_key_order(fx: Fixture) {
     let store = Arc::new(fx.open().await);
     let ids = store.target_ids(&["a".into(), "b".into()]).await.unwrap();
     let mut tasks = Vec::new();
-    for i in 0..400 {
+    for k in 0..8 {
         let store = store.clone();
         let ids = ids.clone();
         tasks.push(tokio::spawn(async move {
-            let e = event(&format!("m{}", i % 8), i);
-            store.ingest(batch(&[e], &ids, 1_000)).await.unwrap()
+            let mut acked = Vec::new();
+            for n in 0..50 {
+                let e = event(&format!("m{k}"), k * 100 + n);
+                let out = store
+                    .ingest(batch(std::slice::from_ref(&e), &ids, 1_000))
+                    .await;
+                assert_eq!(out.unwrap(), [EventOutcome::Stored]);
+                acked.push(uuid::Uuid::parse_str(&e.id).unwrap());
+            }
+            (format!("m{k}"), acked)
         }));
     }
+    let mut acked: HashMap<String, Vec<uuid::Uuid>> = HashMap::new();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), [EventOutcome::Stored]);
+        let (key, ids) = t.await.unwrap();
+        acked.insert(key, ids);
     }
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.events, stats.pending), (400, 800));
 
-    // Drain target a: each key's deliveries come out in the order they were stored.
-    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    // Drain target a: each key's deliveries come out in the order they were acknowledged.
+    let mut order: HashMap<String, Vec<uuid::Uuid>> = HashMap::new();
     let mut drained = 0;
     loop {
         match store.claim(ids[0], 2_000).await.unwrap() {
             Claim::Due(d) => {
-                order.entry(d.ordering_key.clone()).or_default().push(d.seq);
+                order
+                    .entry(d.ordering_key.clone())
+                    .or_default()
+                    .push(d.event_id);
                 store.finish(&d, attempt(1), Next::Done).await.unwrap();
                 drained += 1;
             }
@@ -159,11 +176,7 @@ async fn concurrent_ingests_keep_per_key_order(fx: Fixture) {
         }
     }
     assert_eq!(drained, 400);
-    assert_eq!(order.len(), 8);
-    for (key, seqs) in order {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
-        assert_eq!(seqs.len(), 50);
-    }
+    assert_eq!(order, acked);
     let stats = store.stats().await.unwrap();
     assert_eq!(
         (stats.done, stats.pending),

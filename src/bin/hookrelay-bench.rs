@@ -112,7 +112,11 @@ impl Database {
     }
 
     async fn drop(self) -> anyhow::Result<()> {
-        Self::admin(&self.server, &format!("DROP DATABASE IF EXISTS {}", self.name)).await
+        Self::admin(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {}", self.name),
+        )
+        .await
     }
 }
 
@@ -377,7 +381,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let backend = match &database {
-        Some(db) => format!("backend = \"postgres\"\nurl = \"{}\"\ninstance = \"bench\"\n", db.url),
+        Some(db) => format!(
+            "backend = \"postgres\"\nurl = \"{}\"\ninstance = \"bench\"\n",
+            db.url
+        ),
         None => String::new(),
     };
     let write_config = |with_targets: &str| {

@@ -24,7 +24,9 @@ pub use sled_store::{Manifest, SledStore};
 use crate::normalize::Event;
 
 pub type TargetId = u32;
-/// A delivery's sequence number: unique, and increasing in the order deliveries were stored.
+/// A delivery's sequence number: unique, and increasing in the order deliveries were stored,
+/// except that with a shared store (PostgreSQL) two requests storing at the same moment may
+/// commit in the other order. Per-key order follows the commits, never the numbers alone.
 pub type Seq = u64;
 
 #[derive(Debug, thiserror::Error)]
