@@ -309,8 +309,10 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
         })
         .await
     );
-    let after = attempts(&relay).await;
     let waiting_before: Vec<u32> = before.iter().map(|b| b + 1).collect();
+    // The receiver answered the last one a moment before its outcome is recorded.
+    wait_until_async(|| async { attempts(&relay).await == waiting_before }).await;
+    let after = attempts(&relay).await;
     assert_eq!(
         after, waiting_before,
         "each delivery: its attempts before the outage, plus the one that went through"
