@@ -38,5 +38,18 @@ pub mod template;
 mod proptests;
 
 pub use config::Config;
+
+/// An error with its causes, `outer: inner: innermost`. Client libraries put the useful part
+/// in the causes: reqwest's top level says "error sending request", tokio-postgres's "db error".
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
 pub use normalize::Event;
 pub use relay::{run, Relay, RelayError};

@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// How long a relay process may take to start listening here.
+const START: Duration = Duration::from_secs(20);
 use hookrelay::store::{AnyStore, Claim, PgOptions, PgStore, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
@@ -80,18 +83,6 @@ retry = {{ initial_delay = "100ms", jitter = 0.0, max_retries = 100 }}
     Instance { port, child }
 }
 
-async fn wait_listening(port: u16) {
-    assert!(
-        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await,
-        "an instance did not come up"
-    );
-}
-
 fn body(key: usize, n: usize) -> String {
     format!(
         "{{\"type\":\"StatusChange\",\"recorded_at\":\"2025-01-01T00:00:00Z\",\"monitor\":{{\"id\":\"key{key}\"}},\"status\":\"down\",\"message\":\"{}\"}}",
@@ -132,7 +123,7 @@ async fn three_instances_one_killed_lose_nothing_and_keep_order() {
         .map(|n| start(dir.path(), n, &db, &sink))
         .collect();
     for i in &instances {
-        wait_listening(i.port).await;
+        wait_listening(i.port, START).await;
     }
     let ports: Vec<u16> = instances.iter().map(|i| i.port).collect();
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// How long a relay process may take to start listening here.
+const START: Duration = Duration::from_secs(10);
+
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
 
 /// Event ids each receiver got, with how many times.
@@ -38,18 +41,6 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
         )
         .spawn()
         .unwrap()
-}
-
-async fn wait_listening(port: u16) {
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await,
-        "the relay did not come up"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +75,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     .unwrap();
     let log = dir.path().join("relay.log");
     let mut child = spawn(&config, &log);
-    wait_listening(port).await;
+    wait_listening(port, START).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -122,7 +113,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         child = spawn(&config, &log);
-        wait_listening(port).await;
+        wait_listening(port, START).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);

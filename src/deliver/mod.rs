@@ -130,9 +130,14 @@ impl TargetRuntime {
             resumed
         };
         if resumed {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.notify.notify_waiters();
+            self.resumed();
         }
+    }
+
+    /// A target back to active starts counting failures afresh, and its lanes stop waiting.
+    fn resumed(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.notify.notify_waiters();
     }
 
     /// Switches mode and persists it, so a restart keeps it. `from` guards the transition:
@@ -159,8 +164,7 @@ impl TargetRuntime {
             *current = state.clone();
         }
         if to == TargetMode::Active {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.notify.notify_waiters();
+            self.resumed();
         }
         store.set_target_state(self.id, state).await?;
         tracing::warn!(target_name = %self.name, mode = ?to, "target state changed");

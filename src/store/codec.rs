@@ -28,6 +28,11 @@ pub fn encode_event(event: &Event) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// A target's persisted state, as both backends keep it (JSON).
+pub fn decode_target_state(value: &[u8]) -> Result<super::TargetState, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt(format!("target state: {e}")))
+}
+
 pub fn decode_event(value: &[u8]) -> Result<Event, StoreError> {
     let bad = || StoreError::Corrupt("truncated event record".into());
     let json_len = u32::from_be_bytes(value.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;

@@ -32,6 +32,7 @@ use super::{
     codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
     Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
 };
+use crate::error_chain;
 use crate::normalize::Event;
 
 /// The channel instances tell each other about new work on.
@@ -201,17 +202,6 @@ pub async fn check_connection(url: &str, timeout: Duration) -> Result<(), String
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 fn ms(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
@@ -268,12 +258,12 @@ fn delivery_of(row: &Row) -> Result<Delivery, StoreError> {
     })
 }
 
-/// A delivery to put in its key's queue.
-struct Enqueue {
+/// A delivery to put in its key's queue; the key is borrowed from the request's batch.
+struct Enqueue<'a> {
     seq: i64,
     event: uuid::Uuid,
     target: i32,
-    key: Vec<u8>,
+    key: &'a [u8],
 }
 
 impl PgStore {
@@ -347,7 +337,7 @@ impl PgStore {
     /// row, so this waits for a concurrent finish of the same key to settle.
     async fn enqueue(
         tx: &impl GenericClient,
-        items: &[Enqueue],
+        items: &[Enqueue<'_>],
         now: u64,
     ) -> Result<(), StoreError> {
         if items.is_empty() {
@@ -358,13 +348,13 @@ impl PgStore {
         let mut candidates: Vec<&Enqueue> = Vec::new();
         let mut seen: HashSet<(i32, &[u8])> = HashSet::new();
         for it in items {
-            if seen.insert((it.target, &it.key)) {
+            if seen.insert((it.target, it.key)) {
                 candidates.push(it);
             }
         }
-        candidates.sort_by(|a, b| (a.target, &a.key).cmp(&(b.target, &b.key)));
+        candidates.sort_by(|a, b| (a.target, a.key).cmp(&(b.target, b.key)));
         let targets: Vec<i32> = candidates.iter().map(|c| c.target).collect();
-        let keys: Vec<&[u8]> = candidates.iter().map(|c| c.key.as_slice()).collect();
+        let keys: Vec<&[u8]> = candidates.iter().map(|c| c.key).collect();
         let seqs: Vec<i64> = candidates.iter().map(|c| c.seq).collect();
         let upsert = tx
             .prepare_cached(
@@ -394,7 +384,7 @@ impl PgStore {
         let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
         let events: Vec<uuid::Uuid> = items.iter().map(|i| i.event).collect();
         let targets: Vec<i32> = items.iter().map(|i| i.target).collect();
-        let keys: Vec<&[u8]> = items.iter().map(|i| i.key.as_slice()).collect();
+        let keys: Vec<&[u8]> = items.iter().map(|i| i.key).collect();
         let is_head: Vec<bool> = items.iter().map(|i| heads.contains(&i.seq)).collect();
         tx.execute(
             &insert,
@@ -736,7 +726,7 @@ impl Store for PgStore {
                     seq: seqs.next().expect("one seq per delivery"),
                     event: e.id,
                     target: d.target as i32,
-                    key: d.ordering_key.as_bytes().to_vec(),
+                    key: d.ordering_key.as_bytes(),
                 });
             }
         }
@@ -983,9 +973,7 @@ impl Store for PgStore {
             )
             .await?;
         match row.and_then(|r| r.get::<_, Option<String>>(0)) {
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("target state: {e}"))),
+            Some(json) => codec::decode_target_state(json.as_bytes()).map(Some),
             None => Ok(None),
         }
     }
@@ -1206,13 +1194,13 @@ impl Store for PgStore {
         }
         let seqs = Self::allocate(&tx, deliveries.len()).await?;
         let items: Vec<Enqueue> = deliveries
-            .into_iter()
+            .iter()
             .zip(&seqs)
             .map(|(d, &seq)| Enqueue {
                 seq,
                 event,
                 target: d.target as i32,
-                key: d.ordering_key.into_bytes(),
+                key: d.ordering_key.as_bytes(),
             })
             .collect();
         Self::enqueue(&tx, &items, now).await?;

@@ -372,9 +372,7 @@ impl Store for SledStore {
 
     async fn target_state(&self, target: TargetId) -> Result<Option<TargetState>, StoreError> {
         match self.db.get(keys::target_prefix(b'S', target))? {
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("target state: {e}"))),
+            Some(v) => codec::decode_target_state(&v).map(Some),
             None => Ok(None),
         }
     }

@@ -160,6 +160,7 @@ async fn send_http(
 /// The URL is left out: its query may hold a secret (a StatusHub key is the `token` parameter),
 /// and attempt errors are stored and logged.
 fn transport_error(e: reqwest::Error) -> AttemptResult {
+    use crate::error_chain;
     let e = e.without_url();
     if e.is_timeout() {
         AttemptResult::Timeout
@@ -176,18 +177,6 @@ pub(crate) fn redacted(url: &str) -> String {
         Ok(u) => format!("{}{}", u.origin().ascii_serialization(), u.path()),
         Err(_) => "(unparseable)".into(),
     }
-}
-
-/// reqwest's top-level message hides the cause ("error sending request"); keep the chain.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Checks that a URL kept the scheme, host and port it was configured with.

@@ -244,6 +244,16 @@ where
     false
 }
 
+/// Waits until something accepts connections on a loopback port (a relay process starting).
+pub async fn wait_listening(port: u16, within: Duration) {
+    assert!(
+        wait_until(within, || std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok())
+        .await,
+        "nothing listened on port {port} within {within:?}"
+    );
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
