@@ -305,6 +305,24 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time the process has used (user + system), in microseconds. Unlike throughput it hardly
+/// depends on what else the shared machine runs, so it is the figure to compare builds by.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // The kernel's USER_HZ is 100 on Linux.
+    ticks * 10_000
+}
+
 fn start_relay(bin: &Path, config: &Path) -> anyhow::Result<(Child, Duration)> {
     let started = Instant::now();
     let child = Command::new(bin)
@@ -438,6 +456,7 @@ async fn main() -> anyhow::Result<()> {
         startup = Some(up);
     }
     let pid = child.id();
+    let cpu_before = cpu_us(pid);
 
     let load = drive(
         &base,
@@ -464,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let drained = Instant::now();
     let rss = peak_rss_kb(pid);
+    let cpu = cpu_us(pid).saturating_sub(cpu_before);
     stop(child);
     let disk = match &database {
         Some(db) => db.size().await?,
@@ -504,6 +524,7 @@ async fn main() -> anyhow::Result<()> {
         "lag_ms": {"p50": pct(&lags, 0.5), "p99": pct(&lags, 0.99)},
         "deliveries_per_s": (deliveries as f64 / last.duration_since(first).as_secs_f64().max(0.001)).round(),
         "peak_rss_mb": rss / 1024, "disk_bytes_per_event": if acked > 0.0 { (disk as f64 / acked).round() } else { 0.0 },
+        "relay_cpu_us_per_event": if acked > 0.0 { (cpu as f64 / acked).round() } else { 0.0 },
         "errors": load.errors, "lost": lost, "duplicates": dups,
         "startup_ms": startup.map(|s| s.as_millis() as u64),
     });

@@ -17,6 +17,8 @@
 //! | `S` | target (4) | target state |
 //! | `C` | target (4) | pending (8), dead (8) |
 //! | `M` | `seq` | the next delivery seq (8), written with every batch that allocates one |
+//! | `G` | log segment (8, its first LSN) | event bodies (8) stored in it and not yet pruned |
+//! | `M` | `wal` | the LSN (8) of the last write-ahead log record applied, written with every batch |
 //!
 //! An ordering key is written as its length (2) and bytes, so no key is a prefix of another.
 
@@ -47,6 +49,16 @@ pub fn dedup_expiry(until_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
 
 /// Where the next delivery seq is kept.
 pub const NEXT_SEQ: &[u8] = b"Mseq";
+
+pub fn live_bodies(segment: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'G';
+    k[1..].copy_from_slice(&segment.to_be_bytes());
+    k
+}
+
+/// Where the last applied write-ahead log record's LSN is kept.
+pub const APPLIED_LSN: &[u8] = b"Mwal";
 
 pub fn delivery(seq: Seq) -> [u8; 9] {
     let mut k = [0u8; 9];

@@ -11,6 +11,7 @@ mod codec;
 mod keys;
 mod postgres;
 mod sled_store;
+mod wal;
 
 use std::future::Future;
 

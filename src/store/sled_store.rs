@@ -2,20 +2,26 @@
 //!
 //! All writes go through one writer thread. Request handlers and workers send it an operation
 //! and wait for the reply; it drains everything queued, applies each operation as one atomic
-//! `sled::Batch`, flushes once for the whole group, and only then answers. Concurrent requests
-//! therefore share a single fsync (group commit), and because one thread owns every write, the
+//! `sled::Batch`, appends the same writes to the write-ahead log ([`super::wal`]), syncs the
+//! log once for the whole group, and only then answers. Concurrent requests therefore share a
+//! single `fdatasync` (group commit), and because one thread owns every write, the
 //! read-then-write steps (dedup checks, "does this ordering key have a head yet?") need no
-//! locks or transactions.
+//! locks or transactions. sled itself is flushed by a checkpoint thread about once a second,
+//! off the acknowledgement path; if the log cannot be written, the group waits for a sled
+//! flush instead.
 //!
 //! Reads (claims, event loads, inspection) go straight to sled from the calling task.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys;
+use super::wal::{self, LogOp, Lsn, Pointer, Segments, Wal, WalError};
 use super::{
     codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
     Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
@@ -28,8 +34,17 @@ const CACHE_BYTES: u64 = 64 << 20;
 /// How many queued operations one group commit takes at most.
 const MAX_GROUP: usize = 4096;
 
+/// How often sled is flushed so the log behind it can be deleted. Longer means fewer page
+/// rewrites and more log to replay after a crash.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the write-ahead log lives, inside the store's directory.
+const WAL_DIR: &str = "hookrelay-wal";
+
 pub struct SledStore {
     db: sled::Db,
+    path: PathBuf,
+    segments: Arc<Segments>,
     tx: mpsc::Sender<Job>,
     leases: Mutex<HashSet<Seq>>,
     /// The writer holds its own handle to the database; joined on close so the directory
@@ -53,18 +68,6 @@ enum Op {
     Close,
 }
 
-impl Op {
-    /// Whether the caller must wait for the flush. Everything a sender's acknowledgement or an
-    /// operator's action depends on does. An attempt's outcome does not: it is applied (and so
-    /// visible to claims, which keeps each key in order) before the answer, and if a crash loses
-    /// it before the group's flush, the delivery is simply sent again: at least once, and the
-    /// last thing a key's target received is still its latest. Not waiting for a flush per
-    /// delivery is what lets delivery keep pace with ingest.
-    fn answers_after_flush(&self) -> bool {
-        !matches!(self, Op::Finish { .. })
-    }
-}
-
 enum Reply {
     Ingest(Vec<EventOutcome>),
     Targets(Vec<TargetId>),
@@ -73,6 +76,12 @@ enum Reply {
     Count(usize),
     Done,
 }
+
+/// A caller waiting for its operation's result, and that result.
+type Answer = (
+    oneshot::Sender<Result<Reply, StoreError>>,
+    Result<Reply, StoreError>,
+);
 
 struct Job {
     op: Op,
@@ -84,6 +93,10 @@ impl SledStore {
     /// database that holds less than its manifest says was durably written (see
     /// [`Manifest`]).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, accept_damage: bool) -> Result<SledStore, StoreError> {
         let manifest = Manifest::read(path)?;
         let db = sled::Config::new()
             .path(path)
@@ -92,7 +105,24 @@ impl SledStore {
             // index keys, deliveries one event each), so a small cache bounds memory at no
             // measured cost.
             .cache_capacity(CACHE_BYTES)
+            // The log makes writes durable; sled is flushed by the checkpoint thread, which
+            // knows how much of the log each flush covers.
+            .flush_every_ms(None)
             .open()?;
+        let wal_dir = path.join(WAL_DIR);
+        let last_lsn = recover(&db, &wal_dir, accept_damage)?;
+        let mut live = HashMap::new();
+        for item in db.scan_prefix(b"G") {
+            let (k, v) = item?;
+            if let (Some(segment), Some(n)) = (keys::seq_of(&k[1..]), keys::seq_of(&v)) {
+                live.insert(segment, n);
+            }
+        }
+        let segments = Arc::new(Segments::new(&wal_dir));
+        let wal = Wal::start(&wal_dir, last_lsn, segments.clone(), |s| {
+            live.get(&s).is_some_and(|n| *n > 0)
+        })
+        .map_err(io_error)?;
         let stored = db
             .get(keys::NEXT_SEQ)?
             .and_then(|v| keys::seq_of(&v))
@@ -113,6 +143,16 @@ impl SledStore {
         }
         Manifest::write(path, next_seq)?;
         let (tx, rx) = mpsc::channel(MAX_GROUP);
+        let applied = Arc::new(AtomicU64::new(last_lsn));
+        let checkpointed = Arc::new(AtomicU64::new(last_lsn));
+        let (stop_checkpoints, stop) = std::sync::mpsc::channel();
+        let checkpoints = {
+            let (db, applied, checkpointed) = (db.clone(), applied.clone(), checkpointed.clone());
+            std::thread::Builder::new()
+                .name("hookrelay-checkpoint".into())
+                .spawn(move || checkpoint_loop(&db, &applied, &checkpointed, &stop))
+                .map_err(io_error)?
+        };
         let writer = Writer {
             db: db.clone(),
             next_seq,
@@ -120,13 +160,23 @@ impl SledStore {
             path: path.to_path_buf(),
             manifest_seq: next_seq,
             manifest_at: std::time::Instant::now(),
+            wal,
+            live,
+            pending: BTreeMap::new(),
+            group_seq: next_seq,
+            applied,
+            checkpointed,
+            checkpoints: Some((stop_checkpoints, checkpoints)),
+            ops: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("hookrelay-store".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+            .map_err(io_error)?;
         Ok(SledStore {
             db,
+            path: path.to_path_buf(),
+            segments,
             tx,
             leases: Mutex::new(HashSet::new()),
             writer: Mutex::new(Some(handle)),
@@ -160,13 +210,87 @@ impl SledStore {
         get_delivery(&self.db, seq)
     }
 
-    /// Bytes the database takes on disk.
+    /// Bytes the database and its log take on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + Wal::size_on_disk(&self.path.join(WAL_DIR))
+    }
+
+    /// Decodes a stored event, reading its body from the log when sled holds a pointer.
+    fn decode_event(&self, value: &[u8]) -> Result<Event, StoreError> {
+        match Pointer::decode(value) {
+            Some(p) => codec::decode_event(&self.segments.read(p).map_err(io_error)?),
+            None => codec::decode_event(value),
+        }
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<Seq>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Io(sled::Error::Io(e))
+}
+
+/// Applies the log records sled does not hold yet, makes them durable in sled, and returns the
+/// last LSN (the log is then started afresh after it).
+fn recover(db: &sled::Db, dir: &Path, accept_damage: bool) -> Result<Lsn, StoreError> {
+    let applied = db
+        .get(keys::APPLIED_LSN)?
+        .and_then(|v| keys::seq_of(&v))
+        .unwrap_or(0);
+    // Key by key, like the writer: the applied LSN is written once at the end, so a crash
+    // during replay makes the next start replay the same records again.
+    let last = wal::replay(dir, applied, accept_damage, |_, ops| {
+        for op in ops {
+            match op {
+                LogOp::Insert(k, v) => db.insert(k, v).map(drop),
+                LogOp::Remove(k) => db.remove(k).map(drop),
+                // A body stays where it is.
+                LogOp::Body => Ok(()),
+            }
+            .map_err(|e| WalError::Io(std::io::Error::other(e)))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        WalError::Io(e) => io_error(e),
+        WalError::Damaged { .. } => StoreError::Corrupt(format!(
+            "{e}; restore the directory from a backup, or run `hookrelay store accept-damage` \
+             to start with what is readable"
+        )),
+    })?;
+    if last > applied {
+        db.insert(keys::APPLIED_LSN, &last.to_be_bytes())?;
+        db.flush()?;
+        tracing::info!(
+            records = last - applied,
+            last_lsn = last,
+            "applied the write-ahead log to the store"
+        );
+    }
+    Ok(last)
+}
+
+/// Flushes sled about once a second and publishes the last LSN each flush made durable, so the
+/// writer can delete the log segments before it. Runs until `stop` is dropped.
+fn checkpoint_loop(
+    db: &sled::Db,
+    applied: &AtomicU64,
+    checkpointed: &AtomicU64,
+    stop: &std::sync::mpsc::Receiver<()>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        // Every batch up to this LSN was applied before the flush starts, so the flush holds it.
+        let lsn = applied.load(Ordering::Acquire);
+        if lsn == checkpointed.load(Ordering::Acquire) {
+            continue;
+        }
+        match db.flush() {
+            Ok(_) => checkpointed.store(lsn, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "store checkpoint failed; the log is kept"),
+        }
     }
 }
 
@@ -233,7 +357,7 @@ impl Manifest {
             }
         })?;
         // Opening writes a new manifest from what the database holds.
-        drop(SledStore::open(dir)?);
+        drop(SledStore::open_with(dir, true)?);
         let found = Self::read(dir)?.unwrap_or(1);
         Ok((recorded.saturating_sub(1), found.saturating_sub(1)))
     }
@@ -241,12 +365,19 @@ impl Manifest {
 
 fn read_counts(db: &sled::Db, target: TargetId) -> Result<TargetCounts, StoreError> {
     Ok(match db.get(keys::target_prefix(b'C', target))? {
-        Some(v) if v.len() == 16 => TargetCounts {
-            pending: keys::seq_of(&v[..8]).unwrap_or(0),
-            dead: keys::seq_of(&v[8..]).unwrap_or(0),
-        },
-        _ => TargetCounts::default(),
+        Some(v) => counts_of_value(&v),
+        None => TargetCounts::default(),
     })
+}
+
+fn counts_of_value(v: &[u8]) -> TargetCounts {
+    if v.len() != 16 {
+        return TargetCounts::default();
+    }
+    TargetCounts {
+        pending: keys::seq_of(&v[..8]).unwrap_or(0),
+        dead: keys::seq_of(&v[8..]).unwrap_or(0),
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -316,7 +447,7 @@ impl Store for SledStore {
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
         match self.db.get(keys::event(id.as_bytes()))? {
-            Some(v) => codec::decode_event(&v).map(Some),
+            Some(v) => self.decode_event(&v).map(Some),
             None => Ok(None),
         }
     }
@@ -428,7 +559,7 @@ impl Store for SledStore {
                 break;
             }
             let (_, v) = item?;
-            out.push(codec::decode_event(&v)?);
+            out.push(self.decode_event(&v)?);
         }
         Ok(out)
     }
@@ -508,6 +639,12 @@ impl SledStore {
 }
 
 /// The writer thread's state. It is the only code that writes to the database.
+///
+/// A group's writes are collected in `pending` (which the group's own reads see through), written
+/// to the log, synced, and only then applied to sled, key by key: sled never holds anything the
+/// log does not, so a crash at any point leaves sled a prefix of the log that replay completes.
+/// No `sled::Batch` is used: each one makes sled write and sync its buffer twice, which on this
+/// path cost more than everything else together.
 struct Writer {
     db: sled::Db,
     next_seq: Seq,
@@ -517,6 +654,46 @@ struct Writer {
     /// What the manifest says, and when it was written.
     manifest_seq: Seq,
     manifest_at: std::time::Instant,
+    wal: Wal,
+    /// Live event bodies per log segment, as last written (`G` keys).
+    live: HashMap<Lsn, u64>,
+    /// Writes of the current group, by key (`None`: removed), not yet in sled.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// `next_seq` when the current group began: restored if the group fails.
+    group_seq: Seq,
+    /// The last LSN applied to sled, and the last one a checkpoint made durable there.
+    applied: Arc<AtomicU64>,
+    checkpointed: Arc<AtomicU64>,
+    /// Stops (by dropping the sender) and joins the checkpoint thread.
+    checkpoints: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// A cleared buffer for the next record's ops.
+    ops: Vec<u8>,
+}
+
+/// The writes of one operation: they join the group only if the whole operation succeeds.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.writes
+            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    }
+
+    fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.writes.push((key.as_ref().to_vec(), None));
+    }
+}
+
+/// Operations that read sled with scans the group's pending writes would not show: the group
+/// so far is completed before they run. All are rare (startup, operators, pruning).
+fn needs_settled_store(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Targets(_) | Op::Prune(_) | Op::Replay(..) | Op::Redeliver(..) | Op::Close
+    )
 }
 
 impl Writer {
@@ -532,48 +709,203 @@ impl Writer {
                 }
             }
             let mut close = false;
-            for job in jobs.drain(..) {
+            for mut job in jobs.drain(..) {
+                if needs_settled_store(&job.op) && !results.is_empty() {
+                    self.end_group(&mut results);
+                }
                 close |= matches!(job.op, Op::Close);
-                let durable = job.op.answers_after_flush();
+                if let Op::Ingest(batch) = &mut job.op {
+                    self.write_bodies(batch);
+                }
                 let result = self.apply(job.op);
-                if durable || result.is_err() {
-                    results.push((job.reply, result));
-                } else {
-                    let _ = job.reply.send(result);
-                }
+                results.push((job.reply, result));
             }
-            let flushed = self.db.flush();
-            if let Err(e) = &flushed {
-                tracing::error!(error = %e, "store flush failed");
-            }
-            let manifest_due =
-                close || self.manifest_at.elapsed() >= std::time::Duration::from_secs(1);
-            for (reply, result) in results.drain(..) {
-                let result = match (&flushed, result) {
-                    (Err(e), Ok(_)) => Err(StoreError::Io(e.clone())),
-                    (_, r) => r,
-                };
-                let _ = reply.send(result);
-            }
-            // After the answers, so it never delays an acknowledgement; only what the flush
-            // made durable is recorded.
-            if flushed.is_ok() && manifest_due && self.next_seq != self.manifest_seq {
-                match Manifest::write(&self.path, self.next_seq) {
-                    Ok(()) => self.manifest_seq = self.next_seq,
-                    Err(e) => tracing::warn!(error = %e, "could not update the store manifest"),
-                }
-                self.manifest_at = std::time::Instant::now();
-            }
+            self.end_group(&mut results);
             if close {
+                self.close();
                 return;
             }
+            self.retire_segments(self.checkpointed.load(Ordering::Acquire));
         }
+    }
+
+    /// Makes the group durable, applies it to sled and answers it. If the log cannot be
+    /// written, none of the group happened: sled is untouched and every caller gets the error.
+    fn end_group(&mut self, results: &mut Vec<Answer>) {
+        let durable = self
+            .wal
+            .sync()
+            .map_err(io_error)
+            .and_then(|()| self.apply_pending());
+        if let Err(e) = &durable {
+            tracing::error!(error = %e, "store write failed; the group is refused");
+            self.pending.clear();
+            self.counts.clear();
+            self.live.clear();
+            self.next_seq = self.group_seq;
+        }
+        self.group_seq = self.next_seq;
+        for (reply, result) in results.drain(..) {
+            let result = match (&durable, result) {
+                (Err(e), Ok(_)) => Err(match e {
+                    StoreError::Io(e) => StoreError::Io(e.clone()),
+                    other => StoreError::Corrupt(other.to_string()),
+                }),
+                (_, r) => r,
+            };
+            let _ = reply.send(result);
+        }
+        // After the answers, so it never delays an acknowledgement; only what the log made
+        // durable is recorded.
+        if durable.is_ok()
+            && self.next_seq != self.manifest_seq
+            && self.manifest_at.elapsed() >= Duration::from_secs(1)
+        {
+            self.write_manifest();
+        }
+    }
+
+    fn write_manifest(&mut self) {
+        match Manifest::write(&self.path, self.next_seq) {
+            Ok(()) => self.manifest_seq = self.next_seq,
+            Err(e) => tracing::warn!(error = %e, "could not update the store manifest"),
+        }
+        self.manifest_at = std::time::Instant::now();
+    }
+
+    /// Applies the synced group to sled: every other key first, then the ready index, then the
+    /// applied LSN. A claim that finds a ready key therefore finds its delivery and event, and
+    /// a crash part-way leaves an LSN from which replay redoes the whole group.
+    fn apply_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| k[0] == b'R');
+        for (key, value) in rest.into_iter().chain(ready) {
+            match value {
+                Some(v) => self.db.insert(key, v)?,
+                None => self.db.remove(key)?,
+            };
+        }
+        let lsn = self.wal.last_lsn();
+        self.db.insert(keys::APPLIED_LSN, &lsn.to_be_bytes())?;
+        self.applied.store(lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads a key as the group so far has left it.
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        match self.pending.get(key) {
+            Some(v) => Ok(v.as_deref().map(sled::IVec::from)),
+            None => Ok(self.db.get(key)?),
+        }
+    }
+
+    /// The first key under `prefix` as the group so far has left it.
+    fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stored = None;
+        for key in self.db.scan_prefix(prefix).keys() {
+            let key = key?;
+            if !matches!(self.pending.get(key.as_ref()), Some(None)) {
+                stored = Some(key.to_vec());
+                break;
+            }
+        }
+        let written = self
+            .pending
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .find(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone());
+        Ok(match (stored, written) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    fn delivery_rec(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
+        match self.get(&keys::delivery(seq))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds the request's event bodies to the log and has each event store a pointer to its
+    /// body instead. The bodies are synced with the group, before sled can hold the pointers.
+    fn write_bodies(&mut self, batch: &mut IngestBatch) {
+        for event in &mut batch.events {
+            let pointer = self.wal.append_body(&event.encoded);
+            event.encoded = pointer.encode().to_vec();
+        }
+    }
+
+    /// Deletes the log segments that a checkpoint covers and no live event points into.
+    fn retire_segments(&mut self, checkpoint: Lsn) {
+        let (wal, live, db) = (&mut self.wal, &self.live, &self.db);
+        wal.retire(checkpoint, |segment| match live.get(&segment) {
+            Some(n) => *n > 0,
+            // Not cached: ask sled, and keep the segment if in doubt.
+            None => db
+                .get(keys::live_bodies(segment))
+                .map_or(true, |v| v.is_some()),
+        });
+    }
+
+    /// A clean stop: checkpoint thread joined, sled flushed, the manifest written, the log
+    /// segments sled no longer needs deleted.
+    fn close(&mut self) {
+        if let Some((stop, handle)) = self.checkpoints.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        match self.db.flush() {
+            Ok(_) => {
+                self.retire_segments(self.wal.last_lsn());
+                if self.next_seq != self.manifest_seq {
+                    self.write_manifest();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store flush at shutdown failed; the log is kept")
+            }
+        }
+    }
+
+    fn batch(&mut self) -> Batch {
+        Batch::default()
+    }
+
+    /// Adds `batch` to the group as the next log record.
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        if batch.writes.is_empty() {
+            // Nothing to log (records are never empty: an empty one reads as the log's end).
+            return Ok(());
+        }
+        let lsn = self.wal.last_lsn() + 1;
+        let mut ops = std::mem::take(&mut self.ops);
+        for (key, value) in &batch.writes {
+            match value {
+                Some(v) => wal::put_insert(&mut ops, key, v),
+                None => wal::put_remove(&mut ops, key),
+            }
+        }
+        self.wal.append(lsn, &ops);
+        ops.clear();
+        self.ops = ops;
+        for (key, value) in batch.writes {
+            self.pending.insert(key, value);
+        }
+        Ok(())
     }
 
     fn apply(&mut self, op: Op) -> Result<Reply, StoreError> {
         let result = self.apply_op(op);
         if result.is_err() {
             self.counts.clear();
+            self.live.clear();
         }
         result
     }
@@ -581,8 +913,12 @@ impl Writer {
     fn apply_op(&mut self, op: Op) -> Result<Reply, StoreError> {
         match op {
             Op::SetState(target, state) => {
-                self.db
-                    .insert(keys::target_prefix(b'S', target), to_json(&state))?;
+                let mut batch = self.batch();
+                batch.insert(
+                    keys::target_prefix(b'S', target).as_slice(),
+                    to_json(&state),
+                );
+                self.commit(batch)?;
                 Ok(Reply::Done)
             }
             Op::Replay(seqs, now) => self.replay(&seqs, now).map(Reply::Count),
@@ -612,10 +948,10 @@ impl Writer {
                 })?));
         }
         let mut ids = Vec::with_capacity(names.len());
-        let mut batch = sled::Batch::default();
+        let mut batch = self.batch();
         for name in names {
             let key = keys::target_name(name);
-            let id = match self.db.get(&key)? {
+            let id = match self.get(&key)? {
                 Some(v) => u32::from_be_bytes(
                     v.as_ref()
                         .try_into()
@@ -623,19 +959,19 @@ impl Writer {
                 ),
                 None => {
                     max += 1;
-                    batch.insert(key, &max.to_be_bytes());
+                    batch.insert(key, max.to_be_bytes());
                     max
                 }
             };
             ids.push(id);
         }
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(ids)
     }
 
     fn ingest(&mut self, b: IngestBatch) -> Result<Vec<EventOutcome>, StoreError> {
         let first_seq = self.next_seq;
-        let mut batch = sled::Batch::default();
+        let mut batch = self.batch();
         // Heads and dedup keys this batch creates, which sled cannot show until it is applied.
         let mut heads: HashMap<Vec<u8>, Seq> = HashMap::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
@@ -644,7 +980,7 @@ impl Writer {
             let id = new.id;
             let dedup_key = keys::dedup(&new.source, &new.dedup_key);
             let duplicate = seen.contains(&dedup_key)
-                || match self.db.get(&dedup_key)? {
+                || match self.get(&dedup_key)? {
                     Some(v) => keys::seq_of(&v).is_some_and(|until| until > b.now_ms),
                     None => false,
                 };
@@ -656,8 +992,11 @@ impl Writer {
                 dedup_key.as_slice(),
                 [b.dedup_until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat(),
             );
-            batch.insert(keys::dedup_expiry(b.dedup_until_ms, &dedup_key), &[]);
+            batch.insert(keys::dedup_expiry(b.dedup_until_ms, &dedup_key), []);
             seen.insert(dedup_key);
+            if let Some(p) = Pointer::decode(&new.encoded) {
+                self.bump_live(&mut batch, p.segment, 1)?;
+            }
             batch.insert(keys::event(id.as_bytes()), new.encoded);
             for d in new.deliveries {
                 self.enqueue_new(&mut batch, &mut heads, id, d, b.now_ms)?;
@@ -665,11 +1004,11 @@ impl Writer {
             outcomes.push(EventOutcome::Stored);
         }
         if self.next_seq != first_seq {
-            batch.insert(keys::NEXT_SEQ, &self.next_seq.to_be_bytes());
+            batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
         }
-        if let Err(e) = self.db.apply_batch(batch) {
+        if let Err(e) = self.commit(batch) {
             self.next_seq = first_seq;
-            return Err(e.into());
+            return Err(e);
         }
         Ok(outcomes)
     }
@@ -681,7 +1020,7 @@ impl Writer {
         next: Next,
     ) -> Result<(), StoreError> {
         let seq = claimed.seq;
-        let Some(mut rec) = get_delivery(&self.db, seq)? else {
+        let Some(mut rec) = self.delivery_rec(seq)? else {
             return Ok(());
         };
         if rec.state != DeliveryState::Pending || rec.due_ms != claimed.due_ms {
@@ -690,7 +1029,7 @@ impl Writer {
         }
         let now = attempt.at_ms + attempt.latency_ms;
         let target = rec.target;
-        let mut batch = sled::Batch::default();
+        let mut batch = self.batch();
         batch.insert(
             keys::attempt(seq, attempt.number).as_slice(),
             to_json(&attempt),
@@ -704,7 +1043,7 @@ impl Writer {
         match next {
             Next::Retry { due_ms } => {
                 rec.due_ms = due_ms;
-                batch.insert(keys::ready(target, due_ms, seq).as_slice(), &[]);
+                batch.insert(keys::ready(target, due_ms, seq).as_slice(), []);
             }
             _ => self.bump(&mut batch, target, -1, i64::from(next == Next::Dead))?,
         }
@@ -713,7 +1052,7 @@ impl Writer {
             Next::Done | Next::Dead | Next::Skipped => {
                 rec.state = match next {
                     Next::Dead => {
-                        batch.insert(keys::dead(target, now, seq).as_slice(), &[]);
+                        batch.insert(keys::dead(target, now, seq).as_slice(), []);
                         DeliveryState::Dead
                     }
                     Next::Skipped => DeliveryState::Skipped,
@@ -723,7 +1062,7 @@ impl Writer {
             }
         }
         batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(())
     }
 
@@ -731,7 +1070,10 @@ impl Writer {
         if let Some(c) = self.counts.get(&target) {
             return Ok(*c);
         }
-        let c = read_counts(&self.db, target)?;
+        let c = match self.get(&keys::target_prefix(b'C', target))? {
+            Some(v) => counts_of_value(&v),
+            None => TargetCounts::default(),
+        };
         self.counts.insert(target, c);
         Ok(c)
     }
@@ -739,7 +1081,7 @@ impl Writer {
     /// Adjusts a target's counters and writes them in the same batch as the change.
     fn bump(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         target: TargetId,
         pending: i64,
         dead: i64,
@@ -751,7 +1093,27 @@ impl Writer {
         let mut v = [0u8; 16];
         v[..8].copy_from_slice(&c.pending.to_be_bytes());
         v[8..].copy_from_slice(&c.dead.to_be_bytes());
-        batch.insert(keys::target_prefix(b'C', target).as_slice(), &v);
+        batch.insert(keys::target_prefix(b'C', target).as_slice(), v);
+        Ok(())
+    }
+
+    /// Adjusts how many live event bodies a log segment holds, in the same batch as the change;
+    /// the key goes when none is left, and the segment with it once a checkpoint covers it.
+    fn bump_live(&mut self, batch: &mut Batch, segment: Lsn, by: i64) -> Result<(), StoreError> {
+        let n = match self.live.get(&segment) {
+            Some(n) => *n,
+            None => self
+                .get(&keys::live_bodies(segment))?
+                .and_then(|v| keys::seq_of(&v))
+                .unwrap_or(0),
+        };
+        let n = n.saturating_add_signed(by);
+        self.live.insert(segment, n);
+        if n == 0 {
+            batch.remove(keys::live_bodies(segment).as_slice());
+        } else {
+            batch.insert(keys::live_bodies(segment).as_slice(), n.to_be_bytes());
+        }
         Ok(())
     }
 
@@ -759,7 +1121,7 @@ impl Writer {
     /// the head). `heads` holds heads this batch created, which sled cannot show yet.
     fn enqueue_new(
         &mut self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         heads: &mut HashMap<Vec<u8>, Seq>,
         event: uuid::Uuid,
         d: NewDelivery,
@@ -768,7 +1130,7 @@ impl Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.enqueue(batch, heads, d.target, &d.ordering_key, seq, now_ms)?;
-        batch.insert(keys::event_delivery(event.as_bytes(), seq), &[]);
+        batch.insert(keys::event_delivery(event.as_bytes(), seq), []);
         let record = Delivery {
             seq,
             event_id: event,
@@ -791,7 +1153,7 @@ impl Writer {
 
     fn enqueue(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         heads: &mut HashMap<Vec<u8>, Seq>,
         target: TargetId,
         key: &str,
@@ -799,12 +1161,12 @@ impl Writer {
         due_ms: u64,
     ) -> Result<(), StoreError> {
         let head_key = keys::head(target, key);
-        let has_head = heads.contains_key(&head_key) || self.db.get(&head_key)?.is_some();
+        let has_head = heads.contains_key(&head_key) || self.get(&head_key)?.is_some();
         if has_head {
-            batch.insert(keys::follower(target, key, seq).as_slice(), &[]);
+            batch.insert(keys::follower(target, key, seq).as_slice(), []);
         } else {
-            batch.insert(head_key.as_slice(), &seq.to_be_bytes());
-            batch.insert(keys::ready(target, due_ms, seq).as_slice(), &[]);
+            batch.insert(head_key.as_slice(), seq.to_be_bytes());
+            batch.insert(keys::ready(target, due_ms, seq).as_slice(), []);
             heads.insert(head_key, seq);
         }
         Ok(())
@@ -818,13 +1180,13 @@ impl Writer {
             Some(id) => [keys::event(id.as_bytes()), vec![0]].concat(),
             None => b"E".to_vec(),
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = self.batch();
         let mut pruned = Pruned::default();
         let mut scanned = 0;
         let mut last = None;
         let mut reached_boundary = true;
-        for key in self.db.range(start..b"F".to_vec()).keys() {
-            let key = key?;
+        for item in self.db.range(start..b"F".to_vec()) {
+            let (key, value) = item?;
             let Some(id) = key.get(1..17).and_then(|b| uuid::Uuid::from_slice(b).ok()) else {
                 continue;
             };
@@ -871,6 +1233,9 @@ impl Writer {
                     self.bump(&mut batch, d.target, 0, -1)?;
                 }
             }
+            if let Some(p) = Pointer::decode(&value) {
+                self.bump_live(&mut batch, p.segment, -1)?;
+            }
             batch.remove(key);
             pruned.events += 1;
         }
@@ -888,12 +1253,12 @@ impl Writer {
             }
             batch.remove(k);
         }
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(pruned)
     }
 
     fn replay(&mut self, seqs: &[Seq], now_ms: u64) -> Result<usize, StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = self.batch();
         let mut heads = HashMap::new();
         let mut replayed = 0;
         for &seq in seqs {
@@ -920,7 +1285,7 @@ impl Writer {
             self.bump(&mut batch, rec.target, 1, -1)?;
             replayed += 1;
         }
-        self.db.apply_batch(batch)?;
+        self.commit(batch)?;
         Ok(replayed)
     }
 
@@ -934,38 +1299,33 @@ impl Writer {
             return Ok(Vec::new());
         }
         let first_seq = self.next_seq;
-        let mut batch = sled::Batch::default();
+        let mut batch = self.batch();
         let mut heads = HashMap::new();
         let mut seqs = Vec::new();
         for d in deliveries {
             seqs.push(self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?);
         }
-        batch.insert(keys::NEXT_SEQ, &self.next_seq.to_be_bytes());
-        if let Err(e) = self.db.apply_batch(batch) {
+        batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
+        if let Err(e) = self.commit(batch) {
             self.next_seq = first_seq;
-            return Err(e.into());
+            return Err(e);
         }
         Ok(seqs)
     }
 
     /// Makes the oldest follower of an ordering key its new head, or forgets the key.
-    fn promote(
-        &self,
-        batch: &mut sled::Batch,
-        target: TargetId,
-        key: &str,
-    ) -> Result<(), StoreError> {
+    fn promote(&self, batch: &mut Batch, target: TargetId, key: &str) -> Result<(), StoreError> {
         let prefix = keys::followers(target, key);
-        match self.db.scan_prefix(&prefix).keys().next() {
+        match self.first_with_prefix(&prefix)? {
             Some(k) => {
-                let k = k?;
                 let next = keys::seq_of(&k[prefix.len()..])
                     .ok_or_else(|| StoreError::Corrupt("malformed follower key".into()))?;
-                let rec = get_delivery(&self.db, next)?
+                let rec = self
+                    .delivery_rec(next)?
                     .ok_or_else(|| StoreError::Corrupt(format!("follower {next} is missing")))?;
                 batch.remove(k);
-                batch.insert(keys::ready(target, rec.due_ms, next).as_slice(), &[]);
-                batch.insert(keys::head(target, key), &next.to_be_bytes());
+                batch.insert(keys::ready(target, rec.due_ms, next).as_slice(), []);
+                batch.insert(keys::head(target, key), next.to_be_bytes());
             }
             None => batch.remove(keys::head(target, key)),
         }
