@@ -562,3 +562,65 @@ async fn operator_views_replay_and_redeliver(fx: Fixture) {
     );
     store.close().await.unwrap();
 }
+
+/// The sled store keeps event bodies in its write-ahead log: they are read back from there
+/// after a restart, and a log segment is deleted once no stored event needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_log_segments_hold_bodies_until_their_events_are_pruned() {
+    use hookrelay::store::Prune;
+    let dir = tempdir();
+    let wal = dir.path().join("hookrelay-wal");
+    let segments = || std::fs::read_dir(&wal).unwrap().count();
+    // Segments of 4 KB: a few requests fill one.
+    let store = SledStore::open_with_segment_bytes(dir.path(), 4096).unwrap();
+    let events: Vec<Event> = (0..40).map(|n| event(&format!("m{n}"), n)).collect();
+    for e in &events {
+        let outcome = store
+            .ingest(batch(std::slice::from_ref(e), &[], 1_000))
+            .await
+            .unwrap();
+        assert_eq!(outcome, [EventOutcome::Stored]);
+    }
+    let before = segments();
+    assert!(before >= 8, "{before} segments for 40 events of ~1 KB");
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = SledStore::open_with_segment_bytes(dir.path(), 4096).unwrap();
+    assert!(segments() >= before, "live segments survive a restart");
+    for e in [&events[0], &events[17], &events[39]] {
+        let id = uuid::Uuid::parse_str(&e.id).unwrap();
+        let stored = store.event(id).await.unwrap().expect("stored");
+        assert_eq!(stored.raw.body, e.raw.body);
+        assert_eq!(stored.id, e.id);
+    }
+    let pruned = store
+        .prune(Prune {
+            done_before_ms: u64::MAX / 2,
+            dead_before_ms: u64::MAX / 2,
+            now_ms: 2_000,
+            after: None,
+            max_events: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.events, 40);
+    store.close().await.unwrap();
+    drop(store);
+    // Only the segment being written is left; a new start replaces it with an empty one.
+    assert_eq!(segments(), 1);
+    let store = SledStore::open_with_segment_bytes(dir.path(), 4096).unwrap();
+    let id = uuid::Uuid::parse_str(&events[3].id).unwrap();
+    assert!(store.event(id).await.unwrap().is_none());
+    let again = event("after", 99);
+    store
+        .ingest(batch(std::slice::from_ref(&again), &[], 3_000))
+        .await
+        .unwrap();
+    let id = uuid::Uuid::parse_str(&again.id).unwrap();
+    assert_eq!(
+        store.event(id).await.unwrap().unwrap().raw.body,
+        again.raw.body
+    );
+    store.close().await.unwrap();
+}

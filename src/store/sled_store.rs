@@ -96,7 +96,24 @@ impl SledStore {
         Self::open_with(path, false)
     }
 
+    /// Opens with log segments of `segment_bytes` (tests: many small segments).
+    #[doc(hidden)]
+    pub fn open_with_segment_bytes(
+        path: &Path,
+        segment_bytes: u64,
+    ) -> Result<SledStore, StoreError> {
+        Self::open_inner(path, false, segment_bytes)
+    }
+
     fn open_with(path: &Path, accept_damage: bool) -> Result<SledStore, StoreError> {
+        Self::open_inner(path, accept_damage, wal::SEGMENT_BYTES)
+    }
+
+    fn open_inner(
+        path: &Path,
+        accept_damage: bool,
+        segment_bytes: u64,
+    ) -> Result<SledStore, StoreError> {
         let manifest = Manifest::read(path)?;
         let db = sled::Config::new()
             .path(path)
@@ -119,7 +136,7 @@ impl SledStore {
             }
         }
         let segments = Arc::new(Segments::new(&wal_dir));
-        let wal = Wal::start(&wal_dir, last_lsn, segments.clone(), |s| {
+        let wal = Wal::start(&wal_dir, last_lsn, segments.clone(), segment_bytes, |s| {
             live.get(&s).is_some_and(|n| *n > 0)
         })
         .map_err(io_error)?;
