@@ -12,7 +12,7 @@
 //! | `ingest` | HTTP server: routing by path, URL-token auth, body limits, error → status |
 //! | [`normalize`] | StatusGator v1/v2/v3 and PagerDuty V1/V2/V3 bodies → [`Event`] with its `alert` map |
 //! | [`rules`] | VictorOps-style rules (match, set, annotate, stop) and routing to targets |
-//! | [`store`] | the [`store::Store`] trait; sled (one instance: group commit, ready index, per-key FIFOs, leases) and PostgreSQL (several instances: head rows, `SKIP LOCKED` claims, named leases, `NOTIFY`) behind [`store::AnyStore`] |
+//! | [`store`] | the [`store::Store`] trait; sled (one instance: a write-ahead log synced per group and holding event bodies, ready index, per-key FIFOs, leases) and PostgreSQL (several instances: head rows, `SKIP LOCKED` claims, named leases, `NOTIFY`) behind [`store::AnyStore`] |
 //! | [`deliver`] | workers (`deliver_one`), classification (whether to retry) and [`deliver::RetryPolicy`] (when) |
 //! | `targets` | one file per target kind: `webhook`, `file`, `snowplow`, `statushub` |
 //! | [`template`] | Handlebars rendering with per-destination escaping |
