@@ -292,7 +292,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
 
-    /// A round trip through the writer, including a flush: what readiness means.
+    /// A round trip through the writer (sled: its group commit; PostgreSQL: a query): what
+    /// readiness means.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn target_state(

@@ -1,14 +1,13 @@
 //! The sled implementation of [`Store`].
 //!
 //! All writes go through one writer thread. Request handlers and workers send it an operation
-//! and wait for the reply; it drains everything queued, applies each operation as one atomic
-//! `sled::Batch`, appends the same writes to the write-ahead log ([`super::wal`]), syncs the
-//! log once for the whole group, and only then answers. Concurrent requests therefore share a
+//! and wait for the reply; it drains everything queued, appends each operation's writes to the
+//! write-ahead log ([`super::wal`]) as one record, syncs the log once for the whole group,
+//! applies the group to sled, and only then answers. Concurrent requests therefore share a
 //! single `fdatasync` (group commit), and because one thread owns every write, the
 //! read-then-write steps (dedup checks, "does this ordering key have a head yet?") need no
 //! locks or transactions. sled itself is flushed by a checkpoint thread about once a second,
-//! off the acknowledgement path; if the log cannot be written, the group waits for a sled
-//! flush instead.
+//! off the acknowledgement path; if the log cannot be written, the group is refused.
 //!
 //! Reads (claims, event loads, inspection) go straight to sled from the calling task.
 
@@ -321,7 +320,7 @@ fn get_delivery(db: &sled::Db, seq: Seq) -> Result<Option<Delivery>, StoreError>
 }
 
 /// A small file beside the database recording how far it is known to be durable: the next
-/// delivery seq as of a flush that succeeded. sled recovers a truncated or scrambled log by
+/// delivery seq as of a log sync that succeeded. sled recovers a truncated or scrambled log by
 /// silently dropping what it cannot read; comparing with the manifest turns that into a refusal
 /// to start instead of a relay that quietly forgot what it acknowledged.
 pub struct Manifest;
