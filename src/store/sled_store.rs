@@ -92,7 +92,7 @@ impl SledStore {
     /// database that holds less than its manifest says was durably written (see
     /// [`Manifest`]).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
-        Self::open_with(path, false)
+        Self::open_inner(path, false, wal::SEGMENT_BYTES)
     }
 
     /// Opens with log segments of `segment_bytes` (tests: many small segments).
@@ -102,10 +102,6 @@ impl SledStore {
         segment_bytes: u64,
     ) -> Result<SledStore, StoreError> {
         Self::open_inner(path, false, segment_bytes)
-    }
-
-    fn open_with(path: &Path, accept_damage: bool) -> Result<SledStore, StoreError> {
-        Self::open_inner(path, accept_damage, wal::SEGMENT_BYTES)
     }
 
     fn open_inner(
@@ -373,7 +369,7 @@ impl Manifest {
             }
         })?;
         // Opening writes a new manifest from what the database holds.
-        drop(SledStore::open_with(dir, true)?);
+        drop(SledStore::open_inner(dir, true, wal::SEGMENT_BYTES)?);
         let found = Self::read(dir)?.unwrap_or(1);
         Ok((recorded.saturating_sub(1), found.saturating_sub(1)))
     }
@@ -693,13 +689,14 @@ struct Batch {
 }
 
 impl Batch {
-    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.writes
-            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    /// Takes owned keys and values as they are (most are built for the write), so the hot
+    /// paths copy nothing here.
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.push((key.into(), Some(value.into())));
     }
 
-    fn remove(&mut self, key: impl AsRef<[u8]>) {
-        self.writes.push((key.as_ref().to_vec(), None));
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.push((key.into(), None));
     }
 }
 
@@ -890,15 +887,11 @@ impl Writer {
         }
     }
 
-    fn batch(&mut self) -> Batch {
-        Batch::default()
-    }
-
     /// Adds `batch` to the group as the next log record.
-    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+    fn commit(&mut self, batch: Batch) {
         if batch.writes.is_empty() {
             // Nothing to log (records are never empty: an empty one reads as the log's end).
-            return Ok(());
+            return;
         }
         let lsn = self.wal.last_lsn() + 1;
         let mut ops = std::mem::take(&mut self.ops);
@@ -914,14 +907,18 @@ impl Writer {
         for (key, value) in batch.writes {
             self.pending.insert(key, value);
         }
-        Ok(())
     }
 
+    /// Runs one operation. One that fails leaves nothing behind: its writes never reach the
+    /// group, the counters it may have moved are read again, and its sequence numbers are
+    /// given out again.
     fn apply(&mut self, op: Op) -> Result<Reply, StoreError> {
+        let next_seq = self.next_seq;
         let result = self.apply_op(op);
         if result.is_err() {
             self.counts.clear();
             self.live.clear();
+            self.next_seq = next_seq;
         }
         result
     }
@@ -929,12 +926,12 @@ impl Writer {
     fn apply_op(&mut self, op: Op) -> Result<Reply, StoreError> {
         match op {
             Op::SetState(target, state) => {
-                let mut batch = self.batch();
+                let mut batch = Batch::default();
                 batch.insert(
                     keys::target_prefix(b'S', target).as_slice(),
                     to_json(&state),
                 );
-                self.commit(batch)?;
+                self.commit(batch);
                 Ok(Reply::Done)
             }
             Op::Replay(seqs, now) => self.replay(&seqs, now).map(Reply::Count),
@@ -964,7 +961,7 @@ impl Writer {
                 })?));
         }
         let mut ids = Vec::with_capacity(names.len());
-        let mut batch = self.batch();
+        let mut batch = Batch::default();
         for name in names {
             let key = keys::target_name(name);
             let id = match self.get(&key)? {
@@ -981,13 +978,13 @@ impl Writer {
             };
             ids.push(id);
         }
-        self.commit(batch)?;
+        self.commit(batch);
         Ok(ids)
     }
 
     fn ingest(&mut self, b: IngestBatch) -> Result<Vec<EventOutcome>, StoreError> {
         let first_seq = self.next_seq;
-        let mut batch = self.batch();
+        let mut batch = Batch::default();
         // Heads and dedup keys this batch creates, which sled cannot show until it is applied.
         let mut heads: HashMap<Vec<u8>, Seq> = HashMap::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
@@ -1022,10 +1019,7 @@ impl Writer {
         if self.next_seq != first_seq {
             batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
         }
-        if let Err(e) = self.commit(batch) {
-            self.next_seq = first_seq;
-            return Err(e);
-        }
+        self.commit(batch);
         Ok(outcomes)
     }
 
@@ -1045,7 +1039,7 @@ impl Writer {
         }
         let now = attempt.at_ms + attempt.latency_ms;
         let target = rec.target;
-        let mut batch = self.batch();
+        let mut batch = Batch::default();
         batch.insert(
             keys::attempt(seq, attempt.number).as_slice(),
             to_json(&attempt),
@@ -1078,7 +1072,7 @@ impl Writer {
             }
         }
         batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
-        self.commit(batch)?;
+        self.commit(batch);
         Ok(())
     }
 
@@ -1196,7 +1190,7 @@ impl Writer {
             Some(id) => [keys::event(id.as_bytes()), vec![0]].concat(),
             None => b"E".to_vec(),
         };
-        let mut batch = self.batch();
+        let mut batch = Batch::default();
         let mut pruned = Pruned::default();
         let mut scanned = 0;
         let mut last = None;
@@ -1242,7 +1236,7 @@ impl Writer {
                 batch.remove(keys::event_delivery(id.as_bytes(), d.seq));
                 batch.remove(keys::delivery(d.seq).as_slice());
                 for a in self.db.scan_prefix(keys::attempts(d.seq)).keys() {
-                    batch.remove(a?);
+                    batch.remove(a?.as_ref());
                 }
                 if d.state == DeliveryState::Dead {
                     batch.remove(keys::dead(d.target, d.updated_ms, d.seq).as_slice());
@@ -1252,7 +1246,7 @@ impl Writer {
             if let Some(p) = Pointer::decode(&value) {
                 self.bump_live(&mut batch, p.segment, -1)?;
             }
-            batch.remove(key);
+            batch.remove(key.as_ref());
             pruned.events += 1;
         }
         pruned.resume_after = if reached_boundary { None } else { last };
@@ -1267,14 +1261,14 @@ impl Writer {
                 batch.remove(dedup_key);
                 pruned.dedup_keys += 1;
             }
-            batch.remove(k);
+            batch.remove(k.as_ref());
         }
-        self.commit(batch)?;
+        self.commit(batch);
         Ok(pruned)
     }
 
     fn replay(&mut self, seqs: &[Seq], now_ms: u64) -> Result<usize, StoreError> {
-        let mut batch = self.batch();
+        let mut batch = Batch::default();
         let mut heads = HashMap::new();
         let mut replayed = 0;
         for &seq in seqs {
@@ -1301,7 +1295,7 @@ impl Writer {
             self.bump(&mut batch, rec.target, 1, -1)?;
             replayed += 1;
         }
-        self.commit(batch)?;
+        self.commit(batch);
         Ok(replayed)
     }
 
@@ -1314,18 +1308,14 @@ impl Writer {
         if self.db.get(keys::event(event.as_bytes()))?.is_none() {
             return Ok(Vec::new());
         }
-        let first_seq = self.next_seq;
-        let mut batch = self.batch();
+        let mut batch = Batch::default();
         let mut heads = HashMap::new();
         let mut seqs = Vec::new();
         for d in deliveries {
             seqs.push(self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?);
         }
         batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
-        if let Err(e) = self.commit(batch) {
-            self.next_seq = first_seq;
-            return Err(e);
-        }
+        self.commit(batch);
         Ok(seqs)
     }
 
