@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -126,20 +127,37 @@ async fn serve_then_send_test_then_sigterm() {
     .await;
     assert!(up, "relay did not start listening");
 
-    for (sample, path, status) in [
-        ("statusgator-v3", "/com.statusgator/v1", "200 OK"),
-        ("pagerduty-v3", "/com.pagerduty/v1", "202 Accepted"),
-    ] {
+    // Two events have different ordering keys, so the default four lanes may deliver them in
+    // either order; each is awaited before the next is sent to check what each line holds.
+    let outbox = dir.path().join("data/outbox.jsonl");
+    for (n, (sample, path, status, format)) in [
+        (
+            "statusgator-v3",
+            "/com.statusgator/v1",
+            "200 OK",
+            "statusgator.v3",
+        ),
+        (
+            "pagerduty-v3",
+            "/com.pagerduty/v1",
+            "202 Accepted",
+            "pagerduty.v3",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let url = format!("http://127.0.0.1:{port}{path}");
         let (ok, stdout, stderr) = run(&["send-test", sample, "--url", &url], dir.path());
         assert!(ok, "{stderr}");
         assert!(stdout.starts_with(status), "{stdout}");
+        assert!(
+            wait_until(Duration::from_secs(10), || read_lines(&outbox).len()
+                == n + 1)
+            .await
+        );
+        assert_eq!(read_lines(&outbox)[n]["event"]["format"], format);
     }
-    let outbox = dir.path().join("data/outbox.jsonl");
-    assert!(wait_until(Duration::from_secs(10), || read_lines(&outbox).len() == 2).await);
-    let lines = read_lines(&outbox);
-    assert_eq!(lines[0]["event"]["format"], "statusgator.v3");
-    assert_eq!(lines[1]["event"]["format"], "pagerduty.v3");
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -295,6 +313,30 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
     };
     write(&first.url("/one"), "");
     let mut child = serve(&config, dir.path(), "info");
+    // The relay's log is read as it is written, so each reload is awaited by its own log line
+    // instead of a guessed delay.
+    let log = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let log = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let line = line.unwrap();
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    let logged = |text: &'static str| {
+        let log = log.clone();
+        async move {
+            wait_until(Duration::from_secs(10), || {
+                log.lock().unwrap().contains(text)
+            })
+            .await
+        }
+    };
     assert!(
         wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
             "127.0.0.1",
@@ -324,7 +366,7 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
 
     write(&second.url("/two"), "");
     assert!(hup().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(logged("config reloaded").await, "{}", log.lock().unwrap());
     assert_eq!(send("b").await.unwrap().status(), 200);
     let got = second.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got[0].uri, "/two");
@@ -332,7 +374,7 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
     // A broken file is refused; the relay keeps running on what it had.
     write(&first.url("/one"), "retry = { jitter = 7.0 }\n");
     assert!(hup().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(logged("reload refused").await, "{}", log.lock().unwrap());
     assert_eq!(send("c").await.unwrap().status(), 200);
     second.wait_for(2, Duration::from_secs(5)).await;
     assert_eq!(first.count(), 1);
@@ -342,8 +384,8 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    reader.join().unwrap();
+    let stderr = log.lock().unwrap().clone();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("config reloaded"), "{stderr}");
     assert!(
