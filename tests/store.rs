@@ -563,16 +563,34 @@ async fn operator_views_replay_and_redeliver(fx: Fixture) {
     store.close().await.unwrap();
 }
 
+/// Prunes every event whose deliveries are all finished, whenever they finished.
+fn prune_all_finished() -> hookrelay::store::Prune {
+    hookrelay::store::Prune {
+        done_before_ms: u64::MAX / 2,
+        dead_before_ms: u64::MAX / 2,
+        now_ms: 2_000,
+        after: None,
+        max_events: 1000,
+    }
+}
+
+/// Log segments of 4 KB (a few requests fill one), compacted every 50 ms.
+fn small_segments() -> hookrelay::store::LogOptions {
+    hookrelay::store::LogOptions {
+        segment_bytes: 4096,
+        compact_every: std::time::Duration::from_millis(50),
+    }
+}
+
 /// The sled store keeps event bodies in its write-ahead log: they are read back from there
 /// after a restart, and a log segment is deleted once no stored event needs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_log_segments_hold_bodies_until_their_events_are_pruned() {
-    use hookrelay::store::Prune;
     let dir = tempdir();
     let wal = dir.path().join("hookrelay-wal");
     let segments = || std::fs::read_dir(&wal).unwrap().count();
     // Segments of 4 KB: a few requests fill one.
-    let store = SledStore::open_with_segment_bytes(dir.path(), 4096).unwrap();
+    let store = SledStore::open_with_log(dir.path(), small_segments()).unwrap();
     let events: Vec<Event> = (0..40).map(|n| event(&format!("m{n}"), n)).collect();
     for e in &events {
         let outcome = store
@@ -586,7 +604,7 @@ async fn sled_log_segments_hold_bodies_until_their_events_are_pruned() {
     store.close().await.unwrap();
     drop(store);
 
-    let store = SledStore::open_with_segment_bytes(dir.path(), 4096).unwrap();
+    let store = SledStore::open_with_log(dir.path(), small_segments()).unwrap();
     assert!(segments() >= before, "live segments survive a restart");
     for e in [&events[0], &events[17], &events[39]] {
         let id = uuid::Uuid::parse_str(&e.id).unwrap();
@@ -594,22 +612,13 @@ async fn sled_log_segments_hold_bodies_until_their_events_are_pruned() {
         assert_eq!(stored.raw.body, e.raw.body);
         assert_eq!(stored.id, e.id);
     }
-    let pruned = store
-        .prune(Prune {
-            done_before_ms: u64::MAX / 2,
-            dead_before_ms: u64::MAX / 2,
-            now_ms: 2_000,
-            after: None,
-            max_events: 1000,
-        })
-        .await
-        .unwrap();
+    let pruned = store.prune(prune_all_finished()).await.unwrap();
     assert_eq!(pruned.events, 40);
     store.close().await.unwrap();
     drop(store);
     // Only the segment being written is left; a new start replaces it with an empty one.
     assert_eq!(segments(), 1);
-    let store = SledStore::open_with_segment_bytes(dir.path(), 4096).unwrap();
+    let store = SledStore::open_with_log(dir.path(), small_segments()).unwrap();
     let id = uuid::Uuid::parse_str(&events[3].id).unwrap();
     assert!(store.event(id).await.unwrap().is_none());
     let again = event("after", 99);
@@ -622,5 +631,75 @@ async fn sled_log_segments_hold_bodies_until_their_events_are_pruned() {
         store.event(id).await.unwrap().unwrap().raw.body,
         again.raw.body
     );
+    store.close().await.unwrap();
+}
+
+/// A few events kept (pending deliveries) among many pruned ones would keep every log segment
+/// they lie in; compaction copies them forward so those segments go, and they read back the
+/// same before and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_log_compaction_frees_segments_kept_by_a_few_events() {
+    let dir = tempdir();
+    let wal = dir.path().join("hookrelay-wal");
+    let names = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let store = SledStore::open_with_log(dir.path(), small_segments()).unwrap();
+    let target = store.target_ids(&["hook".into()]).await.unwrap()[0];
+    let events: Vec<Event> = (0..40).map(|n| event(&format!("m{n}"), n)).collect();
+    for (n, e) in events.iter().enumerate() {
+        let targets: &[u32] = if n % 8 == 0 { &[target] } else { &[] };
+        store
+            .ingest(batch(std::slice::from_ref(e), targets, 1_000))
+            .await
+            .unwrap();
+    }
+    let kept: Vec<&Event> = events.iter().step_by(8).collect();
+    let pruned = store.prune(prune_all_finished()).await.unwrap();
+    assert_eq!(pruned.events, 35);
+    let before = names();
+    let writing = before.iter().next_back().unwrap().clone();
+    assert!(
+        before.len() >= kept.len(),
+        "each kept event holds its segment: {before:?}"
+    );
+
+    // Every segment that was closed when pruning ended is compacted away. Segments are deleted
+    // after a write once a checkpoint covers them; `ping` is such a write.
+    let compacted = common::wait_until_async(|| async {
+        store.ping().await.unwrap();
+        names().iter().all(|n| !before.contains(n) || *n == writing)
+    })
+    .await;
+    assert!(compacted, "before {before:?}, now {:?}", names());
+    async fn read_back(store: &SledStore, kept: &[&Event]) {
+        for e in kept {
+            let id = uuid::Uuid::parse_str(&e.id).unwrap();
+            let stored = store.event(id).await.unwrap().expect("kept");
+            assert_eq!(
+                (stored.id.as_str(), &stored.raw.body),
+                (e.id.as_str(), &e.raw.body)
+            );
+        }
+    }
+    read_back(&store, &kept).await;
+    assert_eq!(
+        store.counts(target).await.unwrap().pending,
+        kept.len() as u64
+    );
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = SledStore::open(dir.path()).unwrap();
+    read_back(&store, &kept).await;
+    let mut claimed = 0;
+    while let Claim::Due(d) = store.claim(target, u64::MAX).await.unwrap() {
+        assert!(kept.iter().any(|e| e.id == d.event_id.to_string()));
+        claimed += 1;
+    }
+    assert_eq!(claimed, kept.len());
     store.close().await.unwrap();
 }

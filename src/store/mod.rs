@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use any::AnyStore;
 pub use keys::clamp_ordering_key;
 pub use postgres::{check_connection, redact_url, PgOptions, PgStore, Waker};
-pub use sled_store::{Manifest, SledStore};
+pub use sled_store::{LogOptions, Manifest, SledStore};
 
 use crate::normalize::Event;
 

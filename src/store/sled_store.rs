@@ -37,6 +37,12 @@ const MAX_GROUP: usize = 4096;
 /// rewrites and more log to replay after a crash.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the checkpoint thread looks for log segments worth compacting.
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
+
+/// Event bodies moved forward by one relocation: bounds how long it holds up the writer.
+const RELOCATE_BYTES: u64 = 1 << 20;
+
 /// Where the write-ahead log lives, inside the store's directory.
 const WAL_DIR: &str = "hookrelay-wal";
 
@@ -63,6 +69,9 @@ enum Op {
     Replay(Vec<Seq>, u64),
     Prune(Prune),
     Redeliver(uuid::Uuid, Vec<NewDelivery>, u64),
+    /// Copies these bodies (event key, where the body lies) to the end of the log, for those
+    /// events still pointing there.
+    Relocate(Vec<(Vec<u8>, Pointer)>),
     Ping,
     Close,
 }
@@ -92,22 +101,20 @@ impl SledStore {
     /// database that holds less than its manifest says was durably written (see
     /// [`Manifest`]).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
-        Self::open_inner(path, false, wal::SEGMENT_BYTES)
+        Self::open_inner(path, false, LogOptions::default())
     }
 
-    /// Opens with log segments of `segment_bytes` (tests: many small segments).
+    /// Opens with other log segment sizes and compaction intervals (tests: many small
+    /// segments, compacted at once).
     #[doc(hidden)]
-    pub fn open_with_segment_bytes(
-        path: &Path,
-        segment_bytes: u64,
-    ) -> Result<SledStore, StoreError> {
-        Self::open_inner(path, false, segment_bytes)
+    pub fn open_with_log(path: &Path, log: LogOptions) -> Result<SledStore, StoreError> {
+        Self::open_inner(path, false, log)
     }
 
     fn open_inner(
         path: &Path,
         accept_damage: bool,
-        segment_bytes: u64,
+        log: LogOptions,
     ) -> Result<SledStore, StoreError> {
         let manifest = Manifest::read(path)?;
         let db = sled::Config::new()
@@ -131,9 +138,13 @@ impl SledStore {
             }
         }
         let segments = Arc::new(Segments::new(&wal_dir));
-        let wal = Wal::start(&wal_dir, last_lsn, segments.clone(), segment_bytes, |s| {
-            live.get(&s).is_some_and(|n| *n > 0)
-        })
+        let wal = Wal::start(
+            &wal_dir,
+            last_lsn,
+            segments.clone(),
+            log.segment_bytes,
+            |s| live.get(&s).is_some_and(|n| *n > 0),
+        )
         .map_err(io_error)?;
         let stored = db
             .get(keys::NEXT_SEQ)?
@@ -159,10 +170,18 @@ impl SledStore {
         let checkpointed = Arc::new(AtomicU64::new(last_lsn));
         let (stop_checkpoints, stop) = std::sync::mpsc::channel();
         let checkpoints = {
+            let compactor = Compactor {
+                db: db.clone(),
+                dir: wal_dir.clone(),
+                writer: tx.downgrade(),
+                every: log.compact_every,
+                last: std::time::Instant::now(),
+                scanned: HashMap::new(),
+            };
             let (db, applied, checkpointed) = (db.clone(), applied.clone(), checkpointed.clone());
             std::thread::Builder::new()
                 .name("hookrelay-checkpoint".into())
-                .spawn(move || checkpoint_loop(&db, &applied, &checkpointed, &stop))
+                .spawn(move || checkpoint_loop(&db, &applied, &checkpointed, &stop, compactor))
                 .map_err(io_error)?
         };
         let writer = Writer {
@@ -227,12 +246,30 @@ impl SledStore {
         self.db.size_on_disk().unwrap_or(0) + Wal::size_on_disk(&self.path.join(WAL_DIR))
     }
 
-    /// Decodes a stored event, reading its body from the log when sled holds a pointer.
-    fn decode_event(&self, value: &[u8]) -> Result<Event, StoreError> {
-        match Pointer::decode(value) {
-            Some(p) => codec::decode_event(&self.segments.read(p).map_err(io_error)?),
-            None => codec::decode_event(value),
+    /// Decodes the event stored under `key` as `value`, reading its body from the log when
+    /// sled holds a pointer. Compaction may move the body and delete its segment between the
+    /// read of `value` and the read of the body; the pointer is then read again.
+    fn decode_event(&self, key: &[u8], mut value: sled::IVec) -> Result<Option<Event>, StoreError> {
+        for _ in 0..3 {
+            let Some(p) = Pointer::decode(&value) else {
+                return codec::decode_event(&value).map(Some);
+            };
+            match self.segments.read(p) {
+                Ok(body) => return codec::decode_event(&body).map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match self.db.get(key)? {
+                        Some(now) if now != value => value = now,
+                        // Pruned meanwhile.
+                        None => return Ok(None),
+                        Some(_) => return Err(io_error(e)),
+                    }
+                }
+                Err(e) => return Err(io_error(e)),
+            }
         }
+        Err(StoreError::Corrupt(
+            "an event body moved three times while being read".into(),
+        ))
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<Seq>> {
@@ -286,22 +323,164 @@ fn recover(db: &sled::Db, dir: &Path, accept_damage: bool) -> Result<Lsn, StoreE
 
 /// Flushes sled about once a second and publishes the last LSN each flush made durable, so the
 /// writer can delete the log segments before it. Runs until `stop` is dropped.
+/// Also compacts the log every so often (see [`Compactor`]).
 fn checkpoint_loop(
     db: &sled::Db,
     applied: &AtomicU64,
     checkpointed: &AtomicU64,
     stop: &std::sync::mpsc::Receiver<()>,
+    mut compactor: Compactor,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+    let tick = CHECKPOINT_EVERY.min(compactor.every);
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
         // Every batch up to this LSN was applied before the flush starts, so the flush holds it.
         let lsn = applied.load(Ordering::Acquire);
-        if lsn == checkpointed.load(Ordering::Acquire) {
-            continue;
+        if lsn != checkpointed.load(Ordering::Acquire) {
+            match db.flush() {
+                Ok(_) => checkpointed.store(lsn, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "store checkpoint failed; the log is kept"),
+            }
         }
-        match db.flush() {
-            Ok(_) => checkpointed.store(lsn, Ordering::Release),
-            Err(e) => tracing::warn!(error = %e, "store checkpoint failed; the log is kept"),
+        if compactor.last.elapsed() >= compactor.every {
+            compactor.run(checkpointed.load(Ordering::Acquire));
+            compactor.last = std::time::Instant::now();
+        }
+    }
+}
+
+/// Log segment sizes and how often the log is compacted.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    pub segment_bytes: u64,
+    pub compact_every: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: wal::SEGMENT_BYTES,
+            compact_every: COMPACT_EVERY,
+        }
+    }
+}
+
+/// Frees log segments that stored events keep alive but mostly hold what is no longer needed.
+///
+/// A segment stays while any stored event's body is in it, so one dead letter kept for
+/// `retain_dead` would keep its whole segment. When at most half of a checkpointed segment is
+/// bodies still stored, those bodies are copied to the end of the log by the writer
+/// ([`Op::Relocate`]) and the segment goes with the next retirement. Copying at most half to
+/// free at least half keeps the extra writing no larger than the space won back.
+struct Compactor {
+    db: sled::Db,
+    dir: PathBuf,
+    /// Weak, so that a store dropped without `close` still stops its writer.
+    writer: mpsc::WeakSender<Job>,
+    every: Duration,
+    last: std::time::Instant,
+    /// Live bodies per segment when it was last read and found not worth compacting: read
+    /// again only once a quarter of them have gone.
+    scanned: HashMap<Lsn, u64>,
+}
+
+impl Compactor {
+    fn run(&mut self, checkpoint: Lsn) {
+        let candidates = match wal::checkpointed_segments(&self.dir, checkpoint) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the log segments to compact");
+                return;
+            }
+        };
+        self.scanned.retain(|s, _| candidates.contains(s));
+        for segment in candidates {
+            match self.compact(segment) {
+                Ok(()) => {}
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(segment, error = %e, "log compaction failed; the segment is kept")
+                }
+            }
+        }
+    }
+
+    fn compact(&mut self, segment: Lsn) -> Result<(), StoreError> {
+        let counted = self
+            .db
+            .get(keys::live_bodies(segment))?
+            .and_then(|v| keys::seq_of(&v))
+            .unwrap_or(0);
+        if counted == 0
+            || self
+                .scanned
+                .get(&segment)
+                .is_some_and(|n| counted * 4 > n * 3)
+        {
+            return Ok(());
+        }
+        let found = match wal::bodies_in(&self.dir, segment) {
+            Ok(found) => found,
+            // Retired meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(e)),
+        };
+        let mut live = Vec::new();
+        let mut live_bytes = 0u64;
+        for (key, pointer) in found.bodies {
+            if self
+                .db
+                .get(&key)?
+                .is_some_and(|v| v == pointer.encode()[..])
+            {
+                live_bytes += u64::from(pointer.len);
+                live.push((key, pointer));
+            }
+        }
+        if live_bytes * 2 > found.bytes {
+            self.scanned.insert(segment, live.len() as u64);
+            return Ok(());
+        }
+        self.scanned.remove(&segment);
+        let (events, bytes) = (live.len(), live_bytes);
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        let mut moved = 0;
+        let mut live = live.into_iter().peekable();
+        while let Some((key, pointer)) = live.next() {
+            chunk_bytes += u64::from(pointer.len);
+            chunk.push((key, pointer));
+            if chunk_bytes >= RELOCATE_BYTES || live.peek().is_none() {
+                moved += self.relocate(std::mem::take(&mut chunk))?;
+                chunk_bytes = 0;
+            }
+        }
+        tracing::info!(
+            segment,
+            segment_bytes = found.bytes,
+            live_events = events,
+            live_bytes = bytes,
+            moved,
+            "compacted a log segment"
+        );
+        Ok(())
+    }
+
+    /// Has the writer move `bodies` and waits for it, like any caller of the store.
+    fn relocate(&self, bodies: Vec<(Vec<u8>, Pointer)>) -> Result<usize, StoreError> {
+        let writer = self.writer.upgrade().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .blocking_send(Job {
+                op: Op::Relocate(bodies),
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        drop(writer);
+        match rx.blocking_recv().map_err(|_| StoreError::Closed)?? {
+            Reply::Count(n) => Ok(n),
+            _ => unreachable!("writer answers Relocate with Count"),
         }
     }
 }
@@ -369,7 +548,7 @@ impl Manifest {
             }
         })?;
         // Opening writes a new manifest from what the database holds.
-        drop(SledStore::open_inner(dir, true, wal::SEGMENT_BYTES)?);
+        drop(SledStore::open_inner(dir, true, LogOptions::default())?);
         let found = Self::read(dir)?.unwrap_or(1);
         Ok((recorded.saturating_sub(1), found.saturating_sub(1)))
     }
@@ -458,8 +637,9 @@ impl Store for SledStore {
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
-        match self.db.get(keys::event(id.as_bytes()))? {
-            Some(v) => self.decode_event(&v).map(Some),
+        let key = keys::event(id.as_bytes());
+        match self.db.get(&key)? {
+            Some(v) => self.decode_event(&key, v),
             None => Ok(None),
         }
     }
@@ -570,8 +750,8 @@ impl Store for SledStore {
             if out.len() >= limit {
                 break;
             }
-            let (_, v) = item?;
-            out.push(self.decode_event(&v)?);
+            let (k, v) = item?;
+            out.extend(self.decode_event(&k, v)?);
         }
         Ok(out)
     }
@@ -735,6 +915,12 @@ impl Writer {
             }
             self.end_group(&mut results);
             if close {
+                // The compactor may be waiting on the writer; nothing more is taken, so it is
+                // answered and the checkpoint thread can be joined.
+                rx.close();
+                while let Ok(job) = rx.try_recv() {
+                    let _ = job.reply.send(Err(StoreError::Closed));
+                }
                 self.close();
                 return;
             }
@@ -939,6 +1125,7 @@ impl Writer {
             Op::Redeliver(event, deliveries, now) => {
                 self.redeliver(event, deliveries, now).map(Reply::Seqs)
             }
+            Op::Relocate(bodies) => self.relocate(bodies).map(Reply::Count),
             Op::Ping => Ok(Reply::Done),
             Op::Ingest(batch) => self.ingest(batch).map(Reply::Ingest),
             Op::Finish {
@@ -1265,6 +1452,26 @@ impl Writer {
         }
         self.commit(batch);
         Ok(pruned)
+    }
+
+    /// Copies each body to the end of the log and points its event there, unless the event was
+    /// pruned or its body moved since the caller looked.
+    fn relocate(&mut self, bodies: Vec<(Vec<u8>, Pointer)>) -> Result<usize, StoreError> {
+        let mut batch = Batch::default();
+        let mut moved = 0;
+        for (key, from) in bodies {
+            if self.get(&key)?.is_none_or(|v| v != from.encode()[..]) {
+                continue;
+            }
+            let body = self.wal.read(from).map_err(io_error)?;
+            let to = self.wal.append_body(&body);
+            self.bump_live(&mut batch, from.segment, -1)?;
+            self.bump_live(&mut batch, to.segment, 1)?;
+            batch.insert(key, to.encode());
+            moved += 1;
+        }
+        self.commit(batch);
+        Ok(moved)
     }
 
     fn replay(&mut self, seqs: &[Seq], now_ms: u64) -> Result<usize, StoreError> {

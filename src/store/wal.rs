@@ -20,6 +20,8 @@
 //!
 //! Segments are files named by their first LSN. A segment is deleted once a checkpoint covers
 //! every record in it and no stored event points into it (the store counts them per segment).
+//! A segment that few stored events keep is compacted: the store copies their bodies to the
+//! end of the log and the segment goes (see `bodies_in`).
 //! A record is `[len u32][crc32 u32][lsn u64][ops]`, little-endian, the CRC over the LSN and the
 //! ops; an op is `[1][key len u32][key][value len u32][value]` (insert), `[2][key len u32][key]`
 //! (remove) or `[3][len u32][bytes]` (an event body). A torn or zeroed record at the end of the
@@ -187,6 +189,65 @@ fn segments(dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The segments of `dir` that are closed (a later one exists) and whose every record is at or
+/// below `checkpoint`, oldest first: the ones that may be compacted.
+pub fn checkpointed_segments(dir: &Path, checkpoint: Lsn) -> io::Result<Vec<Lsn>> {
+    let all = segments(dir)?;
+    Ok(all
+        .windows(2)
+        .filter(|w| w[1].0 - 1 <= checkpoint)
+        .map(|w| w[0].0)
+        .collect())
+}
+
+/// What one segment holds of event bodies: its size on disk and, for every insert in it whose
+/// value points at a body in it, the key and the pointer.
+pub struct SegmentBodies {
+    pub bytes: u64,
+    pub bodies: Vec<(Vec<u8>, Pointer)>,
+}
+
+/// Reads segment `first` of `dir` for the bodies it holds. The insert naming a body is always
+/// in the body's own segment (both are written by one group, and a segment only ends between
+/// groups), so one sequential read finds them all; body records are skipped, not read. Which
+/// of the pointers are still stored is for the caller to check. Reading stops at the first
+/// record that does not fit the file (only a segment being written can end in one).
+pub fn bodies_in(dir: &Path, first: Lsn) -> io::Result<SegmentBodies> {
+    let file = File::open(segment_path(dir, first))?;
+    let bytes = file.metadata()?.len();
+    let mut reader = io::BufReader::with_capacity(1 << 16, file);
+    let mut bodies = Vec::new();
+    // The header and the first op's kind, which says whether the record is a body.
+    let mut head = [0u8; HEADER + 1];
+    let mut ops = Vec::new();
+    let mut at = 0u64;
+    while at + head.len() as u64 <= bytes {
+        reader.read_exact(&mut head)?;
+        let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        if len == 0 || at + HEADER as u64 + len > bytes {
+            break;
+        }
+        if head[HEADER] == BODY {
+            reader.seek_relative(len as i64 - 1)?;
+        } else {
+            ops.clear();
+            ops.resize(len as usize, 0);
+            ops[0] = head[HEADER];
+            reader.read_exact(&mut ops[1..])?;
+            let mut parsed = OpsIter { data: &ops, at: 0 };
+            while let Some(Some(op)) = parsed.parse() {
+                if let LogOp::Insert(key, value) = op {
+                    if let Some(p) = Pointer::decode(value).filter(|p| p.segment == first) {
+                        bodies.push((key.to_vec(), p));
+                    }
+                }
+            }
+        }
+        at += HEADER as u64 + len;
+    }
+    Ok(SegmentBodies { bytes, bodies })
 }
 
 /// Calls `apply` with every record in `dir` whose LSN is above `applied`, in order, and returns
@@ -536,6 +597,11 @@ impl Wal {
         }
     }
 
+    /// Reads an event body through the writer's open segments.
+    pub fn read(&self, pointer: Pointer) -> io::Result<Vec<u8>> {
+        self.segments.read(pointer)
+    }
+
     /// Bytes the log takes on disk.
     pub fn size_on_disk(dir: &Path) -> u64 {
         segments(dir)
@@ -605,6 +671,50 @@ mod tests {
             replayed(dir.path(), 2, false).unwrap().1,
             ["3:b=2", "4:body"]
         );
+    }
+
+    #[test]
+    fn a_segment_names_the_bodies_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 100 bytes: the first group fills one, the second begins another.
+        let (mut wal, _) = open(dir.path(), 0, 100);
+        let first = wal.append_body(&[1u8; 80]);
+        let second = wal.append_body(b"two");
+        let mut ops = Vec::new();
+        put_insert(&mut ops, b"Eone", &first.encode());
+        put_insert(&mut ops, b"Etwo", &second.encode());
+        put_insert(&mut ops, b"other", b"not a pointer");
+        wal.append(3, &ops);
+        wal.sync().unwrap();
+        // A pointer into an older segment, as a later record may hold: not this segment's.
+        let third = wal.append_body(b"three");
+        let mut ops = Vec::new();
+        put_insert(&mut ops, b"Ethree", &third.encode());
+        put_insert(&mut ops, b"Eone", &first.encode());
+        wal.append(5, &ops);
+        wal.sync().unwrap();
+
+        let found = bodies_in(dir.path(), 1).unwrap();
+        assert_eq!(
+            found.bytes,
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len()
+        );
+        assert_eq!(
+            found.bodies,
+            [(b"Eone".to_vec(), first), (b"Etwo".to_vec(), second)]
+        );
+        assert_eq!(
+            bodies_in(dir.path(), 4).unwrap().bodies,
+            [(b"Ethree".to_vec(), third)]
+        );
+        assert_eq!(checkpointed_segments(dir.path(), 3).unwrap(), [1]);
+        assert_eq!(
+            checkpointed_segments(dir.path(), 2).unwrap(),
+            Vec::<Lsn>::new()
+        );
+        assert_eq!(checkpointed_segments(dir.path(), 5).unwrap(), [1, 4]);
     }
 
     #[test]
