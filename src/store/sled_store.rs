@@ -28,7 +28,7 @@ use super::{
 use crate::normalize::Event;
 
 /// sled's page cache.
-const CACHE_BYTES: u64 = 64 << 20;
+const CACHE_BYTES: u64 = 4 << 20;
 
 /// How many queued operations one group commit takes at most.
 const MAX_GROUP: usize = 4096;
