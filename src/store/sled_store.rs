@@ -716,21 +716,25 @@ impl Store for SledStore {
     async fn oldest_pending_ms(&self, target: TargetId) -> Result<Option<u64>, StoreError> {
         // Sequence numbers grow with creation time and a key's head is its oldest delivery,
         // so the oldest pending delivery is the head with the smallest sequence number: only
-        // its record needs reading.
-        let mut oldest: Option<Seq> = None;
-        for v in self
-            .db
-            .scan_prefix(keys::target_prefix(b'K', target))
-            .values()
-        {
-            if let Some(seq) = keys::seq_of(&v?) {
-                oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+        // its record needs reading. The scan reads every head of the target (a million during
+        // a long outage), so it runs off the request threads: a metrics scrape must not hold
+        // up acknowledgements.
+        let db = self.db.clone();
+        let scan = move || -> Result<Option<u64>, StoreError> {
+            let mut oldest: Option<Seq> = None;
+            for v in db.scan_prefix(keys::target_prefix(b'K', target)).values() {
+                if let Some(seq) = keys::seq_of(&v?) {
+                    oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+                }
             }
-        }
-        Ok(match oldest {
-            Some(seq) => self.get_delivery(seq)?.map(|d| d.created_ms),
-            None => None,
-        })
+            Ok(match oldest {
+                Some(seq) => get_delivery(&db, seq)?.map(|d| d.created_ms),
+                None => None,
+            })
+        };
+        tokio::task::spawn_blocking(scan)
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("oldest pending scan: {e}")))?
     }
 
     async fn events_page(
