@@ -71,6 +71,7 @@ contract!(
     a_key_behind_a_pending_head_is_never_claimable,
     a_stale_finish_is_ignored,
     reopening_keeps_ids_sequences_and_leases_nothing,
+    sequence_numbers_are_not_given_out_again_after_everything_is_pruned,
     dedup_keys_expire_after_their_window,
     pruning_removes_finished_events_and_expired_dedup_keys_only,
     operator_views_replay_and_redeliver,
@@ -293,6 +294,41 @@ async fn reopening_keeps_ids_sequences_and_leases_nothing(fx: Fixture) {
         first_seq + 2,
         "sequence numbers continue after a reopen"
     );
+    store.close().await.unwrap();
+}
+
+/// A delivery id names one delivery for good (receivers deduplicate on it), so pruning every
+/// record and reopening must not start the numbering again.
+async fn sequence_numbers_are_not_given_out_again_after_everything_is_pruned(fx: Fixture) {
+    let (t, last) = {
+        let store = fx.open().await;
+        let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+        store
+            .ingest(batch(&[event("A", 1), event("B", 2)], &[t], 1_000))
+            .await
+            .unwrap();
+        let mut last = 0;
+        while let Claim::Due(d) = store.claim(t, 1_000).await.unwrap() {
+            last = last.max(d.seq);
+            store.finish(&d, attempt(1), Next::Done).await.unwrap();
+        }
+        let pruned = store.prune(prune_all_finished()).await.unwrap();
+        assert_eq!(pruned.events, 2);
+        assert_eq!(store.stats().await.unwrap().events, 0);
+        store.close().await.unwrap();
+        (t, last)
+    };
+    let store = fx.open().await;
+    let c = event("C", 3);
+    store
+        .ingest(batch(std::slice::from_ref(&c), &[t], 2_000))
+        .await
+        .unwrap();
+    let ds = store
+        .deliveries_of(uuid::Uuid::parse_str(&c.id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ds[0].seq, last + 1);
     store.close().await.unwrap();
 }
 

@@ -327,7 +327,10 @@ fn start_relay(bin: &Path, config: &Path) -> anyhow::Result<(Child, Duration)> {
     let started = Instant::now();
     let child = Command::new(bin)
         .args(["serve", "--config", config.to_str().unwrap()])
-        .env("HOOKRELAY_LOG", std::env::var("HOOKRELAY_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "HOOKRELAY_LOG",
+            std::env::var("HOOKRELAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

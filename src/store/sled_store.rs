@@ -120,15 +120,29 @@ impl SledStore {
         log: LogOptions,
     ) -> Result<SledStore, StoreError> {
         let manifest = Manifest::read(path)?;
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            // sled caches up to 1 GiB by default.
-            .cache_capacity(CACHE_BYTES)
-            // The log makes writes durable; sled is flushed by the checkpoint thread, which
-            // knows how much of the log each flush covers.
-            .flush_every_ms(None)
-            .open()?;
+        let open = || {
+            sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                // sled caches up to 1 GiB by default.
+                .cache_capacity(CACHE_BYTES)
+                // The log makes writes durable; sled is flushed by the checkpoint thread, which
+                // knows how much of the log each flush covers.
+                .flush_every_ms(None)
+                .open()
+        };
+        // sled lets go of its directory lock a moment after the last handle is dropped (its
+        // I/O threads finish their last write), so opening right after a close can find the
+        // lock still held. It is tried again for a second before being reported: a second
+        // relay on the same directory still fails.
+        let db = backon::BlockingRetryable::retry(
+            open,
+            backon::ConstantBuilder::default()
+                .with_delay(Duration::from_millis(50))
+                .with_max_times(20),
+        )
+        .when(|e| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock")))
+        .call()?;
         let wal_dir = path.join(WAL_DIR);
         let last_lsn = recover(&db, &wal_dir, accept_damage)?;
         let mut live = HashMap::new();
@@ -1175,7 +1189,6 @@ impl Writer {
     }
 
     fn ingest(&mut self, b: IngestBatch) -> Result<Vec<EventOutcome>, StoreError> {
-        let first_seq = self.next_seq;
         let mut batch = Batch::default();
         // Heads and dedup keys this batch creates, which sled cannot show until it is applied.
         let mut heads: HashMap<Vec<u8>, Seq> = HashMap::new();
@@ -1208,9 +1221,8 @@ impl Writer {
             }
             outcomes.push(EventOutcome::Stored);
         }
-        if self.next_seq != first_seq {
-            batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
-        }
+        // No `NEXT_SEQ` write: every seq given out has its delivery record, and opening takes
+        // the seq after the last record. Pruning, which removes records, writes it instead.
         self.commit(batch);
         Ok(outcomes)
     }
@@ -1441,6 +1453,11 @@ impl Writer {
             batch.remove(key.as_ref());
             pruned.events += 1;
         }
+        if pruned.events > 0 {
+            // The last delivery record may be among those removed: the next seq is kept here
+            // so that opening never gives a seq out again.
+            batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
+        }
         pruned.resume_after = if reached_boundary { None } else { last };
         // Expired dedup keys, found through their expiry index: their sender stopped retrying
         // long ago. A key stored again since then has a later expiry and stays.
@@ -1526,7 +1543,6 @@ impl Writer {
         for d in deliveries {
             seqs.push(self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?);
         }
-        batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
         self.commit(batch);
         Ok(seqs)
     }
