@@ -43,6 +43,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How often the checkpoint thread looks for log segments worth compacting.
 const COMPACT_EVERY: Duration = Duration::from_secs(10);
 
+/// Segments read per compaction pass: the pass runs between checkpoints, so this bounds how
+/// long it delays one (the first pass over a large backlog resumes on the next ones).
+const COMPACT_SCANS: usize = 4;
+
 /// Event bodies moved forward by one relocation: bounds how long it holds up the writer.
 const RELOCATE_BYTES: u64 = 1 << 20;
 
@@ -410,9 +414,13 @@ impl Compactor {
             }
         };
         self.scanned.retain(|s, _| candidates.contains(s));
+        let mut scans = 0;
         for segment in candidates {
+            if scans == COMPACT_SCANS {
+                return;
+            }
             match self.compact(segment) {
-                Ok(()) => {}
+                Ok(scanned) => scans += usize::from(scanned),
                 Err(StoreError::Closed) => return,
                 Err(e) => {
                     tracing::warn!(segment, error = %e, "log compaction failed; the segment is kept")
@@ -421,7 +429,8 @@ impl Compactor {
         }
     }
 
-    fn compact(&mut self, segment: Lsn) -> Result<(), StoreError> {
+    /// Returns whether the segment was read.
+    fn compact(&mut self, segment: Lsn) -> Result<bool, StoreError> {
         let counted = self
             .db
             .get(keys::live_bodies(segment))?
@@ -433,12 +442,12 @@ impl Compactor {
                 .get(&segment)
                 .is_some_and(|n| counted * 4 > n * 3)
         {
-            return Ok(());
+            return Ok(false);
         }
         let found = match wal::bodies_in(&self.dir, segment) {
             Ok(found) => found,
             // Retired meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_error(e)),
         };
         let mut live = Vec::new();
@@ -455,7 +464,7 @@ impl Compactor {
         }
         if live_bytes * 2 > found.bytes {
             self.scanned.insert(segment, live.len() as u64);
-            return Ok(());
+            return Ok(true);
         }
         self.scanned.remove(&segment);
         let (events, bytes) = (live.len(), live_bytes);
@@ -479,7 +488,7 @@ impl Compactor {
             moved,
             "compacted a log segment"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Has the writer move `bodies` and waits for it, like any caller of the store.
