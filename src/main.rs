@@ -267,14 +267,16 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // Before the port opens: a SIGHUP that arrives while the relay starts is then a
+        // reload once it runs, never the default action (which ends the process).
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let relay = hookrelay::Relay::start(config, listener).await?;
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
-        #[cfg(unix)]
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             #[cfg(unix)]
             let reload = hangup.recv();
