@@ -100,7 +100,7 @@ proptest! {
         for escape in [Escape::Url, Escape::Json, Escape::None] {
             if let Ok(r) = t.register(escape, "p", &src) {
                 let ctx = serde_json::json!({"alert": {"a": value}, "vo": {"ALERT.a": value}, "event": {"id": value}});
-                let _ = t.render(&r, &ctx);
+                let _ = t.render(&r, &crate::template::Context::from(ctx));
             }
         }
     }

@@ -16,7 +16,8 @@
 //! lacks makes a URL unusable: the render fails with [`RenderFailure::MissingVariable`] and the
 //! delivery is skipped, as VictorOps does not fire such a webhook. In a body it renders empty.
 
-use handlebars::{Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext};
+pub use handlebars::Context;
+use handlebars::{Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
@@ -206,9 +207,11 @@ impl Templates {
         })
     }
 
-    pub fn render(&self, template: &TemplateRef, ctx: &Value) -> Result<String, RenderFailure> {
+    /// `ctx` is made once per delivery and rendered by every template of it: handing
+    /// handlebars a `Value` instead would have it copy the whole context for each one.
+    pub fn render(&self, template: &TemplateRef, ctx: &Context) -> Result<String, RenderFailure> {
         self.registry(template.escape)
-            .render(&template.name, ctx)
+            .render_with_context(&template.name, ctx)
             .map_err(|e| {
                 let text = e.to_string();
                 match text.find(MISSING_MARKER) {
@@ -295,7 +298,7 @@ mod tests {
     fn render(escape: Escape, src: &str, ctx: Value) -> Result<String, String> {
         let mut t = Templates::default();
         let r = t.register(escape, "t", src)?;
-        t.render(&r, &ctx).map_err(|e| e.to_string())
+        t.render(&r, &Context::from(ctx)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -328,7 +331,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            t.render(&r, &ctx),
+            t.render(&r, &Context::from(ctx)),
             Err(RenderFailure::MissingVariable(
                 "ALERT.StatusHubfield".into()
             ))

@@ -241,7 +241,7 @@ fn statushub_defaults() {
         ("https".into(), "hooks.statushub.io".into(), 443)
     );
     assert_eq!(spec.method, reqwest::Method::POST);
-    let ctx = serde_json::json!({"vo": {"ALERT.HubKey": "abc"}});
+    let ctx = crate::template::Context::from(serde_json::json!({"vo": {"ALERT.HubKey": "abc"}}));
     assert_eq!(
         c.templates.render(&spec.url, &ctx).unwrap(),
         "https://hooks.statushub.io/hooks/victor_ops?token=abc"

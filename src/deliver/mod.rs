@@ -28,8 +28,8 @@ use crate::store::{
     Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId, TargetMode, TargetState,
 };
 use crate::targets::{AttemptResult, Target};
-use crate::template::ContextNeeds;
 use crate::template::Templates;
+use crate::template::{Context, ContextNeeds};
 
 /// A configured target, ready to deliver to.
 pub struct TargetRuntime {
@@ -499,7 +499,7 @@ pub fn context(
     attempt: u32,
     target: &str,
     needs: ContextNeeds,
-) -> Value {
+) -> Context {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
     ev.as_object_mut().map(|o| o.remove("message_index"));
     let mut ctx = serde_json::Map::with_capacity(7);
@@ -528,5 +528,5 @@ pub fn context(
         "delivery".into(),
         json!({"id": delivery.seq, "attempt": attempt, "target": target}),
     );
-    Value::Object(ctx)
+    Context::from(Value::Object(ctx))
 }

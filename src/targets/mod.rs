@@ -12,7 +12,6 @@ mod webhook;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use serde_json::Value;
 
 pub use snowplow::PLATFORMS;
 pub use statushub::{
@@ -21,7 +20,7 @@ pub use statushub::{
 
 use crate::config::{TargetConfig, TargetKind};
 use crate::deliver::parse_retry_after;
-use crate::template::Templates;
+use crate::template::{Context, Templates};
 
 /// What one attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,11 +82,11 @@ impl Target {
 
     /// The exact request for a delivery, or why there is none. `Err` means the request cannot
     /// be built at all.
-    pub fn prepare(&self, templates: &Templates, ctx: &Value) -> Result<Prepared, String> {
+    pub fn prepare(&self, templates: &Templates, ctx: &Context) -> Result<Prepared, String> {
         match self {
             Target::Webhook(w) => w.prepare(templates, ctx),
-            Target::File(f) => Ok(f.prepare(ctx)),
-            Target::Snowplow(s) => s.prepare(ctx),
+            Target::File(f) => Ok(f.prepare(ctx.data())),
+            Target::Snowplow(s) => s.prepare(ctx.data()),
         }
     }
 
@@ -96,7 +95,7 @@ impl Target {
         &self,
         client: &reqwest::Client,
         templates: &Templates,
-        ctx: &Value,
+        ctx: &Context,
         timeout: Duration,
     ) -> AttemptResult {
         match self.prepare(templates, ctx) {

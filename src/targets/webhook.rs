@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{redacted, same_origin, Prepared};
 use crate::config::WebhookSpec;
-use crate::template::{RenderFailure, Templates};
+use crate::template::{Context, RenderFailure, Templates};
 
 /// The event's id: the same on every delivery of one event, to every target.
 pub const EVENT_ID: &str = "x-hookrelay-event-id";
@@ -21,7 +21,7 @@ impl Webhook {
         Webhook { spec }
     }
 
-    pub fn prepare(&self, templates: &Templates, ctx: &Value) -> Result<Prepared, String> {
+    pub fn prepare(&self, templates: &Templates, ctx: &Context) -> Result<Prepared, String> {
         let url = match templates.render(&self.spec.url, ctx) {
             Ok(u) => u,
             Err(RenderFailure::MissingVariable(v)) => {
@@ -51,8 +51,8 @@ impl Webhook {
         }
         // Deliveries are at least once: these let a receiver drop a repeat.
         for (name, value) in [
-            (EVENT_ID, &ctx["event"]["id"]),
-            (DELIVERY_ID, &ctx["delivery"]["id"]),
+            (EVENT_ID, &ctx.data()["event"]["id"]),
+            (DELIVERY_ID, &ctx.data()["delivery"]["id"]),
         ] {
             let text = match value {
                 Value::String(s) => s.clone(),
