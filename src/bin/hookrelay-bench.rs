@@ -192,6 +192,9 @@ fn body(n: u64, size: usize) -> (&'static str, &'static str, String) {
 
 struct Load {
     latencies_us: Vec<u32>,
+    /// The slowest acknowledgement and when, from the start of the load, it was sent: a
+    /// stall at the start and one in the middle of a run call for different explanations.
+    slowest: (Duration, Duration),
     acked: Vec<(String, Instant)>,
     errors: u64,
     elapsed: Duration,
@@ -222,6 +225,7 @@ async fn drive(
         );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut slowest = (Duration::ZERO, Duration::ZERO);
             let mut acked = Vec::new();
             let mut errors = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -242,7 +246,11 @@ async fn drive(
                 {
                     Ok(r) if r.status().is_success() => {
                         let text = r.bytes().await.unwrap_or_default();
-                        lat.push(t.elapsed().as_micros() as u32);
+                        let took = t.elapsed();
+                        lat.push(took.as_micros() as u32);
+                        if took > slowest.0 {
+                            slowest = (took, t.duration_since(started));
+                        }
                         if relay_mode {
                             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
                                 for id in v["events"].as_array().into_iter().flatten() {
@@ -254,20 +262,22 @@ async fn drive(
                     _ => errors += 1,
                 }
             }
-            (lat, acked, errors)
+            (lat, slowest, acked, errors)
         }));
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut load = Load {
         latencies_us: Vec::new(),
+        slowest: (Duration::ZERO, Duration::ZERO),
         acked: Vec::new(),
         errors: 0,
         elapsed: Duration::ZERO,
     };
     for t in tasks {
-        let (lat, acked, errors) = t.await.unwrap();
+        let (lat, slowest, acked, errors) = t.await.unwrap();
         load.latencies_us.extend(lat);
+        load.slowest = load.slowest.max(slowest);
         load.acked.extend(acked);
         load.errors += errors;
     }
@@ -338,14 +348,25 @@ fn start_relay(bin: &Path, config: &Path) -> anyhow::Result<(Child, Duration)> {
     Ok((child, started.elapsed()))
 }
 
-fn wait_listening(port: u16, from: Instant) -> anyhow::Result<Duration> {
+/// Waits until the relay answers an HTTP request. Accepting a connection is not enough: the
+/// relay binds its port before it opens the store, so the kernel accepts connections that
+/// wait for the whole of startup.
+fn wait_serving(port: u16, from: Instant) -> anyhow::Result<Duration> {
+    use std::io::{Read, Write};
     while from.elapsed() < Duration::from_secs(120) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(from.elapsed());
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(120)))?;
+            let mut first = [0u8; 1];
+            if c.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+                .is_ok()
+                && c.read(&mut first).is_ok_and(|n| n == 1)
+            {
+                return Ok(from.elapsed());
+            }
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    anyhow::bail!("the relay did not start listening")
+    anyhow::bail!("the relay did not start answering")
 }
 
 fn stop(mut child: Child) {
@@ -420,7 +441,7 @@ async fn main() -> anyhow::Result<()> {
         // Fill the backlog with only the down target configured, then restart with all.
         write_config(&format!("[[targets]]\nname = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{closed}/down\"\nretry = {{ initial_delay = \"1h\" }}\nsuspend_after = 0\n"))?;
         let (child, _) = start_relay(&bin, &config)?;
-        wait_listening(port, Instant::now())?;
+        wait_serving(port, Instant::now())?;
         let filled = Instant::now();
         let fill_counter = Arc::new(AtomicU64::new(1 << 40));
         let client = reqwest::Client::new();
@@ -454,7 +475,7 @@ async fn main() -> anyhow::Result<()> {
     write_config(&targets)?;
     let launched = Instant::now();
     let (child, _) = start_relay(&bin, &config)?;
-    let up = wait_listening(port, launched)?;
+    let up = wait_serving(port, launched)?;
     if args.pending > 0 {
         startup = Some(up);
     }
@@ -523,7 +544,8 @@ async fn main() -> anyhow::Result<()> {
         "connections": args.connections, "targets": args.targets, "down_target": args.down_target,
         "body_bytes": args.body_bytes, "pending": args.pending, "seconds": args.seconds,
         "acked_per_s": (acked / load.elapsed.as_secs_f64()).round(),
-        "ack_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p99_9": pct(&lat, 0.999)},
+        "ack_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p99_9": pct(&lat, 0.999),
+            "max": load.slowest.0.as_secs_f64() * 1000.0, "max_sent_at_s": load.slowest.1.as_secs_f64()},
         "lag_ms": {"p50": pct(&lags, 0.5), "p99": pct(&lags, 0.99)},
         "deliveries_per_s": (deliveries as f64 / last.duration_since(first).as_secs_f64().max(0.001)).round(),
         "peak_rss_mb": rss / 1024, "disk_bytes_per_event": if acked > 0.0 { (disk as f64 / acked).round() } else { 0.0 },

@@ -132,6 +132,15 @@ pub struct Delivery {
     /// from there, so a replay gets a fresh retry budget while its history stays.
     #[serde(default)]
     pub retry_base: u32,
+    /// When the last attempt started and how long it took. With `attempts`, `last_status`,
+    /// `last_error` and `response_excerpt` this is the last attempt's record, which the sled
+    /// store keeps only here until the next attempt: a delivery that succeeds at once costs
+    /// one write fewer. 0 where the store keeps every attempt apart (PostgreSQL, and sled
+    /// records written before).
+    #[serde(default)]
+    pub last_at_ms: u64,
+    #[serde(default)]
+    pub last_latency_ms: u64,
 }
 
 impl Delivery {
@@ -152,7 +161,21 @@ impl Delivery {
             last_error: None,
             response_excerpt: None,
             retry_base: 0,
+            last_at_ms: 0,
+            last_latency_ms: 0,
         }
+    }
+
+    /// The last attempt, from the record alone; `None` where the store keeps it apart.
+    pub fn last_attempt(&self) -> Option<Attempt> {
+        (self.attempts > 0 && self.last_at_ms != 0).then(|| Attempt {
+            number: self.attempts,
+            at_ms: self.last_at_ms,
+            latency_ms: self.last_latency_ms,
+            status: self.last_status,
+            error: self.last_error.clone(),
+            response_excerpt: self.response_excerpt.clone(),
+        })
     }
 }
 

@@ -255,6 +255,8 @@ fn delivery_of(row: &Row) -> Result<Delivery, StoreError> {
         last_error: row.try_get(10)?,
         response_excerpt: row.try_get(11)?,
         retry_base: row.try_get::<_, i32>(12)? as u32,
+        last_at_ms: 0,
+        last_latency_ms: 0,
     })
 }
 

@@ -40,6 +40,9 @@ const MAX_GROUP: usize = 4096;
 /// rewrites and more log to replay after a crash.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// A write group or checkpoint that takes this long is logged with where its time went.
+const SLOW_GROUP: Duration = Duration::from_millis(250);
+
 /// How often the checkpoint thread looks for log segments worth compacting.
 const COMPACT_EVERY: Duration = Duration::from_secs(10);
 
@@ -123,6 +126,7 @@ impl SledStore {
         accept_damage: bool,
         log: LogOptions,
     ) -> Result<SledStore, StoreError> {
+        let started = std::time::Instant::now();
         let manifest = Manifest::read(path)?;
         let open = || {
             sled::Config::new()
@@ -147,8 +151,10 @@ impl SledStore {
         )
         .when(|e| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock")))
         .call()?;
+        let sled_opened = started.elapsed();
         let wal_dir = path.join(WAL_DIR);
         let last_lsn = recover(&db, &wal_dir, accept_damage)?;
+        let recovered = started.elapsed();
         let mut live = HashMap::new();
         for item in db.scan_prefix(b"G") {
             let (k, v) = item?;
@@ -219,6 +225,15 @@ impl SledStore {
             checkpoints: Some((stop_checkpoints, checkpoints)),
             ops: Vec::new(),
         };
+        // Startup time grows with the store (sled reads its page table on opening): worth
+        // knowing where it went.
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            sled_open_ms = sled_opened.as_millis() as u64,
+            log_replay_ms = (recovered - sled_opened).as_millis() as u64,
+            next_seq,
+            "store opened"
+        );
         let handle = std::thread::Builder::new()
             .name("hookrelay-store".into())
             .spawn(move || writer.run(rx))
@@ -356,8 +371,19 @@ fn checkpoint_loop(
         // Every batch up to this LSN was applied before the flush starts, so the flush holds it.
         let lsn = applied.load(Ordering::Acquire);
         if lsn != checkpointed.load(Ordering::Acquire) {
+            let started = std::time::Instant::now();
             match db.flush() {
-                Ok(_) => checkpointed.store(lsn, Ordering::Release),
+                Ok(bytes) => {
+                    checkpointed.store(lsn, Ordering::Release);
+                    let took = started.elapsed();
+                    if took >= SLOW_GROUP {
+                        tracing::warn!(
+                            ms = took.as_millis() as u64,
+                            bytes,
+                            "slow store checkpoint"
+                        );
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "store checkpoint failed; the log is kept"),
             }
         }
@@ -456,7 +482,7 @@ impl Compactor {
             if self
                 .db
                 .get(&key)?
-                .is_some_and(|v| v == pointer.encode()[..])
+                .is_some_and(|v| Pointer::decode(&v) == Some(pointer))
             {
                 live_bytes += u64::from(pointer.len);
                 live.push((key, pointer));
@@ -507,6 +533,23 @@ impl Compactor {
             _ => unreachable!("writer answers Relocate with Count"),
         }
     }
+}
+
+/// The seqs of an event's deliveries, in order: those its entry lists or, for an event stored
+/// inline or written before entries listed them, those under its `V` keys.
+fn event_seqs(db: &sled::Db, id: uuid::Uuid, entry: &[u8]) -> Result<Vec<Seq>, StoreError> {
+    if wal::is_entry(entry) {
+        return Ok(wal::entry_seqs(entry).collect());
+    }
+    let mut seqs = Vec::new();
+    for key in db.scan_prefix(keys::event_deliveries(id.as_bytes())).keys() {
+        let key = key?;
+        seqs.push(
+            keys::seq_of(&key[17..])
+                .ok_or_else(|| StoreError::Corrupt("malformed event delivery key".into()))?,
+        );
+    }
+    Ok(seqs)
 }
 
 fn get_delivery(db: &sled::Db, seq: Seq) -> Result<Option<Delivery>, StoreError> {
@@ -638,7 +681,6 @@ impl Store for SledStore {
         }
         Ok(Claim::Empty)
     }
-
     async fn finish(
         &self,
         delivery: &Delivery,
@@ -673,29 +715,35 @@ impl Store for SledStore {
     }
 
     async fn deliveries_of(&self, event: uuid::Uuid) -> Result<Vec<Delivery>, StoreError> {
+        let Some(entry) = self.db.get(keys::event(event.as_bytes()))? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for key in self
-            .db
-            .scan_prefix(keys::event_deliveries(event.as_bytes()))
-            .keys()
-        {
-            let key = key?;
-            let seq = keys::seq_of(&key[17..])
-                .ok_or_else(|| StoreError::Corrupt("malformed event delivery key".into()))?;
+        for seq in event_seqs(&self.db, event, &entry)? {
             out.extend(self.get_delivery(seq)?);
         }
         Ok(out)
     }
 
     async fn attempts(&self, seq: Seq) -> Result<Vec<Attempt>, StoreError> {
-        self.db
+        // The record before the history: an attempt finishing in between moves the record's
+        // last attempt into the history, where it is then found (and counted once).
+        let last = self.get_delivery(seq)?.and_then(|d| d.last_attempt());
+        let mut out = self
+            .db
             .scan_prefix(keys::attempts(seq))
             .values()
             .map(|v| {
                 serde_json::from_slice(&v?)
                     .map_err(|e| StoreError::Corrupt(format!("attempt of {seq}: {e}")))
             })
-            .collect()
+            .collect::<Result<Vec<Attempt>, _>>()?;
+        if let Some(last) = last {
+            if out.iter().all(|a| a.number != last.number) {
+                out.push(last);
+            }
+        }
+        Ok(out)
     }
 
     async fn dead_letters(&self, target: TargetId) -> Result<Vec<Delivery>, StoreError> {
@@ -959,11 +1007,24 @@ impl Writer {
     /// Makes the group durable, applies it to sled and answers it. If the log cannot be
     /// written, none of the group happened: sled is untouched and every caller gets the error.
     fn end_group(&mut self, results: &mut Vec<Answer>) {
-        let durable = self
-            .wal
-            .sync()
-            .map_err(io_error)
-            .and_then(|()| self.apply_pending());
+        let started = std::time::Instant::now();
+        let keys = self.pending.len();
+        let synced = self.wal.sync().map_err(io_error);
+        let sync_time = started.elapsed();
+        let durable = synced.and_then(|()| self.apply_pending());
+        let took = started.elapsed();
+        if took >= SLOW_GROUP {
+            // Every acknowledgement in the group waited this long: worth a line, with where
+            // the time went.
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                sync_ms = sync_time.as_millis() as u64,
+                apply_ms = (took - sync_time).as_millis() as u64,
+                keys,
+                requests = results.len(),
+                "slow store write"
+            );
+        }
         if let Err(e) = &durable {
             tracing::error!(error = %e, "store write failed; the group is refused");
             self.pending.clear();
@@ -1224,10 +1285,17 @@ impl Writer {
             if let Some(p) = Pointer::decode(&new.encoded) {
                 self.bump_live(&mut batch, p.segment, 1)?;
             }
-            batch.insert(keys::event(id.as_bytes()), new.encoded);
+            let mut entry = new.encoded;
+            let listed = wal::make_entry(&mut entry);
             for d in new.deliveries {
-                self.enqueue_new(&mut batch, &mut heads, id, d, b.now_ms)?;
+                let seq = self.enqueue_new(&mut batch, &mut heads, id, d, b.now_ms)?;
+                if listed {
+                    entry.extend_from_slice(&seq.to_be_bytes());
+                } else {
+                    batch.insert(keys::event_delivery(id.as_bytes(), seq), []);
+                }
             }
+            batch.insert(keys::event(id.as_bytes()), entry);
             outcomes.push(EventOutcome::Stored);
         }
         // No `NEXT_SEQ` write: every seq given out has its delivery record, and opening takes
@@ -1253,15 +1321,20 @@ impl Writer {
         let now = attempt.at_ms + attempt.latency_ms;
         let target = rec.target;
         let mut batch = Batch::default();
-        batch.insert(
-            keys::attempt(seq, attempt.number).as_slice(),
-            to_json(&attempt),
-        );
+        // The record holds the last attempt; the one it replaces goes to the history.
+        if let Some(previous) = rec.last_attempt() {
+            batch.insert(
+                keys::attempt(seq, previous.number).as_slice(),
+                to_json(&previous),
+            );
+        }
         batch.remove(keys::ready(target, rec.due_ms, seq).as_slice());
         rec.attempts = attempt.number;
         rec.last_status = attempt.status;
         rec.last_error = attempt.error;
         rec.response_excerpt = attempt.response_excerpt;
+        rec.last_at_ms = attempt.at_ms.max(1);
+        rec.last_latency_ms = attempt.latency_ms;
         rec.updated_ms = now;
         match next {
             Next::Retry { due_ms } => {
@@ -1353,7 +1426,6 @@ impl Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.enqueue(batch, heads, d.target, &d.ordering_key, seq, now_ms)?;
-        batch.insert(keys::event_delivery(event.as_bytes(), seq), []);
         let record = Delivery {
             seq,
             event_id: event,
@@ -1368,6 +1440,8 @@ impl Writer {
             last_error: None,
             response_excerpt: None,
             retry_base: 0,
+            last_at_ms: 0,
+            last_latency_ms: 0,
         };
         batch.insert(keys::delivery(seq).as_slice(), to_json(&record));
         self.bump(batch, d.target, 1, 0)?;
@@ -1423,19 +1497,8 @@ impl Writer {
             scanned += 1;
             last = Some(id);
             let mut deliveries = Vec::new();
-            for k in self
-                .db
-                .scan_prefix(keys::event_deliveries(id.as_bytes()))
-                .keys()
-            {
-                let k = k?;
-                if let Some(d) = keys::seq_of(&k[17..])
-                    .map(|seq| get_delivery(&self.db, seq))
-                    .transpose()?
-                    .flatten()
-                {
-                    deliveries.push(d);
-                }
+            for seq in event_seqs(&self.db, id, &value)? {
+                deliveries.extend(get_delivery(&self.db, seq)?);
             }
             let expired = deliveries.iter().all(|d| match d.state {
                 DeliveryState::Pending => false,
@@ -1445,8 +1508,11 @@ impl Writer {
             if !expired {
                 continue;
             }
+            let listed = wal::is_entry(&value);
             for d in &deliveries {
-                batch.remove(keys::event_delivery(id.as_bytes(), d.seq));
+                if !listed {
+                    batch.remove(keys::event_delivery(id.as_bytes(), d.seq));
+                }
                 batch.remove(keys::delivery(d.seq).as_slice());
                 for a in self.db.scan_prefix(keys::attempts(d.seq)).keys() {
                     batch.remove(a?.as_ref());
@@ -1491,14 +1557,17 @@ impl Writer {
         let mut batch = Batch::default();
         let mut moved = 0;
         for (key, from) in bodies {
-            if self.get(&key)?.is_none_or(|v| v != from.encode()[..]) {
+            let Some(entry) = self.get(&key)? else {
+                continue;
+            };
+            if Pointer::decode(&entry) != Some(from) {
                 continue;
             }
             let body = self.wal.read(from).map_err(io_error)?;
             let to = self.wal.append_body(&body);
             self.bump_live(&mut batch, from.segment, -1)?;
             self.bump_live(&mut batch, to.segment, 1)?;
-            batch.insert(key, to.encode());
+            batch.insert(key, to.entry(wal::entry_seqs(&entry)));
             moved += 1;
         }
         self.commit(batch);
@@ -1543,14 +1612,34 @@ impl Writer {
         deliveries: Vec<NewDelivery>,
         now_ms: u64,
     ) -> Result<Vec<Seq>, StoreError> {
-        if self.db.get(keys::event(event.as_bytes()))?.is_none() {
+        let key = keys::event(event.as_bytes());
+        let Some(entry) = self.get(&key)? else {
             return Ok(Vec::new());
-        }
+        };
         let mut batch = Batch::default();
+        let was_entry = wal::is_entry(&entry);
+        let mut entry = entry.to_vec();
+        let listed = wal::make_entry(&mut entry);
+        if listed && !was_entry {
+            // A plain pointer becomes an entry: the deliveries under `V` keys move into it.
+            for seq in event_seqs(&self.db, event, &[])? {
+                entry.extend_from_slice(&seq.to_be_bytes());
+                batch.remove(keys::event_delivery(event.as_bytes(), seq));
+            }
+        }
         let mut heads = HashMap::new();
         let mut seqs = Vec::new();
         for d in deliveries {
-            seqs.push(self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?);
+            let seq = self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?;
+            if listed {
+                entry.extend_from_slice(&seq.to_be_bytes());
+            } else {
+                batch.insert(keys::event_delivery(event.as_bytes(), seq), []);
+            }
+            seqs.push(seq);
+        }
+        if listed {
+            batch.insert(key, entry);
         }
         self.commit(batch);
         Ok(seqs)
@@ -1573,5 +1662,160 @@ impl Writer {
             None => batch.remove(keys::head(target, key)),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{normalize, Received, SourceKind};
+    use crate::store::{NewDelivery, NewEvent};
+
+    fn new_event(n: usize, targets: &[TargetId]) -> NewEvent {
+        let body = serde_json::json!({
+            "type": "StatusChange", "recorded_at": "2025-07-17T02:20:45Z",
+            "monitor": {"id": "m"}, "status": "down", "message": format!("n{n}"),
+        })
+        .to_string();
+        let event = normalize(&Received {
+            source: "sg",
+            kind: SourceKind::Statusgator,
+            content_type: Some("application/json"),
+            body: body.into(),
+            query: Default::default(),
+            received_at: chrono::Utc::now(),
+            webhook_id: None,
+        })
+        .unwrap()
+        .pop()
+        .unwrap();
+        let deliveries = targets
+            .iter()
+            .map(|t| NewDelivery {
+                target: *t,
+                ordering_key: format!("k{t}"),
+            })
+            .collect();
+        NewEvent::new(&event, deliveries).unwrap()
+    }
+
+    fn attempt(number: u32, at_ms: u64) -> Attempt {
+        Attempt {
+            number,
+            at_ms,
+            latency_ms: 3,
+            status: Some(200),
+            error: None,
+            response_excerpt: None,
+        }
+    }
+
+    async fn deliver(store: &SledStore, target: TargetId, at_ms: u64) -> Seq {
+        let Claim::Due(d) = store.claim(target, at_ms).await.unwrap() else {
+            panic!("nothing due for target {target}")
+        };
+        let number = d.attempts + 1;
+        store
+            .finish(&d, attempt(number, at_ms), Next::Done)
+            .await
+            .unwrap();
+        d.seq
+    }
+
+    fn open_sled(dir: &Path) -> sled::Db {
+        for _ in 0..40 {
+            match sled::open(dir) {
+                Ok(db) => return db,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        panic!("sled stayed locked")
+    }
+
+    /// Stores written before event entries keep an event's deliveries under `V` keys and every
+    /// attempt under an `A` key. Such a store is rewritten here by hand, then read, extended
+    /// and pruned: nothing of it is lost or left behind.
+    #[tokio::test]
+    async fn a_store_from_before_event_entries_is_read_extended_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = new_event(1, &[1, 2]);
+        let id = ev.id;
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let t = store.target_ids(&["a".into(), "b".into()]).await.unwrap();
+            assert_eq!(t, [1, 2]);
+            let batch = IngestBatch {
+                events: vec![ev],
+                now_ms: 1_000,
+                dedup_until_ms: 2_000,
+            };
+            store.ingest(batch).await.unwrap();
+            assert_eq!(deliver(&store, 1, 1_000).await, 1);
+            store.close().await.unwrap();
+        }
+        {
+            let db = open_sled(dir.path());
+            let key = keys::event(id.as_bytes());
+            let entry = db.get(&key).unwrap().unwrap();
+            assert!(wal::is_entry(&entry));
+            assert_eq!(wal::entry_seqs(&entry).collect::<Vec<_>>(), [1, 2]);
+            let pointer = Pointer::decode(&entry).unwrap();
+            db.insert(&key, &pointer.encode()).unwrap();
+            for seq in [1, 2] {
+                db.insert(keys::event_delivery(id.as_bytes(), seq), &[])
+                    .unwrap();
+            }
+            let mut first = get_delivery(&db, 1).unwrap().unwrap();
+            let last = first.last_attempt().unwrap();
+            first.last_at_ms = 0;
+            first.last_latency_ms = 0;
+            db.insert(keys::delivery(1), to_json(&first)).unwrap();
+            db.insert(keys::attempt(1, 1), to_json(&last)).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let seqs = |ds: Vec<Delivery>| ds.iter().map(|d| d.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(store.deliveries_of(id).await.unwrap()), [1, 2]);
+        assert_eq!(store.attempts(1).await.unwrap(), [attempt(1, 1_000)]);
+
+        let added = store
+            .redeliver(
+                id,
+                vec![NewDelivery {
+                    target: 1,
+                    ordering_key: "k1".into(),
+                }],
+                1_500,
+            )
+            .await
+            .unwrap();
+        assert_eq!(added, [3]);
+        assert_eq!(seqs(store.deliveries_of(id).await.unwrap()), [1, 2, 3]);
+        let entry = store.db.get(keys::event(id.as_bytes())).unwrap().unwrap();
+        assert_eq!(wal::entry_seqs(&entry).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            store.db.scan_prefix(b"V").count(),
+            0,
+            "the V keys moved into the entry"
+        );
+
+        assert_eq!(deliver(&store, 2, 2_000).await, 2);
+        assert_eq!(deliver(&store, 1, 2_000).await, 3);
+        assert_eq!(store.attempts(3).await.unwrap(), [attempt(1, 2_000)]);
+        let pruned = store
+            .prune(Prune {
+                done_before_ms: u64::MAX,
+                dead_before_ms: u64::MAX,
+                now_ms: 10_000,
+                after: None,
+                max_events: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!((pruned.events, pruned.dedup_keys), (1, 1));
+        for prefix in [b"E", b"V", b"L", b"A", b"D", b"Y"] {
+            assert_eq!(store.db.scan_prefix(prefix).count(), 0, "{prefix:?} left");
+        }
+        store.close().await.unwrap();
     }
 }

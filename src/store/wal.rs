@@ -81,6 +81,10 @@ pub struct Pointer {
 }
 
 const POINTER_TAG: u8 = 0xFF;
+/// An event entry: a pointer followed by the seqs of the event's deliveries (8 bytes each).
+/// Keeping them in the entry rather than under keys of their own saves sled an insert per
+/// delivery at ingest and a removal at pruning. 0xFE cannot begin an inline record either.
+const ENTRY_TAG: u8 = 0xFE;
 pub const POINTER_BYTES: usize = 21;
 
 impl Pointer {
@@ -93,9 +97,25 @@ impl Pointer {
         out
     }
 
-    /// `None` when `value` is not a pointer (an event stored inline).
+    /// The event entry for this body and the deliveries `seqs`.
+    pub fn entry(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
+        let mut out = self.encode().to_vec();
+        out[0] = ENTRY_TAG;
+        out.extend(seqs.into_iter().flat_map(u64::to_be_bytes));
+        out
+    }
+
+    /// The pointer of a plain pointer or of an event entry; `None` when `value` is neither
+    /// (an event stored inline).
     pub fn decode(value: &[u8]) -> Option<Pointer> {
-        if value.len() != POINTER_BYTES || value[0] != POINTER_TAG {
+        let valid = match value.first() {
+            Some(&POINTER_TAG) => value.len() == POINTER_BYTES,
+            Some(&ENTRY_TAG) => {
+                value.len() >= POINTER_BYTES && (value.len() - POINTER_BYTES) % 8 == 0
+            }
+            _ => false,
+        };
+        if !valid {
             return None;
         }
         Some(Pointer {
@@ -104,6 +124,32 @@ impl Pointer {
             len: u32::from_be_bytes(value[17..21].try_into().ok()?),
         })
     }
+}
+
+/// Turns a plain pointer into an event entry without seqs (seqs are then pushed onto it);
+/// returns false, leaving `value` alone, when it is not a pointer.
+pub fn make_entry(value: &mut [u8]) -> bool {
+    let pointer = Pointer::decode(value).is_some();
+    if pointer {
+        value[0] = ENTRY_TAG;
+    }
+    pointer
+}
+
+/// Whether `value` is an event entry (which lists all of its event's deliveries).
+pub fn is_entry(value: &[u8]) -> bool {
+    value.first() == Some(&ENTRY_TAG) && Pointer::decode(value).is_some()
+}
+
+/// The delivery seqs an event entry lists: none for a plain pointer or an inline event.
+pub fn entry_seqs(value: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let seqs = if is_entry(value) {
+        &value[POINTER_BYTES..]
+    } else {
+        &[]
+    };
+    seqs.chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8-byte chunk")))
 }
 
 /// Open segment files, shared by the writer and every reader of event bodies.
@@ -219,6 +265,7 @@ pub fn bodies_in(dir: &Path, first: Lsn) -> io::Result<SegmentBodies> {
     let bytes = file.metadata()?.len();
     let mut reader = io::BufReader::with_capacity(1 << 16, file);
     let mut bodies = Vec::new();
+    let mut named = std::collections::HashSet::new();
     // The header and the first op's kind, which says whether the record is a body.
     let mut head = [0u8; HEADER + 1];
     let mut ops = Vec::new();
@@ -240,7 +287,10 @@ pub fn bodies_in(dir: &Path, first: Lsn) -> io::Result<SegmentBodies> {
             while let Some(Some(op)) = parsed.parse() {
                 if let LogOp::Insert(key, value) = op {
                     if let Some(p) = Pointer::decode(value).filter(|p| p.segment == first) {
-                        bodies.push((key.to_vec(), p));
+                        // An event's entry is written again when deliveries are added to it.
+                        if named.insert(key.to_vec()) {
+                            bodies.push((key.to_vec(), p));
+                        }
                     }
                 }
             }
@@ -663,6 +713,16 @@ mod tests {
         assert_eq!(segments.read(body).unwrap(), b"the first body");
         assert_eq!(segments.read(later).unwrap(), vec![7u8; 3000]);
         assert_eq!(Pointer::decode(&body.encode()), Some(body));
+        let entry = body.entry([7, 9]);
+        assert_eq!(Pointer::decode(&entry), Some(body));
+        assert_eq!(entry_seqs(&entry).collect::<Vec<_>>(), [7, 9]);
+        assert_eq!(entry_seqs(&body.encode()).count(), 0);
+        assert!(is_entry(&entry) && !is_entry(&body.encode()));
+        assert_eq!(Pointer::decode(&entry[..entry.len() - 1]), None);
+        let mut plain = body.encode().to_vec();
+        assert!(make_entry(&mut plain));
+        assert_eq!(plain, body.entry([]));
+        assert!(!make_entry(&mut b"inline".to_vec()));
         let (last, seen) = replayed(dir.path(), 0, false).unwrap();
         assert_eq!(last, 4);
         assert_eq!(seen, ["1:a=1", "2:body", "3:b=2", "4:body"]);
