@@ -266,7 +266,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(path.as_deref())?;
     init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let sled_path =
+        matches!(config.store.backend, Backend::Sled).then(|| config.store.path.clone());
+    let result = runtime.block_on(async {
         // Before the port opens: a SIGHUP that arrives while the relay starts is then a
         // reload once it runs, never the default action (which ends the process).
         #[cfg(unix)]
@@ -297,7 +299,21 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         relay.shutdown().await?;
         Ok(())
-    })
+    });
+    // Every task, and with them every handle to the store, is gone with the runtime.
+    drop(runtime);
+    if let (Ok(()), Some(path)) = (&result, sled_path) {
+        match hookrelay::store::SledStore::settle(&path) {
+            Ok(took) => tracing::info!(
+                ms = took.as_millis() as u64,
+                "store made ready for a quick start"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not prepare the store for the next start; it will take longer")
+            }
+        }
+    }
+    result
 }
 
 /// Level from `HOOKRELAY_LOG` (default `info`); `HOOKRELAY_LOG_FORMAT=json` for one JSON

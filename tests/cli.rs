@@ -120,12 +120,8 @@ async fn serve_then_send_test_then_sigterm() {
             .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_port())),
     )
     .unwrap();
-    let mut child = serve(&config, dir.path(), "warn");
-    let up = wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    assert!(up, "relay did not start listening");
+    let child = serve(&config, dir.path(), "warn,hookrelay=info");
+    assert!(listening(port).await, "relay did not start listening");
 
     // Two events have different ordering keys, so the default four lanes may deliver them in
     // either order; each is awaited before the next is sent to check what each line holds.
@@ -159,6 +155,33 @@ async fn serve_then_send_test_then_sigterm() {
         assert_eq!(read_lines(&outbox)[n]["event"]["format"], format);
     }
 
+    let stderr = sigterm(child).await;
+    // The clean stop opened sled once more, so the next start reads its snapshot; the store
+    // it leaves opens and still knows what it stored (the same webhook is a duplicate).
+    assert!(
+        stderr.contains("store made ready for a quick start"),
+        "{stderr}"
+    );
+    let child = serve(&config, dir.path(), "warn,hookrelay=info");
+    assert!(listening(port).await, "relay did not start listening");
+    let url = format!("http://127.0.0.1:{port}/com.pagerduty/v1");
+    let (ok, stdout, stderr) = run(&["send-test", "pagerduty-v3", "--url", &url], dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), r#"202 Accepted {"status":"duplicate"}"#);
+    sigterm(child).await;
+    assert_eq!(read_lines(&outbox).len(), 2);
+}
+
+/// Whether a served relay's port accepts connections within 10 s.
+async fn listening(port: u16) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await
+}
+
+/// Stops a served relay with SIGTERM; returns its log once it exited successfully.
+async fn sigterm(mut child: std::process::Child) -> String {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -176,6 +199,7 @@ async fn serve_then_send_test_then_sigterm() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status}: {stderr}");
+    stderr
 }
 
 #[test]
@@ -337,14 +361,7 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
             .await
         }
     };
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_ok())
-        .await
-    );
+    assert!(listening(port).await, "relay did not start listening");
     let relay_url = format!("http://127.0.0.1:{port}/sg");
     let send = |n: &str| {
         let body = format!("{{\"type\":\"StatusChange\",\"monitor\":{{\"id\":\"{n}\"}},\"status\":\"down\",\"recorded_at\":\"2025-01-01T00:00:00Z\"}}");
