@@ -6,7 +6,7 @@
 //! | `E` | event id (16) | the event's entry: where its body lies in the log and the seqs of its deliveries (see `wal::Pointer`); in stores written before entries, a pointer alone or the event inline (see `codec`) |
 //! | `V` | event id (16), seq (8) | empty: the deliveries of an event whose `E` value is not an entry (read, never written for new events) |
 //! | `D` | source, 0, dedup key | expiry ms (8), event id (16) |
-//! | `Y` | expiry ms (8), `D` key | empty: dedup keys by expiry, for pruning |
+//! | `Y` | expiry ms (8), `D` key | empty: dedup keys by expiry, in stores written before pruning swept `D` itself (drained by pruning, never written) |
 //! | `L` | seq (8) | delivery record |
 //! | `A` | seq (8), attempt (4) | attempt record |
 //! | `R` | target (4), due ms (8), seq (8) | empty: the ready index, heads of ordering keys only |

@@ -202,6 +202,7 @@ impl SledStore {
             checkpointed,
             checkpoints: Some((stop_checkpoints, checkpoints)),
             ops: Vec::new(),
+            dedup_sweep: None,
         };
         // Startup time grows with the store (sled reads its page table on opening): worth
         // knowing where it went.
@@ -953,6 +954,8 @@ struct Writer {
     checkpoints: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// A cleared buffer for the next record's ops.
     ops: Vec<u8>,
+    /// The dedup key where pruning's next sweep starts (`None`: the first).
+    dedup_sweep: Option<Vec<u8>>,
 }
 
 /// The writes of one operation: they join the group only if the whole operation succeeds.
@@ -1297,7 +1300,6 @@ impl Writer {
                 dedup_key.as_slice(),
                 [b.dedup_until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat(),
             );
-            batch.insert(keys::dedup_expiry(b.dedup_until_ms, &dedup_key), []);
             seen.insert(dedup_key);
             if let Some(p) = Pointer::decode(&new.encoded) {
                 self.bump_live(&mut batch, p.segment, 1)?;
@@ -1551,8 +1553,10 @@ impl Writer {
             batch.insert(keys::NEXT_SEQ, self.next_seq.to_be_bytes());
         }
         pruned.resume_after = if reached_boundary { None } else { last };
-        // Expired dedup keys, found through their expiry index: their sender stopped retrying
-        // long ago. A key stored again since then has a later expiry and stays.
+        // Expired dedup keys: their sender stopped retrying long ago. Stores written before
+        // dedup keys were swept also index them by expiry (`Y`); that index is drained here. A
+        // key stored again since then has a later expiry and stays.
+        let mut removed = HashSet::new();
         let expired = keys::dedup_expiry(0, b"")..keys::dedup_expiry(p.now_ms, b"");
         for k in self.db.range(expired).keys().take(p.max_events) {
             let k = k?;
@@ -1560,9 +1564,26 @@ impl Writer {
             let dedup_key = &k[9..];
             if self.db.get(dedup_key)?.and_then(|v| keys::seq_of(&v)) == Some(until) {
                 batch.remove(dedup_key);
+                removed.insert(dedup_key.to_vec());
                 pruned.dedup_keys += 1;
             }
             batch.remove(k.as_ref());
+        }
+        // The dedup keys themselves are swept, `max_events` per call from where the last call
+        // stopped: an index by expiry cost an insert per event at ingest, and dedup windows
+        // (30 days by default) make a late sweep harmless.
+        let from = self.dedup_sweep.take().unwrap_or_else(|| b"D".to_vec());
+        for (swept, item) in self.db.range(from..b"E".to_vec()).enumerate() {
+            let (k, v) = item?;
+            if swept == p.max_events {
+                self.dedup_sweep = Some(k.to_vec());
+                break;
+            }
+            let expired = keys::seq_of(&v).is_some_and(|until| until < p.now_ms);
+            if expired && !removed.contains(k.as_ref()) {
+                batch.remove(k.as_ref());
+                pruned.dedup_keys += 1;
+            }
         }
         self.commit(batch);
         Ok(pruned)
@@ -1757,6 +1778,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ev = new_event(1, &[1, 2]);
         let id = ev.id;
+        let dedup_key = keys::dedup(&ev.source, &ev.dedup_key);
         {
             let store = SledStore::open(dir.path()).unwrap();
             let t = store.target_ids(&["a".into(), "b".into()]).await.unwrap();
@@ -1788,6 +1810,9 @@ mod tests {
             first.last_latency_ms = 0;
             db.insert(keys::delivery(1), to_json(&first)).unwrap();
             db.insert(keys::attempt(1, 1), to_json(&last)).unwrap();
+            assert!(db.get(&dedup_key).unwrap().is_some());
+            db.insert(keys::dedup_expiry(2_000, &dedup_key), &[])
+                .unwrap();
             db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -1833,6 +1858,53 @@ mod tests {
         for prefix in [b"E", b"V", b"L", b"A", b"D", b"Y"] {
             assert_eq!(store.db.scan_prefix(prefix).count(), 0, "{prefix:?} left");
         }
+        store.close().await.unwrap();
+    }
+
+    /// Pruning sweeps the dedup keys themselves a slice per call, resuming where it stopped:
+    /// keys still in their window never hold the sweep back from the expired ones behind them.
+    #[tokio::test]
+    async fn expired_dedup_keys_are_swept_a_slice_per_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let ingest = |n: usize, until: u64| IngestBatch {
+            events: vec![new_event(n, &[])],
+            now_ms: 1_000,
+            dedup_until_ms: until,
+        };
+        // Four keys in their window, then (in key order) two expired ones: a sweep that began
+        // at the first key each time would never reach them.
+        for n in 0..6 {
+            let until = if n == 3 || n == 5 { 2_000 } else { 9_000 };
+            store.ingest(ingest(n, until)).await.unwrap();
+        }
+        let order: Vec<u64> = store
+            .db
+            .scan_prefix(b"D")
+            .values()
+            .map(|v| keys::seq_of(&v.unwrap()).unwrap())
+            .collect();
+        assert_eq!(order, [9_000, 9_000, 9_000, 9_000, 2_000, 2_000]);
+        assert_eq!(store.db.scan_prefix(b"Y").count(), 0, "no expiry index");
+        let prune = || Prune {
+            done_before_ms: 0,
+            dead_before_ms: 0,
+            now_ms: 3_000,
+            after: None,
+            max_events: 2,
+        };
+        let mut swept = Vec::new();
+        for _ in 0..3 {
+            swept.push(store.prune(prune()).await.unwrap().dedup_keys);
+        }
+        assert_eq!(swept.iter().sum::<usize>(), 2, "{swept:?}");
+        assert_eq!(store.db.scan_prefix(b"D").count(), 4);
+        assert_eq!(store.prune(prune()).await.unwrap().dedup_keys, 0);
+        // A key still in its window keeps its event from being stored twice.
+        assert_eq!(
+            store.ingest(ingest(0, 9_000)).await.unwrap(),
+            [EventOutcome::Duplicate]
+        );
         store.close().await.unwrap();
     }
 }
