@@ -699,6 +699,7 @@ impl Store for SledStore {
         }
         Ok(Claim::Empty)
     }
+
     async fn finish(
         &self,
         delivery: &Delivery,
