@@ -38,6 +38,8 @@ pub mod template;
 mod proptests;
 
 pub use config::Config;
+pub use normalize::Event;
+pub use relay::{run, Relay, RelayError};
 
 /// An error with its causes, `outer: inner: innermost`. Client libraries put the useful part
 /// in the causes: reqwest's top level says "error sending request", tokio-postgres's "db error".
@@ -51,5 +53,3 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
-pub use normalize::Event;
-pub use relay::{run, Relay, RelayError};

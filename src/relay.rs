@@ -372,8 +372,9 @@ async fn housekeeping(
                 }
             }
         }
+        // Only the embedded store's disk is this machine's to watch.
         let local_disk = matches!(config.backend, Backend::Sled);
-        if let Some(free) = free_bytes(&config.path).filter(|_| local_disk) {
+        if let Some(free) = local_disk.then(|| free_bytes(&config.path)).flatten() {
             let low = free < config.min_free_bytes;
             if low != disk.nearly_full.swap(low, Relaxed) {
                 tracing::warn!(

@@ -18,7 +18,7 @@
 //! | `C` | target (4) | pending (8), dead (8) |
 //! | `M` | `seq` | the next delivery seq (8), written by pruning (opening takes the larger of it and the seq after the last `L`) |
 //! | `G` | log segment (8, its first LSN) | event bodies (8) stored in it and not yet pruned |
-//! | `M` | `wal` | the LSN (8) of the last write-ahead log record applied, written with every batch |
+//! | `M` | `wal` | the LSN (8) of the last write-ahead log record applied, written with every group applied |
 //!
 //! An ordering key is written as its length (2) and bytes, so no key is a prefix of another.
 

@@ -1302,18 +1302,18 @@ impl Writer {
                 [b.dedup_until_ms.to_be_bytes().as_slice(), id.as_bytes()].concat(),
             );
             seen.insert(dedup_key);
-            if let Some(p) = Pointer::decode(&new.encoded) {
-                self.bump_live(&mut batch, p.segment, 1)?;
-            }
             let mut entry = new.encoded;
-            let listed = wal::make_entry(&mut entry);
-            for d in new.deliveries {
-                let seq = self.enqueue_new(&mut batch, &mut heads, id, d, b.now_ms)?;
-                if listed {
-                    entry.extend_from_slice(&seq.to_be_bytes());
-                } else {
-                    batch.insert(keys::event_delivery(id.as_bytes(), seq), []);
+            let listed = match wal::make_entry(&mut entry) {
+                Some(p) => {
+                    self.bump_live(&mut batch, p.segment, 1)?;
+                    entry.reserve_exact(8 * new.deliveries.len());
+                    true
                 }
+                None => false,
+            };
+            for d in new.deliveries {
+                let list = listed.then_some(&mut entry);
+                self.enqueue_new(&mut batch, &mut heads, id, list, d, b.now_ms)?;
             }
             batch.insert(keys::event(id.as_bytes()), entry);
             outcomes.push(EventOutcome::Stored);
@@ -1440,12 +1440,17 @@ impl Writer {
         batch: &mut Batch,
         heads: &mut HashMap<Vec<u8>, Seq>,
         event: uuid::Uuid,
+        entry: Option<&mut Vec<u8>>,
         d: NewDelivery,
         now_ms: u64,
     ) -> Result<Seq, StoreError> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.enqueue(batch, heads, d.target, &d.ordering_key, seq, now_ms)?;
+        match entry {
+            Some(entry) => entry.extend_from_slice(&seq.to_be_bytes()),
+            None => batch.insert(keys::event_delivery(event.as_bytes(), seq), []),
+        }
         let record = Delivery {
             seq,
             event_id: event,
@@ -1652,16 +1657,15 @@ impl Writer {
         now_ms: u64,
     ) -> Result<Vec<Seq>, StoreError> {
         let key = keys::event(event.as_bytes());
-        let Some(entry) = self.get(&key)? else {
+        let Some(stored) = self.get(&key)? else {
             return Ok(Vec::new());
         };
         let mut batch = Batch::default();
-        let was_entry = wal::is_entry(&entry);
-        let mut entry = entry.to_vec();
-        let listed = wal::make_entry(&mut entry);
-        if listed && !was_entry {
+        let mut entry = stored.to_vec();
+        let listed = wal::make_entry(&mut entry).is_some();
+        if listed && !wal::is_entry(&stored) {
             // A plain pointer becomes an entry: the deliveries under `V` keys move into it.
-            for seq in event_seqs(&self.db, event, &[])? {
+            for seq in event_seqs(&self.db, event, &stored)? {
                 entry.extend_from_slice(&seq.to_be_bytes());
                 batch.remove(keys::event_delivery(event.as_bytes(), seq));
             }
@@ -1669,13 +1673,8 @@ impl Writer {
         let mut heads = HashMap::new();
         let mut seqs = Vec::new();
         for d in deliveries {
-            let seq = self.enqueue_new(&mut batch, &mut heads, event, d, now_ms)?;
-            if listed {
-                entry.extend_from_slice(&seq.to_be_bytes());
-            } else {
-                batch.insert(keys::event_delivery(event.as_bytes(), seq), []);
-            }
-            seqs.push(seq);
+            let list = listed.then_some(&mut entry);
+            seqs.push(self.enqueue_new(&mut batch, &mut heads, event, list, d, now_ms)?);
         }
         if listed {
             batch.insert(key, entry);

@@ -126,14 +126,13 @@ impl Pointer {
     }
 }
 
-/// Turns a plain pointer into an event entry without seqs (seqs are then pushed onto it);
-/// returns false, leaving `value` alone, when it is not a pointer.
-pub fn make_entry(value: &mut [u8]) -> bool {
-    let pointer = Pointer::decode(value).is_some();
-    if pointer {
-        value[0] = ENTRY_TAG;
-    }
-    pointer
+/// Turns a plain pointer into an event entry that keeps whatever seqs follow (more are then
+/// pushed onto it) and returns the pointer; `None`, leaving `value` alone, when it is not a
+/// pointer.
+pub fn make_entry(value: &mut [u8]) -> Option<Pointer> {
+    let pointer = Pointer::decode(value)?;
+    value[0] = ENTRY_TAG;
+    Some(pointer)
 }
 
 /// Whether `value` is an event entry (which lists all of its event's deliveries).
@@ -720,9 +719,9 @@ mod tests {
         assert!(is_entry(&entry) && !is_entry(&body.encode()));
         assert_eq!(Pointer::decode(&entry[..entry.len() - 1]), None);
         let mut plain = body.encode().to_vec();
-        assert!(make_entry(&mut plain));
+        assert_eq!(make_entry(&mut plain), Some(body));
         assert_eq!(plain, body.entry([]));
-        assert!(!make_entry(&mut b"inline".to_vec()));
+        assert_eq!(make_entry(&mut b"inline".to_vec()), None);
         let (last, seen) = replayed(dir.path(), 0, false).unwrap();
         assert_eq!(last, 4);
         assert_eq!(seen, ["1:a=1", "2:body", "3:b=2", "4:body"]);

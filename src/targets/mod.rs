@@ -20,6 +20,7 @@ pub use statushub::{
 
 use crate::config::{TargetConfig, TargetKind};
 use crate::deliver::parse_retry_after;
+use crate::error_chain;
 use crate::template::{Context, Templates};
 
 /// What one attempt produced.
@@ -159,7 +160,6 @@ async fn send_http(
 /// The URL is left out: its query may hold a secret (a StatusHub key is the `token` parameter),
 /// and attempt errors are stored and logged.
 fn transport_error(e: reqwest::Error) -> AttemptResult {
-    use crate::error_chain;
     let e = e.without_url();
     if e.is_timeout() {
         AttemptResult::Timeout
