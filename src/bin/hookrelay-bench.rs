@@ -49,6 +49,14 @@ struct Args {
     /// Deliveries left pending (for a target that is down) before the measured run.
     #[arg(long, default_value_t = 0)]
     pending: u64,
+    /// Send at most this many webhooks per second in all (0: as fast as the relay answers).
+    /// Below the relay's capacity this shows what a steady load costs and whether delivery
+    /// keeps up with it.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Delivery lanes per target (the targets' `concurrency`).
+    #[arg(long, default_value_t = 16)]
+    lanes: usize,
     /// Add a target that is down during the run.
     #[arg(long)]
     down_target: bool,
@@ -205,9 +213,13 @@ async fn drive(
     connections: usize,
     seconds: u64,
     body_bytes: usize,
+    rate: u64,
     counter: Arc<AtomicU64>,
     relay_mode: bool,
 ) -> Load {
+    // Each connection sends on its own schedule, spread so the total is `rate` per second;
+    // one that falls behind sends at once (it cannot send faster than it is answered).
+    let every = (rate > 0).then(|| Duration::from_secs_f64(connections as f64 / rate as f64));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .tcp_nodelay(true)
@@ -216,7 +228,7 @@ async fn drive(
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for c in 0..connections {
         let (client, stop, counter, base) = (
             client.clone(),
             stop.clone(),
@@ -228,7 +240,13 @@ async fn drive(
             let mut slowest = (Duration::ZERO, Duration::ZERO);
             let mut acked = Vec::new();
             let mut errors = 0;
+            let mut next = tokio::time::Instant::from_std(started)
+                + every.map_or(Duration::ZERO, |e| e.mul_f64(c as f64 / connections as f64));
             while !stop.load(Ordering::Relaxed) {
+                if let Some(every) = every {
+                    tokio::time::sleep_until(next).await;
+                    next += every;
+                }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let (path, ct, b) = body(n, body_bytes);
                 let url = if relay_mode {
@@ -388,6 +406,7 @@ async fn main() -> anyhow::Result<()> {
             args.connections,
             args.seconds,
             args.body_bytes,
+            args.rate,
             counter,
             false,
         )
@@ -409,7 +428,7 @@ async fn main() -> anyhow::Result<()> {
     let port = free_port();
     let mut targets = String::new();
     for i in 0..args.targets {
-        targets.push_str(&format!("[[targets]]\nname = \"t{i}\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{sink_port}/t{i}\"\nconcurrency = 16\n"));
+        targets.push_str(&format!("[[targets]]\nname = \"t{i}\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{sink_port}/t{i}\"\nconcurrency = {}\n", args.lanes));
     }
     let closed = free_port();
     // Unreachable: each delivery fails once and waits an hour, never suspending the target.
@@ -487,6 +506,7 @@ async fn main() -> anyhow::Result<()> {
         args.connections,
         args.seconds,
         args.body_bytes,
+        args.rate,
         counter,
         true,
     )
@@ -541,7 +561,7 @@ async fn main() -> anyhow::Result<()> {
     let acked = load.acked.len() as f64;
     let first = load.acked.iter().map(|(_, t)| *t).min().unwrap_or(drained);
     let report = serde_json::json!({
-        "connections": args.connections, "targets": args.targets, "down_target": args.down_target,
+        "connections": args.connections, "rate": args.rate, "targets": args.targets, "down_target": args.down_target,
         "body_bytes": args.body_bytes, "pending": args.pending, "seconds": args.seconds,
         "acked_per_s": (acked / load.elapsed.as_secs_f64()).round(),
         "ack_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p99_9": pct(&lat, 0.999),

@@ -9,6 +9,7 @@
 mod any;
 mod codec;
 mod keys;
+mod overlay;
 mod postgres;
 mod sled_store;
 mod wal;

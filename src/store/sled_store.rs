@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys;
+use super::overlay::{self, Deferred, Overlay};
 use super::wal::{self, LogOp, Lsn, Pointer, Segments, Wal, WalError};
 use super::{
     codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
@@ -58,6 +59,8 @@ const WAL_DIR: &str = "hookrelay-wal";
 
 pub struct SledStore {
     db: sled::Db,
+    /// Short-lived index keys not (yet) in sled: see [`overlay`].
+    overlay: Arc<Overlay>,
     path: PathBuf,
     segments: Arc<Segments>,
     tx: mpsc::Sender<Job>,
@@ -84,6 +87,9 @@ enum Op {
     Relocate(Vec<(Vec<u8>, Pointer)>),
     Ping,
     Close,
+    /// Stops the writer on the spot, as a crash would: nothing held is moved into sled.
+    #[cfg(test)]
+    Crash,
 }
 
 enum Reply {
@@ -187,8 +193,12 @@ impl SledStore {
                 .spawn(move || checkpoint_loop(&db, &applied, &checkpointed, &stop, compactor))
                 .map_err(io_error)?
         };
+        let overlay = Arc::new(Overlay::default());
         let writer = Writer {
             db: db.clone(),
+            deferred: Deferred::new(overlay.clone(), log.hold_for),
+            group_first: last_lsn + 1,
+            applied_written: last_lsn,
             next_seq,
             counts: HashMap::new(),
             path: path.to_path_buf(),
@@ -219,6 +229,7 @@ impl SledStore {
             .map_err(io_error)?;
         Ok(SledStore {
             db,
+            overlay,
             path: path.to_path_buf(),
             segments,
             tx,
@@ -418,6 +429,8 @@ fn checkpoint_loop(
 pub struct LogOptions {
     pub segment_bytes: u64,
     pub compact_every: Duration,
+    /// How long short-lived index keys are held in memory before sled gets them.
+    pub hold_for: Duration,
 }
 
 impl Default for LogOptions {
@@ -425,6 +438,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_bytes: wal::SEGMENT_BYTES,
             compact_every: COMPACT_EVERY,
+            hold_for: overlay::MAX_AGE,
         }
     }
 }
@@ -677,12 +691,24 @@ impl Store for SledStore {
 
     async fn claim(&self, target: TargetId, now_ms: u64) -> Result<Claim, StoreError> {
         let mut leases = self.leases();
-        for key in self
-            .db
-            .scan_prefix(keys::target_prefix(b'R', target))
-            .keys()
-        {
-            let key = key?;
+        let prefix = keys::target_prefix(b'R', target);
+        // The ready keys in sled and those held in memory, merged in key order.
+        let held = self.overlay.view();
+        let mut held_keys = held.from(&prefix, &prefix).map(|(k, _)| k).peekable();
+        let mut stored = self.db.scan_prefix(prefix).keys().peekable();
+        loop {
+            let from_sled = match (stored.peek(), held_keys.peek()) {
+                (Some(Err(_)), _) => true,
+                (Some(Ok(s)), Some(h)) => s.as_ref() <= *h,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let key = if from_sled {
+                stored.next().expect("peeked")?
+            } else {
+                sled::IVec::from(held_keys.next().expect("peeked"))
+            };
             let (due, seq) = keys::parse_timed(&key)
                 .ok_or_else(|| StoreError::Corrupt("malformed ready key".into()))?;
             if due > now_ms {
@@ -809,10 +835,16 @@ impl Store for SledStore {
         // its record needs reading. The scan reads every head of the target (a million during
         // a long outage), so it runs off the request threads: a metrics scrape must not hold
         // up acknowledgements.
-        let db = self.db.clone();
+        let (db, overlay) = (self.db.clone(), self.overlay.clone());
         let scan = move || -> Result<Option<u64>, StoreError> {
-            let mut oldest: Option<Seq> = None;
-            for v in db.scan_prefix(keys::target_prefix(b'K', target)).values() {
+            let prefix = keys::target_prefix(b'K', target);
+            // Heads held in memory, then those in sled.
+            let mut oldest: Option<Seq> = overlay
+                .view()
+                .from(&prefix, &prefix)
+                .filter_map(|(_, v)| keys::seq_of(v))
+                .min();
+            for v in db.scan_prefix(prefix).values() {
                 if let Some(seq) = keys::seq_of(&v?) {
                     oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
                 }
@@ -944,8 +976,14 @@ struct Writer {
     wal: Wal,
     /// Live event bodies per log segment, as last written (`G` keys).
     live: HashMap<Lsn, u64>,
-    /// Writes of the current group, by key (`None`: removed), not yet in sled.
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes of the current group, by key, not yet in sled.
+    pending: BTreeMap<Vec<u8>, Write>,
+    /// Short-lived keys held before sled gets them.
+    deferred: Deferred,
+    /// No record of the current group comes before this LSN.
+    group_first: Lsn,
+    /// The applied LSN as last written to sled.
+    applied_written: Lsn,
     /// `next_seq` when the current group began: restored if the group fails.
     group_seq: Seq,
     /// The last LSN applied to sled, and the last one a checkpoint made durable there.
@@ -962,18 +1000,48 @@ struct Writer {
 /// The writes of one operation: they join the group only if the whole operation succeeds.
 #[derive(Default)]
 struct Batch {
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: Vec<(Vec<u8>, Write)>,
+}
+
+/// One write of a key, as a batch and the group hold it.
+enum Write {
+    Put(Vec<u8>),
+    /// A put of a key that is nowhere yet (not in sled, not held, not written by the group),
+    /// of a kind that is removed soon: held in memory rather than given to sled (see
+    /// [`overlay`]).
+    Hold(Vec<u8>),
+    Remove,
+}
+
+impl Write {
+    fn value(&self) -> Option<&[u8]> {
+        match self {
+            Write::Put(v) | Write::Hold(v) => Some(v),
+            Write::Remove => None,
+        }
+    }
 }
 
 impl Batch {
     /// Takes owned keys and values as they are (most are built for the write), so the hot
     /// paths copy nothing here.
     fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.writes.push((key.into(), Some(value.into())));
+        self.writes.push((key.into(), Write::Put(value.into())));
+    }
+
+    /// Inserts a key that no store, held key or earlier write of the group has.
+    fn insert_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        let key = key.into();
+        let write = if overlay::holds(&key) {
+            Write::Hold(value.into())
+        } else {
+            Write::Put(value.into())
+        };
+        self.writes.push((key, write));
     }
 
     fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        self.writes.push((key.into(), None));
+        self.writes.push((key.into(), Write::Remove));
     }
 }
 
@@ -999,6 +1067,10 @@ impl Writer {
                 }
             }
             let mut close = false;
+            #[cfg(test)]
+            if jobs.iter().any(|j| matches!(j.op, Op::Crash)) {
+                return;
+            }
             for mut job in jobs.drain(..) {
                 if needs_settled_store(&job.op) && !results.is_empty() {
                     self.end_group(&mut results);
@@ -1054,6 +1126,7 @@ impl Writer {
             self.next_seq = self.group_seq;
         }
         self.group_seq = self.next_seq;
+        self.group_first = self.wal.last_lsn() + 1;
         for (reply, result) in results.drain(..) {
             let result = match (&durable, result) {
                 (Err(e), Ok(_)) => Err(match e {
@@ -1082,41 +1155,66 @@ impl Writer {
         self.manifest_at = std::time::Instant::now();
     }
 
-    /// Applies the synced group to sled: every other key first, then the ready index, then the
-    /// applied LSN. A claim that finds a ready key therefore finds its delivery and event, and
-    /// a crash part-way leaves an LSN from which replay redoes the whole group.
+    /// Applies the synced group to sled and the held keys: every other key first, then the
+    /// ready index, then the applied LSN. A claim that finds a ready key therefore finds its
+    /// delivery and event, and a crash part-way leaves an LSN from which replay redoes the
+    /// whole group.
     fn apply_pending(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
         let pending = std::mem::take(&mut self.pending);
         let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| k[0] == b'R');
-        for (key, value) in rest.into_iter().chain(ready) {
-            match value {
-                Some(v) => self.db.insert(key, v)?,
-                None => self.db.remove(key)?,
-            };
+        let now = std::time::Instant::now();
+        for (key, write) in rest.into_iter().chain(ready) {
+            match write {
+                Write::Hold(v) => self.deferred.hold(key, v, self.group_first, now),
+                Write::Put(v) => {
+                    if let Some(v) = self.deferred.put(&key, v) {
+                        self.db.insert(key, v)?;
+                    }
+                }
+                Write::Remove => {
+                    if !self.deferred.remove(&key) {
+                        self.db.remove(key)?;
+                    }
+                }
+            }
         }
-        let lsn = self.wal.last_lsn();
-        self.db.insert(keys::APPLIED_LSN, &lsn.to_be_bytes())?;
-        self.applied.store(lsn, Ordering::Release);
+        self.deferred.spill(&self.db, now, false)?;
+        self.write_applied()
+    }
+
+    /// Records in sled the last LSN all of whose writes it holds (held keys' records excluded),
+    /// when that moved.
+    fn write_applied(&mut self) -> Result<(), StoreError> {
+        let lsn = self.deferred.bound(self.wal.last_lsn());
+        if lsn != self.applied_written {
+            self.db.insert(keys::APPLIED_LSN, &lsn.to_be_bytes())?;
+            self.applied_written = lsn;
+            self.applied.store(lsn, Ordering::Release);
+        }
         Ok(())
     }
 
     /// Reads a key as the group so far has left it.
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        match self.pending.get(key) {
-            Some(v) => Ok(v.as_deref().map(sled::IVec::from)),
-            None => Ok(self.db.get(key)?),
+        if let Some(w) = self.pending.get(key) {
+            return Ok(w.value().map(sled::IVec::from));
         }
+        if overlay::holds(key) {
+            if let Some(v) = self.deferred.overlay().view().get(key) {
+                return Ok(Some(sled::IVec::from(v)));
+            }
+        }
+        Ok(self.db.get(key)?)
     }
 
-    /// The first key under `prefix` as the group so far has left it.
+    /// The first key under `prefix` as the group so far has left it (not for kinds of keys
+    /// that are held in memory).
     fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        debug_assert!(!overlay::holds(prefix), "held keys are not scanned here");
         let mut stored = None;
         for key in self.db.scan_prefix(prefix).keys() {
             let key = key?;
-            if !matches!(self.pending.get(key.as_ref()), Some(None)) {
+            if !matches!(self.pending.get(key.as_ref()), Some(Write::Remove)) {
                 stored = Some(key.to_vec());
                 break;
             }
@@ -1125,7 +1223,7 @@ impl Writer {
             .pending
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .find(|(_, v)| v.is_some())
+            .find(|(_, w)| w.value().is_some())
             .map(|(k, _)| k.clone());
         Ok(match (stored, written) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1170,9 +1268,17 @@ impl Writer {
             drop(stop);
             let _ = handle.join();
         }
+        let spilled = self
+            .deferred
+            .spill(&self.db, std::time::Instant::now(), true)
+            .and_then(|_| self.write_applied());
+        if let Err(e) = spilled {
+            // The log keeps them: replay at the next start writes them into sled.
+            tracing::error!(error = %e, "could not move held index keys into the store at shutdown");
+        }
         match self.db.flush() {
             Ok(_) => {
-                self.retire_segments(self.wal.last_lsn());
+                self.retire_segments(self.applied_written);
                 if self.next_seq != self.manifest_seq {
                     self.write_manifest();
                 }
@@ -1191,8 +1297,8 @@ impl Writer {
         }
         let lsn = self.wal.last_lsn() + 1;
         let mut ops = std::mem::take(&mut self.ops);
-        for (key, value) in &batch.writes {
-            match value {
+        for (key, write) in &batch.writes {
+            match write.value() {
                 Some(v) => wal::put_insert(&mut ops, key, v),
                 None => wal::put_remove(&mut ops, key),
             }
@@ -1200,8 +1306,28 @@ impl Writer {
         self.wal.append(lsn, &ops);
         ops.clear();
         self.ops = ops;
-        for (key, value) in batch.writes {
-            self.pending.insert(key, value);
+        for (key, write) in batch.writes {
+            self.pend(key, write);
+        }
+    }
+
+    /// Adds a write to the group, after the group's earlier write of the key if any.
+    fn pend(&mut self, key: Vec<u8>, write: Write) {
+        use std::collections::btree_map::Entry;
+        match self.pending.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(write);
+            }
+            Entry::Occupied(mut e) => match (e.get(), write) {
+                // Still nowhere but in this group: stays held, or never happens at all.
+                (Write::Hold(_), Write::Put(v)) => *e.get_mut() = Write::Hold(v),
+                (Write::Hold(_), Write::Remove) => {
+                    e.remove();
+                }
+                // The key was somewhere before the group removed it: an ordinary put over it.
+                (Write::Remove, Write::Hold(v)) => *e.get_mut() = Write::Put(v),
+                (_, write) => *e.get_mut() = write,
+            },
         }
     }
 
@@ -1245,6 +1371,8 @@ impl Writer {
             } => self.finish(&delivery, attempt, next).map(|_| Reply::Done),
             Op::Targets(names) => self.targets(&names).map(Reply::Targets),
             Op::Close => Ok(Reply::Done),
+            #[cfg(test)]
+            Op::Crash => unreachable!("the writer stops before a crash is applied"),
         }
     }
 
@@ -1487,8 +1615,8 @@ impl Writer {
         if has_head {
             batch.insert(keys::follower(target, key, seq).as_slice(), []);
         } else {
-            batch.insert(head_key.as_slice(), seq.to_be_bytes());
-            batch.insert(keys::ready(target, due_ms, seq).as_slice(), []);
+            batch.insert_new(head_key.as_slice(), seq.to_be_bytes());
+            batch.insert_new(keys::ready(target, due_ms, seq).as_slice(), []);
             heads.insert(head_key, seq);
         }
         Ok(())
@@ -1694,7 +1822,7 @@ impl Writer {
                     .delivery_rec(next)?
                     .ok_or_else(|| StoreError::Corrupt(format!("follower {next} is missing")))?;
                 batch.remove(k);
-                batch.insert(keys::ready(target, rec.due_ms, next).as_slice(), []);
+                batch.insert_new(keys::ready(target, rec.due_ms, next).as_slice(), []);
                 batch.insert(keys::head(target, key), next.to_be_bytes());
             }
             None => batch.remove(keys::head(target, key)),
@@ -1768,6 +1896,72 @@ mod tests {
             }
         }
         panic!("sled stayed locked")
+    }
+
+    fn one_event(n: usize, now_ms: u64) -> IngestBatch {
+        IngestBatch {
+            events: vec![new_event(n, &[1])],
+            now_ms,
+            dedup_until_ms: now_ms + 1_000,
+        }
+    }
+
+    fn index_keys(db: &sled::Db) -> usize {
+        db.scan_prefix(b"R").count() + db.scan_prefix(b"K").count()
+    }
+
+    /// A delivery's head and ready keys are held in memory while they are young: delivered
+    /// then, they never reach sled; still pending when they grow old, they are moved there.
+    /// Either way claims and the oldest-pending scan see them.
+    #[tokio::test]
+    async fn young_index_keys_stay_out_of_sled_and_old_ones_move_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.target_ids(&["t".into()]).await.unwrap(), [1]);
+        store.ingest(one_event(1, 1_000)).await.unwrap();
+        assert_eq!(index_keys(&store.db), 0, "held, not in sled");
+        assert_eq!(store.oldest_pending_ms(1).await.unwrap(), Some(1_000));
+        assert_eq!(deliver(&store, 1, 1_000).await, 1);
+        store.ingest(one_event(2, 2_000)).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let db = open_sled(dir.path());
+        // The delivered one left nothing; the pending one went into sled at the stop.
+        assert_eq!(db.scan_prefix(b"R").count(), 1);
+        assert_eq!(db.scan_prefix(b"K").count(), 1);
+        drop(db);
+
+        let log = LogOptions {
+            hold_for: Duration::ZERO,
+            ..LogOptions::default()
+        };
+        let store = SledStore::open_with_log(dir.path(), log).unwrap();
+        store.ingest(one_event(3, 3_000)).await.unwrap();
+        // Held for no time: in sled as soon as the group is applied.
+        assert_eq!(index_keys(&store.db), 2);
+        assert_eq!(store.oldest_pending_ms(1).await.unwrap(), Some(2_000));
+        assert_eq!(deliver(&store, 1, 3_000).await, 2);
+        store.close().await.unwrap();
+    }
+
+    /// Keys held in memory when the process dies are in the log, and the applied LSN recorded
+    /// in sled is below them: the next start writes them into sled and the delivery is due.
+    #[tokio::test]
+    async fn index_keys_held_at_a_crash_are_recovered_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.target_ids(&["t".into()]).await.unwrap();
+        store.ingest(one_event(1, 1_000)).await.unwrap();
+        store.ingest(one_event(2, 1_000)).await.unwrap();
+        assert_eq!(deliver(&store, 1, 1_000).await, 1);
+        assert_eq!(index_keys(&store.db), 0);
+        let _ = store.submit(Op::Crash).await;
+        drop(store);
+
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(deliver(&store, 1, 1_000).await, 2);
+        assert!(matches!(store.claim(1, 1_000).await.unwrap(), Claim::Empty));
+        store.close().await.unwrap();
     }
 
     /// Stores written before event entries keep an event's deliveries under `V` keys and every
