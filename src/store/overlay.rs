@@ -1,18 +1,21 @@
-//! Index keys that live for moments, held in memory before they are worth writing to sled.
+//! Keys that change again within moments, held in memory before they are worth writing to
+//! sled.
 //!
 //! A delivery's head key (`K`) and ready key (`R`) are written when the delivery is stored
-//! and removed when it is delivered, which with a target that keeps up is milliseconds later.
-//! In sled each is an insert and then a removal, each rewriting the leaf around the key: four
-//! of the eight sled writes a delivered event cost. The writer keeps these keys here first.
-//! Removed while they are young, they never reach sled; kept longer (a backlog, a target that
-//! is down), they are moved into sled ("spilled") and live there like any other key.
+//! and removed when it is delivered, which with a target that keeps up is milliseconds later;
+//! its record (`L`) is written then and rewritten with the outcome. In sled each write
+//! rewrites the leaf around the key: five of the eight sled writes a delivered event cost.
+//! The writer keeps these keys here first. Removed while they are young, they never reach
+//! sled, and a record reaches it once, as it ends up; kept longer (a backlog, a target that is
+//! down), they are moved into sled ("spilled") and live there like any other key.
 //!
 //! They are durable all along, in the write-ahead log. The LSN the writer records as applied
 //! to sled stays below the record of the oldest key held here (see [`Deferred::bound`]), so
 //! after a crash replay writes every held key into sled again; a key is never in both places
 //! except for the moment of its spill, when it is written to sled before it leaves here.
 //!
-//! Readers (claims, the oldest-pending scan) look here as well as in sled.
+//! Readers (claims, delivery records, the oldest-pending scan, stats) look here as well as in
+//! sled.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -26,13 +29,15 @@ use super::StoreError;
 /// behind (replay after a crash starts at the oldest key held).
 pub const MAX_AGE: Duration = Duration::from_secs(2);
 
-/// How many keys are held at most (two per pending head: about 100 bytes each with the map's
-/// overhead). Past it the oldest are spilled, so a backlog costs sled writes, not memory.
+/// How many keys are held at most (three per pending head: about 600 bytes for the three with
+/// the map's overhead, so up to ~13 MB). Past it the oldest are spilled, so a backlog costs
+/// sled writes, not memory.
 pub const MAX_KEYS: usize = 65_536;
 
-/// Whether keys of this kind are held here: those removed soon after they are written.
+/// Whether keys of this kind are held here: those removed or rewritten soon after they are
+/// written.
 pub fn holds(key: &[u8]) -> bool {
-    matches!(key.first(), Some(b'R' | b'K'))
+    matches!(key.first(), Some(b'R' | b'K' | b'L'))
 }
 
 /// Held keys → (value, the LSN they were held at).

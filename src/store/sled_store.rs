@@ -274,7 +274,7 @@ impl SledStore {
     }
 
     fn get_delivery(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
-        get_delivery(&self.db, seq)
+        get_delivery(&self.db, &self.overlay, seq)
     }
 
     /// Bytes the database and its log take on disk.
@@ -584,13 +584,29 @@ fn event_seqs(db: &sled::Db, id: uuid::Uuid, entry: &[u8]) -> Result<Vec<Seq>, S
     Ok(seqs)
 }
 
-fn get_delivery(db: &sled::Db, seq: Seq) -> Result<Option<Delivery>, StoreError> {
-    match db.get(keys::delivery(seq))? {
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}"))),
-        None => Ok(None),
+fn get_delivery(
+    db: &sled::Db,
+    overlay: &Overlay,
+    seq: Seq,
+) -> Result<Option<Delivery>, StoreError> {
+    read_delivery(&overlay.view(), db, seq)
+}
+
+/// A delivery record, held in memory or in sled; for a reader that has the held keys open.
+fn read_delivery(
+    held: &overlay::View<'_>,
+    db: &sled::Db,
+    seq: Seq,
+) -> Result<Option<Delivery>, StoreError> {
+    let key = keys::delivery(seq);
+    match held.get(&key) {
+        Some(v) => decode_delivery(seq, v).map(Some),
+        None => db.get(key)?.map(|v| decode_delivery(seq, &v)).transpose(),
     }
+}
+
+fn decode_delivery(seq: Seq, v: &[u8]) -> Result<Delivery, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}")))
 }
 
 /// A small file beside the database recording how far it is known to be durable: the next
@@ -717,8 +733,9 @@ impl Store for SledStore {
             if leases.contains(&seq) {
                 continue;
             }
-            let delivery = self
-                .get_delivery(seq)?
+            // Read through the view already open: a second read lock could wait behind the
+            // writer, which waits for this one.
+            let delivery = read_delivery(&held, &self.db, seq)?
                 .ok_or_else(|| StoreError::Corrupt(format!("ready delivery {seq} is missing")))?;
             leases.insert(seq);
             return Ok(Claim::Due(delivery));
@@ -850,7 +867,7 @@ impl Store for SledStore {
                 }
             }
             Ok(match oldest {
-                Some(seq) => get_delivery(&db, seq)?.map(|d| d.created_ms),
+                Some(seq) => get_delivery(&db, &overlay, seq)?.map(|d| d.created_ms),
                 None => None,
             })
         };
@@ -934,7 +951,20 @@ impl Store for SledStore {
             events: self.db.scan_prefix(b"E").keys().count() as u64,
             ..Stats::default()
         };
-        for v in self.db.scan_prefix(b"L").values() {
+        // The records held in memory first (copied, so sled is scanned without the lock), then
+        // those in sled that are not among them (one moved in meanwhile is counted once).
+        let held: HashMap<Vec<u8>, Vec<u8>> = self
+            .overlay
+            .view()
+            .from(b"L", b"L")
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let stored = self.db.scan_prefix(b"L").filter(|item| match item {
+            Ok((k, _)) => !held.contains_key(k.as_ref()),
+            Err(_) => true,
+        });
+        let held_records = held.values().map(|v| Ok(sled::IVec::from(v.as_slice())));
+        for v in held_records.chain(stored.map(|item| item.map(|(_, v)| v))) {
             let d: Delivery = serde_json::from_slice(&v?)
                 .map_err(|e| StoreError::Corrupt(format!("delivery: {e}")))?;
             match d.state {
@@ -1596,7 +1626,7 @@ impl Writer {
             last_at_ms: 0,
             last_latency_ms: 0,
         };
-        batch.insert(keys::delivery(seq).as_slice(), to_json(&record));
+        batch.insert_new(keys::delivery(seq).as_slice(), to_json(&record));
         self.bump(batch, d.target, 1, 0)?;
         Ok(seq)
     }
@@ -1651,7 +1681,7 @@ impl Writer {
             last = Some(id);
             let mut deliveries = Vec::new();
             for seq in event_seqs(&self.db, id, &value)? {
-                deliveries.extend(get_delivery(&self.db, seq)?);
+                deliveries.extend(self.delivery_rec(seq)?);
             }
             let expired = deliveries.iter().all(|d| match d.state {
                 DeliveryState::Pending => false,
@@ -1751,7 +1781,7 @@ impl Writer {
         let mut heads = HashMap::new();
         let mut replayed = 0;
         for &seq in seqs {
-            let Some(mut rec) = get_delivery(&self.db, seq)? else {
+            let Some(mut rec) = self.delivery_rec(seq)? else {
                 continue;
             };
             if rec.state != DeliveryState::Dead {
@@ -1906,13 +1936,17 @@ mod tests {
         }
     }
 
+    /// Keys of the kinds held in memory (ready, head, delivery record) that sled holds.
     fn index_keys(db: &sled::Db) -> usize {
-        db.scan_prefix(b"R").count() + db.scan_prefix(b"K").count()
+        [b"R", b"K", b"L"]
+            .iter()
+            .map(|p| db.scan_prefix(p).count())
+            .sum()
     }
 
-    /// A delivery's head and ready keys are held in memory while they are young: delivered
-    /// then, they never reach sled; still pending when they grow old, they are moved there.
-    /// Either way claims and the oldest-pending scan see them.
+    /// A delivery's ready key, head key and record are held in memory while they are young:
+    /// delivered then, only its final record reaches sled; still pending when they grow old,
+    /// they are moved there. Either way every reader sees them.
     #[tokio::test]
     async fn young_index_keys_stay_out_of_sled_and_old_ones_move_in() {
         let dir = tempfile::tempdir().unwrap();
@@ -1921,14 +1955,24 @@ mod tests {
         store.ingest(one_event(1, 1_000)).await.unwrap();
         assert_eq!(index_keys(&store.db), 0, "held, not in sled");
         assert_eq!(store.oldest_pending_ms(1).await.unwrap(), Some(1_000));
+        let held = store.delivery(1).await.unwrap().unwrap();
+        assert_eq!(held.state, DeliveryState::Pending);
+        assert_eq!(store.stats().await.unwrap().pending, 1);
         assert_eq!(deliver(&store, 1, 1_000).await, 1);
+        assert_eq!(
+            store.delivery(1).await.unwrap().unwrap().state,
+            DeliveryState::Done
+        );
         store.ingest(one_event(2, 2_000)).await.unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.done), (1, 1));
         store.close().await.unwrap();
         drop(store);
         let db = open_sled(dir.path());
-        // The delivered one left nothing; the pending one went into sled at the stop.
+        // The delivered one left its record only; the pending one went into sled at the stop.
         assert_eq!(db.scan_prefix(b"R").count(), 1);
         assert_eq!(db.scan_prefix(b"K").count(), 1);
+        assert_eq!(db.scan_prefix(b"L").count(), 2);
         drop(db);
 
         let log = LogOptions {
@@ -1936,11 +1980,19 @@ mod tests {
             ..LogOptions::default()
         };
         let store = SledStore::open_with_log(dir.path(), log).unwrap();
+        // Held for no time: in sled as soon as its group is applied. The third event waits
+        // behind the second (same ordering key); delivering the second makes it the head.
         store.ingest(one_event(3, 3_000)).await.unwrap();
-        // Held for no time: in sled as soon as the group is applied.
-        assert_eq!(index_keys(&store.db), 2);
-        assert_eq!(store.oldest_pending_ms(1).await.unwrap(), Some(2_000));
+        assert_eq!(store.db.scan_prefix(b"L").count(), 3);
         assert_eq!(deliver(&store, 1, 3_000).await, 2);
+        let ready: Vec<_> = store.db.scan_prefix(b"R").keys().collect();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(
+            keys::parse_timed(&ready[0].as_ref().unwrap()[..]),
+            Some((3_000, 3))
+        );
+        assert_eq!(store.oldest_pending_ms(1).await.unwrap(), Some(3_000));
+        assert_eq!(deliver(&store, 1, 3_000).await, 3);
         store.close().await.unwrap();
     }
 
@@ -1998,7 +2050,7 @@ mod tests {
                 db.insert(keys::event_delivery(id.as_bytes(), seq), &[])
                     .unwrap();
             }
-            let mut first = get_delivery(&db, 1).unwrap().unwrap();
+            let mut first = get_delivery(&db, &Overlay::default(), 1).unwrap().unwrap();
             let last = first.last_attempt().unwrap();
             first.last_at_ms = 0;
             first.last_latency_ms = 0;
