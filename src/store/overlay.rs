@@ -6,8 +6,9 @@
 //! its record (`L`) is written then and rewritten with the outcome. In sled each write
 //! rewrites the leaf around the key: five of the eight sled writes a delivered event cost.
 //! The writer keeps these keys here first. Removed while they are young, they never reach
-//! sled, and a record reaches it once, as it ends up; kept longer (a backlog, a target that is
-//! down), they are moved into sled ("spilled") and live there like any other key.
+//! sled, and a record goes there once, when its delivery ends; kept longer (a backlog, a
+//! target that is down), they are moved into sled ("spilled") and live there like any other
+//! key.
 //!
 //! They are durable all along, in the write-ahead log. The LSN the writer records as applied
 //! to sled stays below the record of the oldest key held here (see [`Deferred::bound`]), so
@@ -27,12 +28,12 @@ use super::StoreError;
 
 /// How long a key is held before it is spilled. Bounds how far the log's replay point lags
 /// behind (replay after a crash starts at the oldest key held).
-pub const MAX_AGE: Duration = Duration::from_secs(2);
+pub const MAX_AGE: Duration = Duration::from_secs(1);
 
-/// How many keys are held at most (three per pending head: about 600 bytes for the three with
-/// the map's overhead, so up to ~13 MB). Past it the oldest are spilled, so a backlog costs
-/// sled writes, not memory.
-pub const MAX_KEYS: usize = 65_536;
+/// How many keys are held at most (three per young pending delivery, ~1 KB for the three
+/// with the maps' overhead, so up to ~5 MB). Past it the oldest are spilled, so a backlog
+/// costs sled writes, not memory. A target that keeps up needs a few hundred.
+pub const MAX_KEYS: usize = 16_384;
 
 /// Whether keys of this kind are held here: those removed or rewritten soon after they are
 /// written.

@@ -1036,6 +1036,9 @@ struct Batch {
 /// One write of a key, as a batch and the group hold it.
 enum Write {
     Put(Vec<u8>),
+    /// A put that is the key's last for a long while (a delivery's record once it ended):
+    /// straight into sled, taken out of memory if it was held there.
+    Settle(Vec<u8>),
     /// A put of a key that is nowhere yet (not in sled, not held, not written by the group),
     /// of a kind that is removed soon: held in memory rather than given to sled (see
     /// [`overlay`]).
@@ -1046,7 +1049,7 @@ enum Write {
 impl Write {
     fn value(&self) -> Option<&[u8]> {
         match self {
-            Write::Put(v) | Write::Hold(v) => Some(v),
+            Write::Put(v) | Write::Settle(v) | Write::Hold(v) => Some(v),
             Write::Remove => None,
         }
     }
@@ -1068,6 +1071,11 @@ impl Batch {
             Write::Put(value.into())
         };
         self.writes.push((key, write));
+    }
+
+    /// Inserts a key's value for a long while: see [`Write::Settle`].
+    fn insert_settled(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.push((key.into(), Write::Settle(value.into())));
     }
 
     fn remove(&mut self, key: impl Into<Vec<u8>>) {
@@ -1200,6 +1208,11 @@ impl Writer {
                     if let Some(v) = self.deferred.put(&key, v) {
                         self.db.insert(key, v)?;
                     }
+                }
+                Write::Settle(v) => {
+                    // Into sled before it leaves memory, as when spilled.
+                    self.db.insert(key.as_slice(), v)?;
+                    self.deferred.remove(&key);
                 }
                 Write::Remove => {
                     if !self.deferred.remove(&key) {
@@ -1351,6 +1364,7 @@ impl Writer {
             Entry::Occupied(mut e) => match (e.get(), write) {
                 // Still nowhere but in this group: stays held, or never happens at all.
                 (Write::Hold(_), Write::Put(v)) => *e.get_mut() = Write::Hold(v),
+                (Write::Hold(_), Write::Settle(v)) => *e.get_mut() = Write::Put(v),
                 (Write::Hold(_), Write::Remove) => {
                     e.remove();
                 }
@@ -1535,7 +1549,12 @@ impl Writer {
                 self.promote(&mut batch, target, &rec.ordering_key)?;
             }
         }
-        batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
+        // An ended delivery's record changes no more until it is pruned: sled's to keep.
+        if rec.state == DeliveryState::Pending {
+            batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
+        } else {
+            batch.insert_settled(keys::delivery(seq).as_slice(), to_json(&rec));
+        }
         self.commit(batch);
         Ok(())
     }
@@ -1963,6 +1982,8 @@ mod tests {
             store.delivery(1).await.unwrap().unwrap().state,
             DeliveryState::Done
         );
+        // An ended delivery's record goes to sled at once; its index keys never did.
+        assert_eq!(index_keys(&store.db), 1);
         store.ingest(one_event(2, 2_000)).await.unwrap();
         let stats = store.stats().await.unwrap();
         assert_eq!((stats.pending, stats.done), (1, 1));
@@ -2006,7 +2027,9 @@ mod tests {
         store.ingest(one_event(1, 1_000)).await.unwrap();
         store.ingest(one_event(2, 1_000)).await.unwrap();
         assert_eq!(deliver(&store, 1, 1_000).await, 1);
-        assert_eq!(index_keys(&store.db), 0);
+        // Only the ended delivery's record is in sled; the pending one's keys are held.
+        assert_eq!(index_keys(&store.db), 1);
+        assert!(store.db.contains_key(keys::delivery(1)).unwrap());
         let _ = store.submit(Op::Crash).await;
         drop(store);
 
