@@ -21,6 +21,9 @@
 //! | `M` | `wal` | the LSN (8) of the last write-ahead log record applied, written with every group applied |
 //!
 //! An ordering key is written as its length (2) and bytes, so no key is a prefix of another.
+//!
+//! `R`, `K` and `L` keys of young pending deliveries may be held in memory for a moment before
+//! sled gets them (see `overlay`); readers of those kinds look in both places.
 
 use super::{Seq, TargetId};
 

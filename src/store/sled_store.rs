@@ -9,7 +9,8 @@
 //! locks or transactions. sled itself is flushed by a checkpoint thread about once a second,
 //! off the acknowledgement path; if the log cannot be written, the group is refused.
 //!
-//! Reads (claims, event loads, inspection) go straight to sled from the calling task.
+//! Reads (claims, event loads, inspection) go straight to sled from the calling task, and to
+//! the short-lived keys the writer holds in memory before sled gets them ([`super::overlay`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
