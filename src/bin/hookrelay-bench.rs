@@ -561,7 +561,7 @@ async fn main() -> anyhow::Result<()> {
     let acked = load.acked.len() as f64;
     let first = load.acked.iter().map(|(_, t)| *t).min().unwrap_or(drained);
     let report = serde_json::json!({
-        "connections": args.connections, "rate": args.rate, "targets": args.targets, "down_target": args.down_target,
+        "connections": args.connections, "rate": args.rate, "lanes": args.lanes, "targets": args.targets, "down_target": args.down_target,
         "body_bytes": args.body_bytes, "pending": args.pending, "seconds": args.seconds,
         "acked_per_s": (acked / load.elapsed.as_secs_f64()).round(),
         "ack_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "p99_9": pct(&lat, 0.999),

@@ -54,14 +54,13 @@ pub struct Overlay {
 pub struct View<'a>(RwLockReadGuard<'a, Keys>);
 
 impl View<'_> {
-    /// The held keys from `start` on that begin with `prefix`, in key order, with their values.
-    pub fn from<'k>(
+    /// The held keys that begin with `prefix`, in key order, with their values.
+    pub fn under<'k>(
         &'k self,
-        start: &[u8],
         prefix: &'k [u8],
     ) -> impl Iterator<Item = (&'k [u8], &'k [u8])> + 'k {
         self.0
-            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
             .map(|(k, (v, _))| (k.as_slice(), v.as_slice()))
     }
@@ -129,8 +128,7 @@ impl Deferred {
 
     /// Moves into sled the keys held longer than the age limit, or all of them, and the oldest
     /// past the count limit.
-    pub fn spill(&mut self, db: &sled::Db, now: Instant, all: bool) -> Result<usize, StoreError> {
-        let mut spilled = 0;
+    pub fn spill(&mut self, db: &sled::Db, now: Instant, all: bool) -> Result<(), StoreError> {
         while let Some((key, lsn, at)) = self.queue.front() {
             let due = all
                 || now.saturating_duration_since(*at) >= self.max_age
@@ -138,22 +136,17 @@ impl Deferred {
             if !due {
                 break;
             }
-            let held = self
-                .overlay
-                .view()
-                .0
-                .get(key)
-                .filter(|(_, l)| l == lsn)
-                .map(|(v, _)| v.clone());
-            if let Some(value) = held {
-                // Into sled first: a reader looking here and then in sled finds it either way.
-                db.insert(key.as_slice(), value)?;
-                self.overlay.write().remove(key);
-                spilled += 1;
+            let mut keys = self.overlay.write();
+            if let Some((value, _)) = keys.get(key).filter(|(_, l)| l == lsn) {
+                // Into sled before it leaves here, under the lock: a reader finds it in one
+                // place or the other, and a failed insert leaves it held.
+                db.insert(key.as_slice(), value.as_slice())?;
+                keys.remove(key);
             }
+            drop(keys);
             self.queue.pop_front();
         }
-        Ok(spilled)
+        Ok(())
     }
 
     /// The last LSN whose writes are all in sled, given that `last` is the last one applied:

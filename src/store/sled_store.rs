@@ -711,7 +711,7 @@ impl Store for SledStore {
         let prefix = keys::target_prefix(b'R', target);
         // The ready keys in sled and those held in memory, merged in key order.
         let held = self.overlay.view();
-        let mut held_keys = held.from(&prefix, &prefix).map(|(k, _)| k).peekable();
+        let mut held_keys = held.under(&prefix).map(|(k, _)| k).peekable();
         let mut stored = self.db.scan_prefix(prefix).keys().peekable();
         loop {
             let from_sled = match (stored.peek(), held_keys.peek()) {
@@ -859,7 +859,7 @@ impl Store for SledStore {
             // Heads held in memory, then those in sled.
             let mut oldest: Option<Seq> = overlay
                 .view()
-                .from(&prefix, &prefix)
+                .under(&prefix)
                 .filter_map(|(_, v)| keys::seq_of(v))
                 .min();
             for v in db.scan_prefix(prefix).values() {
@@ -952,27 +952,28 @@ impl Store for SledStore {
             events: self.db.scan_prefix(b"E").keys().count() as u64,
             ..Stats::default()
         };
-        // The records held in memory first (copied, so sled is scanned without the lock), then
-        // those in sled that are not among them (one moved in meanwhile is counted once).
-        let held: HashMap<Vec<u8>, Vec<u8>> = self
-            .overlay
-            .view()
-            .from(b"L", b"L")
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
-        let stored = self.db.scan_prefix(b"L").filter(|item| match item {
-            Ok((k, _)) => !held.contains_key(k.as_ref()),
-            Err(_) => true,
-        });
-        let held_records = held.values().map(|v| Ok(sled::IVec::from(v.as_slice())));
-        for v in held_records.chain(stored.map(|item| item.map(|(_, v)| v))) {
-            let d: Delivery = serde_json::from_slice(&v?)
+        let mut count = |v: &[u8]| -> Result<(), StoreError> {
+            let d: Delivery = serde_json::from_slice(v)
                 .map_err(|e| StoreError::Corrupt(format!("delivery: {e}")))?;
             match d.state {
                 DeliveryState::Pending => stats.pending += 1,
                 DeliveryState::Done => stats.done += 1,
                 DeliveryState::Dead => stats.dead += 1,
                 DeliveryState::Skipped => stats.skipped += 1,
+            }
+            Ok(())
+        };
+        // The records held in memory first, then those in sled that are not among them (one
+        // moved in meanwhile is counted once); sled is scanned without the lock.
+        let mut held = HashSet::new();
+        for (k, v) in self.overlay.view().under(b"L") {
+            count(v)?;
+            held.insert(k.to_vec());
+        }
+        for item in self.db.scan_prefix(b"L") {
+            let (k, v) = item?;
+            if !held.contains(k.as_ref()) {
+                count(&v)?;
             }
         }
         Ok(stats)
@@ -1315,7 +1316,7 @@ impl Writer {
         let spilled = self
             .deferred
             .spill(&self.db, std::time::Instant::now(), true)
-            .and_then(|_| self.write_applied());
+            .and_then(|()| self.write_applied());
         if let Err(e) = spilled {
             // The log keeps them: replay at the next start writes them into sled.
             tracing::error!(error = %e, "could not move held index keys into the store at shutdown");
