@@ -1,6 +1,7 @@
 //! The store contract: the invariants delivery relies on, through the `Store` trait, run
 //! against both backends: sled on a real directory and PostgreSQL on a real server (a fresh
-//! database per test; skipped with a notice when no server is configured).
+//! database per test; the server is started if none is configured, see
+//! `common::test_database_url`).
 
 mod common;
 
@@ -25,8 +26,8 @@ impl Fixture {
         Fixture::Sled(tempdir())
     }
 
-    async fn postgres() -> Option<Fixture> {
-        common::fresh_database().await.map(Fixture::Postgres)
+    async fn postgres() -> Fixture {
+        Fixture::Postgres(common::fresh_database().await)
     }
 
     async fn open(&self) -> AnyStore {
@@ -58,9 +59,7 @@ macro_rules! contract {
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                if let Some(f) = super::Fixture::postgres().await {
-                    super::$case(f).await
-                }
+                super::$case(super::Fixture::postgres().await).await
             })*
         }
     };
