@@ -169,19 +169,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery that does not exist yet, for rendering templates before one does (ordering
-    /// keys at ingest, dry runs).
-    pub fn placeholder(event_id: uuid::Uuid, target: TargetId) -> Delivery {
+    /// A new pending delivery, due at once.
+    pub fn new(
+        seq: Seq,
+        event_id: uuid::Uuid,
+        target: TargetId,
+        ordering_key: String,
+        now_ms: u64,
+    ) -> Delivery {
         Delivery {
-            seq: 0,
+            seq,
             event_id,
             target,
-            ordering_key: String::new(),
+            ordering_key,
             state: DeliveryState::Pending,
             attempts: 0,
-            due_ms: 0,
-            created_ms: 0,
-            updated_ms: 0,
+            due_ms: now_ms,
+            created_ms: now_ms,
+            updated_ms: now_ms,
             last_status: None,
             last_error: None,
             response_excerpt: None,
@@ -189,6 +194,12 @@ impl Delivery {
             last_at_ms: 0,
             last_latency_ms: 0,
         }
+    }
+
+    /// A delivery that does not exist yet, for rendering templates before one does (ordering
+    /// keys at ingest, dry runs).
+    pub fn placeholder(event_id: uuid::Uuid, target: TargetId) -> Delivery {
+        Delivery::new(0, event_id, target, String::new(), 0)
     }
 
     /// The last attempt, from the record alone; `None` where the store keeps it apart.

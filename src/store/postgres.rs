@@ -319,6 +319,42 @@ impl PgStore {
         })
     }
 
+    /// Leases the first head of `target` that no live lease holds, among those `pick` (a
+    /// condition on `$2`, then an ORDER BY) chooses.
+    async fn lease(
+        &self,
+        client: &deadpool_postgres::Client,
+        pick: &str,
+        target: TargetId,
+        param: i64,
+        clock: u64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE hookrelay_deliveries SET lease_owner = $3, lease_until = $4 \
+                 WHERE seq = (\
+                   SELECT seq FROM hookrelay_deliveries \
+                   WHERE target = $1 AND state = 'pending' AND is_head AND lease_until <= $5 \
+                     AND {pick} LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {DELIVERY_COLUMNS}"
+            ))
+            .await?;
+        let until = ms(clock.saturating_add(self.lease_ms));
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &(target as i32),
+                    &param,
+                    &&*self.instance,
+                    &until,
+                    &ms(clock),
+                ],
+            )
+            .await?;
+        row.map(|r| delivery_of(&r)).transpose()
+    }
+
     /// Sets what wakes local lanes when another instance adds work; once.
     pub fn set_waker(&self, waker: Waker) {
         let _ = self.waker.set(waker);
@@ -744,28 +780,19 @@ impl Store for PgStore {
     async fn claim(&self, target: TargetId, now: u64) -> Result<Claim, StoreError> {
         let client = self.pool.get().await?;
         let clock = now_ms();
-        let stmt = client
-            .prepare_cached(&format!(
-                "UPDATE hookrelay_deliveries SET lease_owner = $3, lease_until = $4 \
-                 WHERE seq = (\
-                   SELECT seq FROM hookrelay_deliveries \
-                   WHERE target = $1 AND state = 'pending' AND is_head AND due_ms <= $2 \
-                     AND lease_until <= $5 \
-                   ORDER BY due_ms, seq LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {DELIVERY_COLUMNS}"
-            ))
-            .await?;
-        let target = target as i32;
-        let until = ms(clock.saturating_add(self.lease_ms));
-        if let Some(row) = client
-            .query_opt(
-                &stmt,
-                &[&target, &ms(now), &&*self.instance, &until, &ms(clock)],
+        let picked = self
+            .lease(
+                &client,
+                "due_ms <= $2 ORDER BY due_ms, seq",
+                target,
+                ms(now),
+                clock,
             )
-            .await?
-        {
-            return Ok(Claim::Due(delivery_of(&row)?));
+            .await?;
+        if let Some(d) = picked {
+            return Ok(Claim::Due(d));
         }
+        let target = target as i32;
         // The next time something may become claimable: a head falling due, or another
         // instance's lease running out (that instance may be dead). This instance's own
         // leases end with its finish or release.
@@ -790,34 +817,16 @@ impl Store for PgStore {
 
     async fn claim_probe(&self, target: TargetId, after: Seq) -> Result<Claim, StoreError> {
         let client = self.pool.get().await?;
-        let clock = now_ms();
-        let stmt = client
-            .prepare_cached(&format!(
-                "UPDATE hookrelay_deliveries SET lease_owner = $3, lease_until = $4 \
-                 WHERE seq = (\
-                   SELECT seq FROM hookrelay_deliveries \
-                   WHERE target = $1 AND state = 'pending' AND is_head AND lease_until <= $5 \
-                   ORDER BY seq <= $2, seq LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {DELIVERY_COLUMNS}"
-            ))
-            .await?;
-        let until = ms(clock.saturating_add(self.lease_ms));
-        let row = client
-            .query_opt(
-                &stmt,
-                &[
-                    &(target as i32),
-                    &(after as i64),
-                    &&*self.instance,
-                    &until,
-                    &ms(clock),
-                ],
+        let picked = self
+            .lease(
+                &client,
+                "true ORDER BY seq <= $2, seq",
+                target,
+                after as i64,
+                now_ms(),
             )
             .await?;
-        Ok(match row {
-            Some(row) => Claim::Due(delivery_of(&row)?),
-            None => Claim::Empty,
-        })
+        Ok(picked.map_or(Claim::Empty, Claim::Due))
     }
 
     async fn finish(

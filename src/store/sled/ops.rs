@@ -118,23 +118,7 @@ impl Writer {
         };
         batch.insert_new(keys::pending(seq).as_slice(), pending.value());
         entry.extend_from_slice(&seq.to_be_bytes());
-        let record = Delivery {
-            seq,
-            event_id: event,
-            target: d.target,
-            ordering_key: d.ordering_key,
-            state: DeliveryState::Pending,
-            attempts: 0,
-            due_ms: now_ms,
-            created_ms: now_ms,
-            updated_ms: now_ms,
-            last_status: None,
-            last_error: None,
-            response_excerpt: None,
-            retry_base: 0,
-            last_at_ms: 0,
-            last_latency_ms: 0,
-        };
+        let record = Delivery::new(seq, event, d.target, d.ordering_key, now_ms);
         batch.insert_new(keys::delivery(seq).as_slice(), to_json(&record));
         batch.effects.push(Effect::Add {
             target: d.target,
