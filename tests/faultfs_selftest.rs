@@ -215,22 +215,23 @@ fn a_rename_is_durable_once_its_directory_is_synced() {
 }
 
 /// Guards `power_cut_keeping`: what survives is always a prefix of the unsynced writes in the
-/// order they were made (the last one possibly torn), it varies with the seed between nothing
-/// and everything, and one seed gives one outcome.
+/// order they were made (the last one possibly torn at a 512-byte sector boundary), it varies
+/// with the seed between nothing and everything, and one seed gives one outcome.
 #[test]
 fn power_cut_keeping_keeps_a_prefix_of_the_writes_in_order() {
     let fs = mount();
     let path = fs.path().join("log");
     put(&path, b"", true);
     sync_dir(fs.path());
-    let records: Vec<u8> = (0..100)
-        .flat_map(|i| format!("rec-{i:05}\n").into_bytes())
+    // 20 records of 300 bytes: most cross a sector boundary, so they can tear.
+    let records: Vec<u8> = (0..20)
+        .flat_map(|i| format!("{:-<299}\n", format!("rec-{i:05}")).into_bytes())
         .collect();
     let outcome = |seed: u64| {
         let mut f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(0).unwrap();
         f.sync_all().unwrap();
-        for record in records.chunks(10) {
+        for record in records.chunks(300) {
             f.write_all(record).unwrap();
         }
         drop(f);
@@ -245,6 +246,11 @@ fn power_cut_keeping_keeps_a_prefix_of_the_writes_in_order() {
             "seed {seed}: {} bytes kept are not a prefix of what was written",
             kept.len()
         );
+        assert!(
+            kept.len() % 300 == 0 || kept.len() % 512 == 0,
+            "seed {seed}: torn off a sector boundary at {}",
+            kept.len()
+        );
         lengths.push(kept.len());
     }
     assert!(
@@ -252,13 +258,50 @@ fn power_cut_keeping_keeps_a_prefix_of_the_writes_in_order() {
         "{lengths:?}"
     );
     assert!(
-        lengths.iter().any(|&n| n % 10 != 0),
+        lengths.iter().any(|&n| n % 300 != 0),
         "no torn write in {lengths:?}"
     );
     lengths.sort();
     lengths.dedup();
     assert!(lengths.len() > 5, "too few different outcomes: {lengths:?}");
     assert_eq!(outcome(7), outcome(7), "one seed, one outcome");
+
+    // Overwrites of one range (two sectors each): the survivors are applied in the order they
+    // were written, and the next one may have reached its first sector only.
+    let writes = [[b'a'; 1024], [b'b'; 1024], [b'c'; 1024]];
+    let mut allowed = std::collections::BTreeSet::new();
+    for kept in 0..=writes.len() {
+        for torn in [0, 512] {
+            let mut data = kept
+                .checked_sub(1)
+                .map_or(Vec::new(), |k| writes[k].to_vec());
+            if let Some(next) = writes.get(kept) {
+                data.resize(data.len().max(torn), 0);
+                data[..torn].copy_from_slice(&next[..torn]);
+            }
+            allowed.insert(data);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(0).unwrap();
+        f.sync_all().unwrap();
+        for w in &writes {
+            f.write_all_at(w, 0).unwrap();
+        }
+        drop(f);
+        fs.power_cut_keeping(seed);
+        let kept = read(&path).unwrap();
+        assert!(allowed.contains(&kept), "seed {seed}: no ordered outcome");
+        seen.insert(kept);
+    }
+    let c_over_b = [&[b'c'; 512][..], &[b'b'; 512][..]].concat();
+    assert!(
+        seen.contains(&c_over_b),
+        "{} outcomes, none torn over b",
+        seen.len()
+    );
 }
 
 /// Guards fault matching for every kind: the operation on a path containing the pattern fails

@@ -25,7 +25,9 @@
 //!   is durable comes back with its own durable names only.
 //!   [`FaultFs::power_cut_keeping`] is write-back in order: per file, a random prefix of the
 //!   unsynced changes (writes and size changes, in the order they were made) survives, and the
-//!   first write after that prefix survives torn (a random prefix of its bytes, possibly none).
+//!   first write after that prefix survives torn: its bytes up to a random 512-byte sector
+//!   boundary of the file that it crosses, possibly none (a write within one sector is all or
+//!   nothing, as disks write whole sectors).
 //! - Not modelled: mode, owner and times are kept as they are at a power cut (the store sets
 //!   them at create/mkdir); no symlinks, xattrs or special files.
 //!
@@ -225,8 +227,8 @@ impl FaultFs {
     }
 
     /// Like [`FaultFs::power_cut`], but per file a random prefix of the unsynced changes
-    /// survives, and the next write survives torn (ordered write-back). The same seed on the
-    /// same history keeps the same changes.
+    /// survives, and the next write survives torn at a sector boundary (ordered write-back).
+    /// The same seed on the same history keeps the same changes.
     pub fn power_cut_keeping(&self, seed: u64) {
         self.cut(Some(fastrand::Rng::with_seed(seed)));
     }

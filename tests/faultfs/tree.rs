@@ -23,6 +23,24 @@ impl Pending {
     }
 }
 
+/// Disks write whole sectors: a torn write keeps its bytes before one of the sector boundaries
+/// it crosses, chosen at random (or none of them).
+pub const SECTOR: u64 = 512;
+
+fn torn_len(rng: &mut fastrand::Rng, offset: u64, len: usize) -> usize {
+    let first = (offset / SECTOR + 1) * SECTOR;
+    let end = offset + len as u64;
+    let crossed = if first < end {
+        (end - 1 - first) / SECTOR + 1
+    } else {
+        0
+    };
+    match rng.u64(0..=crossed) {
+        0 => 0,
+        k => (first + (k - 1) * SECTOR - offset) as usize,
+    }
+}
+
 fn write_at(to: &mut Vec<u8>, offset: u64, data: &[u8]) {
     let start = offset as usize;
     let end = start + data.len();
@@ -411,7 +429,8 @@ impl Tree {
     /// A power cut. Every directory goes back to its durable names, every file reachable
     /// through them to its durable data; the rest is gone. With `rng`, each file (in inode
     /// order) keeps a random prefix of its unsynced changes, and the change after that prefix,
-    /// when it is a write, survives torn: a random prefix of its bytes.
+    /// when it is a write, survives torn: up to a random sector boundary inside it (possibly
+    /// none of it; a write within one sector is all or nothing).
     pub fn power_cut(&mut self, mut rng: Option<&mut fastrand::Rng>) {
         let keep = self.reachable(|d| Box::new(d.durable.values().copied()));
         self.nodes.retain(|ino, _| keep.contains(ino));
@@ -426,7 +445,7 @@ impl Tree {
                             op.apply(&mut f.durable);
                         }
                         if let Some(Pending::Write { offset, data }) = f.pending.get(kept) {
-                            let torn = rng.usize(0..data.len().max(1));
+                            let torn = torn_len(rng, *offset, data.len());
                             write_at(&mut f.durable, *offset, &data[..torn]);
                         }
                     }
