@@ -80,9 +80,13 @@ impl Relay {
         };
         let store = Arc::new(match &config.store.backend {
             Backend::Sled => {
-                std::fs::create_dir_all(&config.store.path)
-                    .map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
-                AnyStore::Sled(SledStore::open(&config.store.path).map_err(store_err)?)
+                let log = crate::store::LogOptions {
+                    segment_bytes: config.store.log_segment_bytes,
+                    ..Default::default()
+                };
+                AnyStore::Sled(
+                    SledStore::open_with_log(&config.store.path, log).map_err(store_err)?,
+                )
             }
             Backend::Postgres(pg) => {
                 AnyStore::Postgres(PgStore::open(pg).await.map_err(store_err)?)

@@ -78,6 +78,8 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// How long a request waits for its write before answering 503.
     pub write_timeout: Duration,
+    /// The embedded store's write-ahead log begins a new segment past this size.
+    pub log_segment_bytes: u64,
     pub backend: Backend,
 }
 
@@ -477,6 +479,12 @@ impl Validator<'_> {
                 "store.write_timeout",
                 Duration::from_secs(4),
             )?,
+            log_segment_bytes: self.int(
+                &raw.store.log_segment_bytes,
+                "store.log_segment_bytes",
+                4096..=1 << 30,
+                64 << 20,
+            )? as u64,
             // Set once the targets' timeouts are known: the lease must outlast them.
             backend: Backend::Sled,
         };

@@ -60,6 +60,7 @@ pub(super) struct RawStore {
     pub disk_budget: Option<Spanned<i64>>,
     pub min_free_bytes: Option<Spanned<i64>>,
     pub write_timeout: Option<Spanned<String>>,
+    pub log_segment_bytes: Option<Spanned<i64>>,
     pub backend: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
     pub url_env: Option<Spanned<String>>,

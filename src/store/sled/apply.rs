@@ -108,15 +108,21 @@ fn apply(db: &sled::Db, table: &Table) -> sled::Result<()> {
     Ok(())
 }
 
-/// Flushes sled when something was applied since the last checkpoint; false when the flush
-/// failed (the store has stopped).
+/// Flushes sled when something was applied since the last checkpoint, and syncs its files (its
+/// flush alone makes nothing durable, see `recovery::sync_files`); false when that failed
+/// (the store has stopped).
 fn checkpoint(shared: &Shared) -> bool {
     let lsn = shared.applied();
     if lsn == shared.checkpointed() {
         return true;
     }
     let started = Instant::now();
-    match shared.db.flush() {
+    let flushed = shared.db.flush().and_then(|bytes| {
+        super::recovery::sync_files(&shared.dir)
+            .map(|()| bytes)
+            .map_err(sled::Error::Io)
+    });
+    match flushed {
         Ok(bytes) => {
             shared.set_checkpointed(lsn);
             let took = started.elapsed();

@@ -115,6 +115,9 @@ struct Levels {
 
 pub struct Memtables {
     levels: RwLock<Levels>,
+    /// Tests: while set, nothing is frozen for the applier.
+    #[cfg(test)]
+    pub hold: std::sync::atomic::AtomicBool,
     /// Wakes the applier when the active table gets its first write, and the writer when a
     /// frozen table has been applied.
     signal: Mutex<()>,
@@ -134,6 +137,8 @@ impl Default for Memtables {
                 active: Arc::default(),
                 frozen: None,
             }),
+            #[cfg(test)]
+            hold: Default::default(),
             signal: Mutex::new(()),
             changed: Condvar::new(),
         }
@@ -250,6 +255,8 @@ impl Memtables {
         loop {
             let (active, _) = self.tables();
             let since = *active.since.lock().unwrap_or_else(|p| p.into_inner());
+            #[cfg(test)]
+            let since = since.filter(|_| !self.hold.load(Ordering::Relaxed));
             let due = match since {
                 None => false,
                 Some(at) => {

@@ -60,6 +60,8 @@ const COMPACT_EVERY: Duration = Duration::from_secs(10);
 /// What the writer, the applier, the compactor and readers share.
 pub(crate) struct Shared {
     db: sled::Db,
+    /// The store's directory, where sled keeps its files.
+    dir: PathBuf,
     mem: memtable::Memtables,
     queue: Mutex<Queue>,
     /// Names ordering keys in the queue (see `queue`).
@@ -102,7 +104,6 @@ pub struct SledStore {
 }
 
 /// Log segment sizes and how often the log is compacted.
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct LogOptions {
     pub segment_bytes: u64,
@@ -126,9 +127,7 @@ impl SledStore {
         Self::open_inner(path, false, LogOptions::default())
     }
 
-    /// Opens with other log segment sizes and compaction intervals (tests: many small
-    /// segments, compacted at once).
-    #[doc(hidden)]
+    /// Opens with other log segment sizes and compaction intervals.
     pub fn open_with_log(path: &Path, log: LogOptions) -> Result<SledStore, StoreError> {
         Self::open_inner(path, false, log)
     }
@@ -141,6 +140,7 @@ impl SledStore {
         let opened = recovery::open(path, accept_damage, &log)?;
         let shared = Arc::new(Shared {
             db: opened.db,
+            dir: path.to_path_buf(),
             mem: memtable::Memtables::default(),
             queue: Mutex::new(Queue::default()),
             hasher: std::collections::hash_map::RandomState::new(),

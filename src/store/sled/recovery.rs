@@ -41,6 +41,7 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
     // segment can be deleted (a power cut would otherwise lose what both held).
     db.flush()?;
     sync_files(path).map_err(io_error)?;
+    // The log's directory is never deleted, only the segments in it.
     let replayed = started.elapsed();
     let stored = db
         .get(keys::NEXT_SEQ)?
@@ -162,13 +163,18 @@ fn restrict(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Syncs every file sled keeps in `path`, and the directory itself (sled does not sync it
-/// after creating its files).
-fn sync_files(path: &Path) -> std::io::Result<()> {
+/// Syncs every file sled keeps in `path` (its `blobs` directory included) and the directories
+/// themselves. sled's own `flush` does not: it writes with `sync_file_range`, which makes
+/// neither the file's metadata nor the device's cache durable, and it syncs no directory after
+/// creating its files.
+pub fn sync_files(path: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
+        let kind = entry.file_type()?;
+        if kind.is_file() {
             std::fs::File::open(entry.path())?.sync_all()?;
+        } else if kind.is_dir() && entry.file_name() == "blobs" {
+            sync_files(&entry.path())?;
         }
     }
     wal::sync_dir(path)

@@ -119,6 +119,12 @@ async fn acknowledged_writes_only_in_memory_survive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     store.target_ids(&["t".into()]).await.unwrap();
+    // Nothing reaches sled before the crash.
+    store
+        .shared
+        .mem
+        .hold
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     for n in 1..=3 {
         store.ingest(one_event(n, &[1], 1_000)).await.unwrap();
     }
