@@ -176,18 +176,21 @@ async fn health_auth_metrics_and_events() {
     assert_eq!(status, 200);
     assert_eq!(list["events"].as_array().unwrap().len(), 1);
     let first = list["events"][0].clone();
+    // Newest first.
     assert_eq!(
         (first["title"].as_str(), first["status"].as_str()),
-        (Some("one"), Some("done"))
+        (Some("two"), Some("done"))
     );
-    let next = list["next"]
-        .as_str()
-        .expect("a cursor to the next page")
-        .to_owned();
-    assert_eq!(next, first["id"].as_str().unwrap());
-    let (_, page2) = admin(&relay, "GET", &format!("/events?after={next}")).await;
-    assert_eq!(page2["events"][0]["title"], "two");
+    assert_eq!(first["deliveries"][0]["target"], "hook");
+    let cursor = list["next"].as_str().expect("a cursor to the next page");
+    assert_eq!(cursor, first["id"].as_str().unwrap());
+    let (_, page2) = admin(&relay, "GET", &format!("/events?before={cursor}")).await;
+    assert_eq!(page2["events"][0]["title"], "one");
     assert_eq!(page2["next"], Value::Null);
+    let next = page2["events"][0]["id"].as_str().unwrap().to_owned();
+    let (_, newer) = admin(&relay, "GET", &format!("/events?after={next}")).await;
+    assert_eq!(newer["events"][0]["title"], "two");
+    assert_eq!(newer["events"].as_array().unwrap().len(), 1);
     let (_, none) = admin(&relay, "GET", "/events?source=pagerduty").await;
     assert_eq!(none["events"], json!([]));
     let (_, future) = admin(&relay, "GET", "/events?since=2999-01-01T00:00:00Z").await;
@@ -440,6 +443,12 @@ async fn dead_letters_listed_and_replayed_by_target_and_time_range() {
     )
     .await;
     assert_eq!((status, r["replayed"].as_u64()), (200, Some(1)));
+    // A list (what the console's "replay all shown" sends): ids no longer dead are left alone.
+    let ids = format!("{},{}", dead[1]["id"], dead[0]["id"]);
+    let (status, r) = admin(&relay, "POST", &format!("/dead-letters/replay?ids={ids}")).await;
+    assert_eq!((status, r["replayed"].as_u64()), (200, Some(1)));
+    let (status, _) = admin(&relay, "POST", "/dead-letters/replay?ids=1,x").await;
+    assert_eq!(status, 400);
     let (status, _) = admin(&relay, "POST", "/dead-letters/replay").await;
     assert_eq!(status, 400, "a range replay names its target");
     let until = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
@@ -449,7 +458,7 @@ async fn dead_letters_listed_and_replayed_by_target_and_time_range() {
         .append_pair("until", &until)
         .finish();
     let (status, r) = admin(&relay, "POST", &format!("/dead-letters/replay?{q}")).await;
-    assert_eq!((status, r["replayed"].as_u64()), (200, Some(2)));
+    assert_eq!((status, r["replayed"].as_u64()), (200, Some(1)));
     let got = hook.wait_for(6, Duration::from_secs(5)).await;
     assert_eq!(got.iter().filter(|r| r.status == 200).count(), 3);
     assert!(wait_until_async(|| async { relay.store().stats().await.unwrap().done == 3 }).await);

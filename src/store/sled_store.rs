@@ -24,8 +24,9 @@ use super::keys;
 use super::overlay::{self, Deferred, Overlay};
 use super::wal::{self, LogOp, Lsn, Pointer, Segments, Wal, WalError};
 use super::{
-    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
-    Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, EventPage, EventQuery,
+    IngestBatch, NewDelivery, Next, Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts,
+    TargetId, TargetState,
 };
 use crate::normalize::Event;
 
@@ -307,6 +308,15 @@ impl SledStore {
         Err(StoreError::Corrupt(
             "an event body moved three times while being read".into(),
         ))
+    }
+
+    /// The deliveries of the event whose `E` value is `entry`.
+    fn deliveries_in(&self, id: uuid::Uuid, entry: &[u8]) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        for seq in event_seqs(&self.db, id, entry)? {
+            out.extend(self.get_delivery(seq)?);
+        }
+        Ok(out)
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashSet<Seq>> {
@@ -778,14 +788,10 @@ impl Store for SledStore {
     }
 
     async fn deliveries_of(&self, event: uuid::Uuid) -> Result<Vec<Delivery>, StoreError> {
-        let Some(entry) = self.db.get(keys::event(event.as_bytes()))? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for seq in event_seqs(&self.db, event, &entry)? {
-            out.extend(self.get_delivery(seq)?);
+        match self.db.get(keys::event(event.as_bytes()))? {
+            Some(entry) => self.deliveries_in(event, &entry),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
     }
 
     async fn attempts(&self, seq: Seq) -> Result<Vec<Attempt>, StoreError> {
@@ -899,6 +905,16 @@ impl Store for SledStore {
             out.extend(self.decode_event(&k, v)?);
         }
         Ok(out)
+    }
+
+    async fn event_log(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        super::event_log::sled_page(
+            &self.db,
+            &query,
+            |id, entry| self.deliveries_in(id, entry),
+            |key, value| self.decode_event(key, value),
+        )
+        .await
     }
 
     async fn dead_letters_between(
