@@ -31,6 +31,14 @@ function rawBody(raw) {
   return parts;
 }
 
+function components(list) {
+  if (!list.length) return null;
+  const rows = list.map((c) => h('tr', {},
+    td('Component', [c.group ? c.group + ' / ' : '', c.name]),
+    td('Status', [c.previous_status ? c.previous_status + ' → ' : '', c.status || '?'])));
+  return [h('h2', {}, 'Components'), table(['Component', 'Status'], rows, 'kv')];
+}
+
 function attempts(d) {
   if (!d.attempt_log.length) return h('p', { class: 'muted' }, 'No attempt yet.');
   return table(['#', 'At', 'Status', 'Latency', 'Error', 'Response'], d.attempt_log.map((a) => h('tr', {},
@@ -110,9 +118,7 @@ page('event', async (ctx) => {
         e.matched_rules && e.matched_rules.length
           ? h('ol', { class: 'rules' }, e.matched_rules.map((r) => h('li', {}, r)))
           : h('p', { class: 'muted' }, 'None.'),
-        (e.components || []).length ? [h('h2', {}, 'Components'), table(['Component', 'Status'], e.components.map((c) => h('tr', {},
-          td('Component', [c.group ? c.group + ' / ' : '', c.name]),
-          td('Status', [c.previous_status ? c.previous_status + ' → ' : '', c.status || '?'])))), 'kv')] : null)),
+        components(e.components || []))),
     h('h2', {}, 'Deliveries'),
     deliveries,
     h('div', { class: 'cols' },

@@ -82,7 +82,7 @@ function filterBar(filters, names, types) {
     h('label', {}, 'To', timeInput('until')),
     h('span', { class: 'quick' }, recent('15 min', 15), recent('1 h', 60), recent('24 h', 1440)),
     Object.values(filters).some(Boolean)
-      ? h('button', { type: 'button', class: 'link', onclick: () => go('events', {}) }, 'Clear filters')
+      ? h('button', { type: 'button', class: 'link', id: 'clear', onclick: () => go('events', {}) }, 'Clear filters')
       : null);
 }
 
@@ -103,10 +103,10 @@ page('events', async (ctx) => {
       ? h('a', { class: 'button', href: '#/events' + query({ ...filters, before: next }), id: 'older' },
         rows.length < LIMIT ? `Search older (searched back to ${clock(idTime(next))})` : 'Older →')
       : null;
-    pager.replaceChildren(
+    pager.replaceChildren(h('span', { class: 'contents' },
       before ? h('a', { class: 'button', href: '#/events' + query(filters) }, '← Newest') : null,
       h('span', { class: 'muted' }, `${body.children.length} shown`),
-      older);
+      older));
   };
   drawPager();
   ctx.mount(h('section', {},

@@ -25,20 +25,37 @@ function chart(hour) {
     if (dh) svg.append(h('svg:rect', { x: i * bw + 0.5, y: H - dh, width: bw - 1, height: dh, class: 'bar-ok' }));
     if (fh) svg.append(h('svg:rect', { x: i * bw + 0.5, y: H - dh - fh, width: bw - 1, height: fh, class: 'bar-bad' }));
   }
+  // Quarter-hour gridlines.
+  for (const q of [15, 30, 45]) {
+    svg.append(h('svg:line', { x1: (q / 60) * W, x2: (q / 60) * W, y1: 0, y2: H, class: 'grid' }));
+  }
+  // Mean lag, drawn only through minutes that delivered something (no delivery is no lag).
   if (lagPeak > 0) {
-    const pts = hour.lag_avg_ms.map((l, i) => `${(i + 0.5) * bw},${H - 2 - (l / lagPeak) * (H - 6)}`);
-    svg.append(h('svg:polyline', { points: pts.join(' '), class: 'lag' }));
+    let run = [];
+    const flush = () => {
+      if (run.length) svg.append(h('svg:polyline', { points: run.join(' '), class: 'lag' }));
+      run = [];
+    };
+    hour.lag_avg_ms.forEach((l, i) => {
+      if (!hour.delivered[i]) { flush(); return; }
+      const x = (i + 0.5) * bw;
+      const y = H - 3 - (l / lagPeak) * (H - 8);
+      run.push(`${x},${y}`);
+      if (run.length === 1) run.push(`${x + 0.01},${y}`);
+    });
+    flush();
   }
   const sum = (a) => a.reduce((x, y) => x + y, 0);
   const delivered = sum(hour.delivered);
   const failed = sum(hour.failed);
   const lagMax = Math.max(...hour.lag_max_ms);
   return h('figure', { class: 'chart-box' }, svg,
+    h('div', { class: 'axis muted' }, h('span', {}, '60 min ago'), h('span', {}, '30'), h('span', {}, 'now')),
     h('figcaption', {},
       h('span', { class: 'key ok' }, `${delivered.toLocaleString()} delivered`),
       h('span', { class: 'key bad' }, `${failed.toLocaleString()} failed`),
       h('span', { class: 'key lag' }, `lag ≤ ${lagMax ? ms(lagMax) : '–'}`),
-      h('span', { class: 'muted' }, `last hour · peak ${peak}/min`)));
+      h('span', { class: 'muted grow right' }, `peak ${peak.toLocaleString()}/min`)));
 }
 
 function ms(v) { return v < 1000 ? `${v} ms` : duration(Math.round(v / 1000)); }
@@ -54,19 +71,20 @@ function card(t, redraw) {
     if (done) redraw();
   });
   const since = Date.parse(t.since);
-  const stat = (label, value, cls) => h('div', { class: 'stat ' + (cls || '') }, h('span', {}, label), h('strong', {}, value));
+  const stat = (key, label, value, cls) => h('div', { class: 'stat ' + (cls || ''), 'data-stat': key },
+    h('span', {}, label), h('strong', {}, value));
   return h('article', { class: 'card target s-' + t.state, 'data-target': t.name },
     h('header', {}, h('h2', {}, t.name), badge(t.state),
       h('span', { class: 'muted', title: t.since }, Number.isNaN(since) ? '' : `since ${ago(since).replace(' ago', '')}`),
       h('span', { class: 'grow' }), button),
     t.reason ? h('p', { class: t.state === 'suspended' ? 'bad reason' : 'muted reason' }, t.reason) : null,
     h('div', { class: 'stats' },
-      stat('Pending', t.pending.toLocaleString()),
-      stat('Oldest pending', t.oldest_pending_age_seconds != null ? duration(t.oldest_pending_age_seconds) : '–',
+      stat('pending', 'Pending', t.pending.toLocaleString()),
+      stat('oldest', 'Oldest pending', t.oldest_pending_age_seconds != null ? duration(t.oldest_pending_age_seconds) : '–',
         t.oldest_pending_age_seconds > 300 ? 'warn' : ''),
-      h('a', { class: 'stat' + (t.dead_letters ? ' bad' : ''), href: '#/dead?target=' + encodeURIComponent(t.name) },
+      h('a', { class: 'stat' + (t.dead_letters ? ' bad' : ''), 'data-stat': 'dead', href: '#/dead?target=' + encodeURIComponent(t.name) },
         h('span', {}, 'Dead letters'), h('strong', {}, t.dead_letters.toLocaleString())),
-      stat('Failures in a row', t.consecutive_failures, t.consecutive_failures ? 'bad' : '')),
+      stat('failures', 'Failures in a row', t.consecutive_failures, t.consecutive_failures ? 'bad' : '')),
     chart(t.last_hour),
     t.last_error ? h('p', { class: 'last-error' }, h('span', { class: 'muted' }, 'Last error: '), h('code', {}, t.last_error)) : null);
 }
