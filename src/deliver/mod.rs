@@ -223,57 +223,16 @@ impl<S: Store> Worker<S> {
             }
             Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
         };
-        let event = match self.store.event(delivery.event_id).await {
-            Ok(e) => e,
-            Err(e) => {
-                self.store.release(delivery.seq);
-                return Err(e);
-            }
-        };
-        let number = delivery.attempts + 1;
-        let spec = target.spec();
-        let at_ms = now_ms();
-        let started = Instant::now();
-        let result = match &event {
-            Some(event) => {
-                let ctx = context(event, &delivery, number, &target.name, spec.config.needs());
-                spec.target
-                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
-                    .await
-            }
-            None => AttemptResult::Invalid(format!(
-                "event {} is missing from the store",
-                delivery.event_id
-            )),
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let action = classify(&result);
-        let next = match &action {
-            Action::Done => Next::Done,
-            Action::Retry { retry_after, .. } => {
-                match spec.config.retry.delay(
-                    number - delivery.retry_base,
-                    fastrand::f64(),
-                    *retry_after,
-                ) {
-                    Some(delay) => Next::Retry {
-                        due_ms: now_ms() + delay.as_millis() as u64,
-                    },
-                    None => Next::Dead,
-                }
-            }
-            Action::Permanent { .. } => Next::Dead,
-            Action::Skip { .. } => Next::Skipped,
-        };
-        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        let error = attempt.error.clone();
-        self.store.finish(&delivery, attempt, next).await?;
-        self.account(&action, next, latency_ms, event.as_ref())
+        let event = self.event_of(&delivery).await?;
+        let tried = self.attempt(&delivery, event.as_ref()).await;
+        let (next, error, number) = (tried.next, tried.record.error.clone(), tried.record.number);
+        self.store.finish(&delivery, tried.record, next).await?;
+        self.account(&tried.action, next, tried.latency_ms, event.as_ref())
             .await;
         let seq = delivery.seq;
         let outcome = match next {
             Next::Done => {
-                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
+                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms = tried.latency_ms, "delivered");
                 Outcome::Delivered(seq)
             }
             Next::Retry { due_ms } => {
@@ -290,6 +249,75 @@ impl<S: Store> Worker<S> {
             }
         };
         Ok(outcome)
+    }
+
+    /// The claimed delivery's event; the claim is released when it cannot be read, so the
+    /// delivery is due again as it was.
+    async fn event_of(&self, delivery: &Delivery) -> Result<Option<Event>, StoreError> {
+        match self.store.event(delivery.event_id).await {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                self.store.release(delivery.seq);
+                Err(e)
+            }
+        }
+    }
+
+    /// One attempt at `delivery`: rendered, sent and classified, and what follows from it by
+    /// the target's retry policy.
+    async fn attempt(&self, delivery: &Delivery, event: Option<&Event>) -> Tried {
+        let number = delivery.attempts + 1;
+        let spec = self.target.spec();
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let result = match event {
+            Some(event) => {
+                let ctx = context(
+                    event,
+                    delivery,
+                    number,
+                    &self.target.name,
+                    spec.config.needs(),
+                );
+                spec.target
+                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
+                    .await
+            }
+            None => AttemptResult::Invalid(format!(
+                "event {} is missing from the store",
+                delivery.event_id
+            )),
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let action = classify(&result);
+        let next = match &action {
+            Action::Done => Next::Done,
+            Action::Retry { retry_after, .. } => {
+                let retry = number.saturating_sub(delivery.retry_base);
+                match spec
+                    .config
+                    .retry
+                    .delay(retry, fastrand::f64(), *retry_after)
+                {
+                    // Saturating: a policy whose delays overflow waits for ever rather than
+                    // wrapping into the past.
+                    Some(delay) => Next::Retry {
+                        due_ms: now_ms()
+                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                    },
+                    None => Next::Dead,
+                }
+            }
+            Action::Permanent { .. } => Next::Dead,
+            Action::Skip { .. } => Next::Skipped,
+        };
+        let record = attempt_record(number, at_ms, latency_ms, &result, &action);
+        Tried {
+            action,
+            next,
+            record,
+            latency_ms,
+        }
     }
 
     /// Metrics, last error, and the consecutive-failure count that suspends a target. Only
@@ -352,9 +380,15 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    /// While the target is suspended: tries its head delivery again, with backoff, without
-    /// counting failed tries against any delivery. The first answer that is not worth a retry
-    /// (success, or a permanent error: the target is answering) is recorded and resumes it.
+    /// While the target is suspended: tries one head delivery at a time, with backoff, going
+    /// round the target's ordering keys; the first answer that is not worth a retry (success,
+    /// or a permanent error: the target is answering) is recorded and resumes it.
+    ///
+    /// A failed try counts as one of the delivery's retries when the delivery was due by its
+    /// own schedule, and is recorded like any attempt: a payload the receiver always refuses
+    /// runs out of retries and becomes a dead letter, so it never holds the target suspended
+    /// for good. A try before the delivery is due does not count, so no delivery's retries run
+    /// faster than its schedule, however long the target is down.
     pub async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         use backon::BackoffBuilder;
         let t = &self.target;
@@ -364,13 +398,14 @@ impl<S: Store> Worker<S> {
             .with_factor(2.0)
             .without_max_times()
             .build();
+        let mut after = 0;
         while t.mode() == TargetMode::Suspended && !*stop.borrow() {
             let wait = delays.next().unwrap_or(Duration::from_secs(300));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => break,
             }
-            match self.probe_once().await {
+            match self.probe_once(&mut after).await {
                 Ok(true) => {
                     if let Err(e) = t
                         .set_mode(
@@ -391,43 +426,33 @@ impl<S: Store> Worker<S> {
         t.probe_running.store(false, Ordering::Release);
     }
 
-    /// One probe; `true` when the target answered.
-    async fn probe_once(&self) -> Result<bool, StoreError> {
+    /// One probe of the head after `after` (in sequence order, going round); `true` when the
+    /// target answered.
+    async fn probe_once(&self, after: &mut Seq) -> Result<bool, StoreError> {
         let t = &self.target;
-        let delivery = match self.store.claim(t.id, u64::MAX).await? {
+        let delivery = match self.store.claim_probe(t.id, *after).await? {
             Claim::Due(d) => d,
             // Nothing waits: resume, and let the next delivery show whether it is back.
             _ => return Ok(true),
         };
-        let Some(event) = self.store.event(delivery.event_id).await? else {
-            self.store.release(delivery.seq);
-            return Ok(true);
-        };
-        let number = delivery.attempts + 1;
-        let spec = t.spec();
-        let ctx = context(&event, &delivery, number, &t.name, spec.config.needs());
-        let at_ms = now_ms();
-        let started = Instant::now();
-        let result = spec
-            .target
-            .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
-            .await;
-        let action = classify(&result);
-        if let Action::Retry { reason, .. } = &action {
-            tracing::info!(target_name = %t.name, error = %reason, "probe failed; target stays suspended");
-            self.store.release(delivery.seq);
-            return Ok(false);
+        *after = delivery.seq;
+        let due = delivery.due_ms <= now_ms();
+        let event = self.event_of(&delivery).await?;
+        let tried = self.attempt(&delivery, event.as_ref()).await;
+        if let Action::Retry { reason, .. } = &tried.action {
+            tracing::info!(target_name = %t.name, seq = delivery.seq, counted = due, error = %reason, "probe failed; target stays suspended");
+            if !due {
+                self.store.release(delivery.seq);
+                return Ok(false);
+            }
         }
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let next = match &action {
-            Action::Done => Next::Done,
-            Action::Skip { .. } => Next::Skipped,
-            _ => Next::Dead,
-        };
-        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        self.store.finish(&delivery, attempt, next).await?;
-        self.account(&action, next, latency_ms, Some(&event)).await;
-        Ok(true)
+        let answered = !matches!(tried.action, Action::Retry { .. });
+        self.store
+            .finish(&delivery, tried.record, tried.next)
+            .await?;
+        self.account(&tried.action, tried.next, tried.latency_ms, event.as_ref())
+            .await;
+        Ok(answered)
     }
 
     /// Runs one lane until `stop` turns true; checked between deliveries only, so an attempt
@@ -469,6 +494,14 @@ impl<S: Store> Worker<S> {
             }
         }
     }
+}
+
+/// What one attempt came to.
+struct Tried {
+    action: Action,
+    next: Next,
+    record: Attempt,
+    latency_ms: u64,
 }
 
 /// The record of one attempt: what came back, and the reason when it was not a success.

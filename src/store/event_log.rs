@@ -1,17 +1,12 @@
 //! The event log, newest first (`GET /events`, the console's message log): the paging rules
-//! both backends share, and the sled store's scan.
+//! both backends share (the embedded store's scan is `sled::event_log`).
 //!
 //! One call looks at no more than [`EventQuery::max_examined`] events, matching or not, so a
 //! filter that matches little still costs a bounded amount per request; the caller continues
 //! from [`EventPage::resume`], where the call stopped.
 
-use super::{
-    keys, Delivery, DeliveryState, EventPage, EventQuery, EventStatus, LoggedEvent, StoreError,
-};
+use super::{Delivery, DeliveryState, EventPage, EventQuery, EventStatus, LoggedEvent};
 use crate::normalize::Event;
-
-/// Events the sled scan looks at between two yields to the runtime.
-const CHUNK: usize = 128;
 
 impl EventStatus {
     pub fn of(deliveries: &[Delivery]) -> EventStatus {
@@ -44,7 +39,7 @@ impl EventQuery {
 
 /// Collects one page: counts the events examined and remembers the last, where the next call
 /// resumes.
-pub(super) struct Pager<'q> {
+pub(crate) struct Pager<'q> {
     query: &'q EventQuery,
     page: EventPage,
     last: Option<uuid::Uuid>,
@@ -83,62 +78,5 @@ impl<'q> Pager<'q> {
     pub fn finish(mut self, ended: bool) -> EventPage {
         self.page.resume = if ended { None } else { self.last };
         self.page
-    }
-}
-
-/// The sled store's page: a reverse scan of the `E` keys in range. An event's deliveries are
-/// read first (a record each; they decide a status filter) and its body only when it may still
-/// match. The scan yields to the runtime every [`CHUNK`] events, resuming from the last key.
-pub(super) async fn sled_page(
-    db: &sled::Db,
-    query: &EventQuery,
-    deliveries: impl Fn(uuid::Uuid, &[u8]) -> Result<Vec<Delivery>, StoreError>,
-    decode: impl Fn(&[u8], sled::IVec) -> Result<Option<Event>, StoreError>,
-) -> Result<EventPage, StoreError> {
-    let low = match query.after {
-        Some(id) => {
-            let mut k = keys::event(id.as_bytes());
-            k.push(0);
-            k
-        }
-        None => b"E".to_vec(),
-    };
-    let mut high = match query.before {
-        Some(id) => keys::event(id.as_bytes()),
-        None => b"F".to_vec(),
-    };
-    let mut pager = Pager::new(query);
-    loop {
-        if low >= high || !pager.wants_more() {
-            return Ok(pager.finish(low >= high));
-        }
-        let mut rows = db.range(low.clone()..high.clone()).rev();
-        for _ in 0..CHUNK {
-            let Some(item) = rows.next() else {
-                return Ok(pager.finish(true));
-            };
-            let (key, value) = item?;
-            high = key.to_vec();
-            let id = key
-                .get(1..)
-                .and_then(|b| uuid::Uuid::from_slice(b).ok())
-                .ok_or_else(|| StoreError::Corrupt("malformed event key".into()))?;
-            pager.examine(id);
-            let ds = deliveries(id, &value)?;
-            // `None`: pruned since the scan read its key.
-            if query.admits_deliveries(&ds) {
-                if let Some(event) = decode(&key, value)? {
-                    if query.admits_event(&event) {
-                        pager.push(event, ds);
-                    }
-                }
-            }
-            if !pager.wants_more() {
-                let ended = rows.next().is_none();
-                return Ok(pager.finish(ended));
-            }
-        }
-        drop(rows);
-        tokio::task::yield_now().await;
     }
 }

@@ -22,11 +22,17 @@
 //! every record in it and no stored event points into it (the store counts them per segment).
 //! A segment that few stored events keep is compacted: the store copies their bodies to the
 //! end of the log and the segment goes (see `bodies_in`).
-//! A record is `[len u32][crc32 u32][lsn u64][ops]`, little-endian, the CRC over the LSN and the
-//! ops; an op is `[1][key len u32][key][value len u32][value]` (insert), `[2][key len u32][key]`
-//! (remove) or `[3][len u32][bytes]` (an event body). A torn or zeroed record at the end of the
-//! last segment is a write the crash interrupted (never acknowledged) and is cut off; anything
-//! unreadable before it is damage.
+//! A record is `[len u32][crc32 u32][lsn u64][synced u64][ops]`, little-endian, the CRC over
+//! everything after it; `synced` is how far its segment was known to be on disk when the record
+//! was added (the end of the last synced group). An op is `[1][key len u32][key][value len
+//! u32][value]` (insert), `[2][key len u32][key]` (remove) or `[3][len u32][bytes]` (an event
+//! body).
+//!
+//! After a crash, the last segment may end in a group that was being written and never synced
+//! (never acknowledged), and any of its pages may be missing: an unreadable record there is cut
+//! off with everything after it. But a record that is unreadable although a valid record after
+//! it says the log was synced beyond it is damage to acknowledged data: the store refuses to
+//! open rather than drop what follows.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -38,7 +44,7 @@ use std::sync::{Arc, RwLock};
 /// A segment is closed and a new one begun past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-const HEADER: usize = 16;
+const HEADER: usize = 24;
 const INSERT: u8 = 1;
 const REMOVE: u8 = 2;
 const BODY: u8 = 3;
@@ -57,9 +63,8 @@ pub struct Wal {
     /// Records of the current group, written at the next `sync`.
     buf: Vec<u8>,
     last_lsn: Lsn,
-    /// The last LSN on disk: where the log goes back to when a sync fails.
+    /// The last LSN on disk: where the log goes back to when a write fails.
     synced_lsn: Lsn,
-    poisoned: bool,
     segment_bytes: u64,
 }
 
@@ -71,8 +76,7 @@ pub enum LogOp<'a> {
     Body,
 }
 
-/// Where an event body lies in the log. Stored in sled in place of the body; its first byte
-/// (0xFF) cannot begin an inline event record, whose first byte is the high byte of a length.
+/// Where an event body lies in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pointer {
     pub segment: Lsn,
@@ -80,41 +84,30 @@ pub struct Pointer {
     pub len: u32,
 }
 
-const POINTER_TAG: u8 = 0xFF;
-/// An event entry: a pointer followed by the seqs of the event's deliveries (8 bytes each).
-/// Keeping them in the entry rather than under keys of their own saves sled an insert per
-/// delivery at ingest and a removal at pruning. 0xFE cannot begin an inline record either.
+/// The first byte of an event entry, the value sled keeps for an event: where its body lies
+/// and the seqs of its deliveries (8 bytes each), `[0xFE][segment u64][offset u64][len
+/// u32][seq u64]*`, big-endian. Keeping the seqs in the entry rather than under keys of their
+/// own saves sled an insert per delivery at ingest and a removal at pruning.
 const ENTRY_TAG: u8 = 0xFE;
 pub const POINTER_BYTES: usize = 21;
 
 impl Pointer {
-    pub fn encode(&self) -> [u8; POINTER_BYTES] {
-        let mut out = [0u8; POINTER_BYTES];
-        out[0] = POINTER_TAG;
-        out[1..9].copy_from_slice(&self.segment.to_be_bytes());
-        out[9..17].copy_from_slice(&self.offset.to_be_bytes());
-        out[17..21].copy_from_slice(&self.len.to_be_bytes());
-        out
-    }
-
     /// The event entry for this body and the deliveries `seqs`.
     pub fn entry(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
-        let mut out = self.encode().to_vec();
-        out[0] = ENTRY_TAG;
+        let mut out = Vec::with_capacity(POINTER_BYTES + 8);
+        out.push(ENTRY_TAG);
+        out.extend_from_slice(&self.segment.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
         out.extend(seqs.into_iter().flat_map(u64::to_be_bytes));
         out
     }
 
-    /// The pointer of a plain pointer or of an event entry; `None` when `value` is neither
-    /// (an event stored inline).
+    /// The pointer of an event entry; `None` when `value` is not one.
     pub fn decode(value: &[u8]) -> Option<Pointer> {
-        let valid = match value.first() {
-            Some(&POINTER_TAG) => value.len() == POINTER_BYTES,
-            Some(&ENTRY_TAG) => {
-                value.len() >= POINTER_BYTES && (value.len() - POINTER_BYTES) % 8 == 0
-            }
-            _ => false,
-        };
+        let valid = value.first() == Some(&ENTRY_TAG)
+            && value.len() >= POINTER_BYTES
+            && (value.len() - POINTER_BYTES) % 8 == 0;
         if !valid {
             return None;
         }
@@ -126,35 +119,22 @@ impl Pointer {
     }
 }
 
-/// Turns a plain pointer into an event entry that keeps whatever seqs follow (more are then
-/// pushed onto it) and returns the pointer; `None`, leaving `value` alone, when it is not a
-/// pointer.
-pub fn make_entry(value: &mut [u8]) -> Option<Pointer> {
-    let pointer = Pointer::decode(value)?;
-    value[0] = ENTRY_TAG;
-    Some(pointer)
-}
-
-/// Whether `value` is an event entry (which lists all of its event's deliveries).
-pub fn is_entry(value: &[u8]) -> bool {
-    value.first() == Some(&ENTRY_TAG) && Pointer::decode(value).is_some()
-}
-
-/// The delivery seqs an event entry lists: none for a plain pointer or an inline event.
-pub fn entry_seqs(value: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    let seqs = if is_entry(value) {
-        &value[POINTER_BYTES..]
-    } else {
-        &[]
-    };
-    seqs.chunks_exact(8)
+/// The delivery seqs an event entry lists.
+pub fn entry_seqs(entry: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    entry
+        .get(POINTER_BYTES..)
+        .unwrap_or_default()
+        .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8-byte chunk")))
 }
 
-/// Open segment files, shared by the writer and every reader of event bodies.
+/// Open segment files, shared by the writer and every reader of event bodies. Only segments
+/// that exist are cached: a reader that opened a segment just as it was deleted does not put
+/// its handle back (which would keep the deleted file's space until the relay stops).
 pub struct Segments {
     dir: PathBuf,
-    files: RwLock<HashMap<Lsn, Arc<File>>>,
+    /// Every segment there is, with its open file once someone read from it.
+    files: RwLock<HashMap<Lsn, Option<Arc<File>>>>,
 }
 
 impl Segments {
@@ -174,19 +154,33 @@ impl Segments {
             .get(&pointer.segment)
             .cloned();
         let file = match cached {
-            Some(f) => f,
-            None => {
+            Some(Some(f)) => f,
+            Some(None) => {
                 let f = Arc::new(File::open(segment_path(&self.dir, pointer.segment))?);
-                self.files
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(pointer.segment, f.clone());
+                let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(slot) = files.get_mut(&pointer.segment) {
+                    *slot = Some(f.clone());
+                }
                 f
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("log segment {} is gone", pointer.segment),
+                ))
             }
         };
         let mut buf = vec![0u8; pointer.len as usize];
         file.read_exact_at(&mut buf, pointer.offset)?;
         Ok(buf)
+    }
+
+    fn add(&self, segment: Lsn) {
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(segment)
+            .or_insert(None);
     }
 
     fn forget(&self, segment: Lsn) {
@@ -232,8 +226,35 @@ fn segments(dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
     Ok(out)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and its parents) readable by the owner only, and makes its entry durable.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Opens a new file for writing, readable by the owner only.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// The segments of `dir` that are closed (a later one exists) and whose every record is at or
@@ -347,7 +368,13 @@ fn replay_into(
         File::open(path)?.read_to_end(&mut data)?;
         let mut at = 0usize;
         while at < data.len() {
-            let Some((lsn, ops, next)) = read_record(&data, at) else {
+            let Some((lsn, _, ops, next)) = read_record(&data, at) else {
+                if let Some((valid, its_lsn)) = synced_past(&data, at) {
+                    return Err(damaged(format!(
+                        "unreadable record at byte {at}, although record {its_lsn} at byte \
+                         {valid} shows the log was synced past it: acknowledged data is damaged"
+                    )));
+                }
                 if i + 1 == count {
                     // The tail the crash interrupted: never synced, so never acknowledged.
                     tracing::warn!(
@@ -385,26 +412,42 @@ fn replay_into(
     Ok(())
 }
 
-/// Parses the record at `at`: its LSN, its ops and where the next record starts. `None` when
-/// the bytes there are not a whole record with a matching checksum.
-fn read_record(data: &[u8], at: usize) -> Option<(Lsn, &[u8], usize)> {
+/// Parses the record at `at`: its LSN, its `synced` mark, its ops and where the next record
+/// starts. `None` when the bytes there are not a whole record with a matching checksum.
+fn read_record(data: &[u8], at: usize) -> Option<(Lsn, u64, &[u8], usize)> {
     let header = data.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
     let lsn = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    let synced = u64::from_le_bytes(header[16..24].try_into().ok()?);
     if len == 0 {
         return None;
     }
     let ops = data.get(at + HEADER..at + HEADER + len)?;
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[8..16]);
+    hasher.update(&header[8..HEADER]);
     hasher.update(ops);
     if hasher.finalize() != crc {
         return None;
     }
     // Every op must parse; a record that passes its checksum but does not is damage, not a tail.
     OpsIter { data: ops, at: 0 }.check()?;
-    Some((lsn, ops, at + HEADER + len))
+    Some((lsn, synced, ops, at + HEADER + len))
+}
+
+/// A valid record after byte `damaged` of a segment that says the segment was synced beyond
+/// that byte: (where it lies, its LSN). The cheap checks come first, so this reads the rest of
+/// the segment once.
+fn synced_past(data: &[u8], damaged: usize) -> Option<(usize, Lsn)> {
+    let field = |at: usize, from: usize| -> u64 {
+        u64::from_le_bytes(data[at + from..at + from + 8].try_into().expect("8 bytes"))
+    };
+    (damaged + 1..data.len().saturating_sub(HEADER - 1))
+        .filter(|&at| {
+            let synced = field(at, 16);
+            synced > damaged as u64 && synced <= at as u64
+        })
+        .find_map(|at| read_record(data, at).map(|(lsn, ..)| (at, lsn)))
 }
 
 struct OpsIter<'a> {
@@ -471,10 +514,24 @@ fn put_sized(ops: &mut Vec<u8>, bytes: &[u8]) {
     ops.extend_from_slice(bytes);
 }
 
+/// Why a group could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Its records could not be written and were cut off again: the log is as it was after
+    /// the last sync, and later groups may be written.
+    #[error("could not write to the write-ahead log: {0}")]
+    Refused(io::Error),
+    /// What the log holds on disk is unknown (a sync failed, or cutting back a failed write
+    /// did, or a new segment's directory entry could not be synced): nothing more may be
+    /// written; a restart reads what is there.
+    #[error("the write-ahead log failed: {0}")]
+    Fatal(io::Error),
+}
+
 impl Wal {
     /// Starts a new segment in `dir` after `last_lsn`, deleting the segments that hold no
-    /// live event bodies (`keep` says which do): call it once everything in the old log is
-    /// durable in sled (after `replay` and a flush).
+    /// live event bodies (`keep` says which do): call it only once everything in the old log
+    /// is durable in sled (after `replay` and a sync of sled's files).
     pub fn start(
         dir: &Path,
         last_lsn: Lsn,
@@ -482,29 +539,32 @@ impl Wal {
         segment_bytes: u64,
         keep: impl Fn(Lsn) -> bool,
     ) -> io::Result<Wal> {
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
         let mut closed = Vec::new();
         for (first, path) in segments(dir)? {
             // A segment after `last_lsn` holds no record (it was begun and never written).
             if first <= last_lsn && keep(first) {
+                segments_of.add(first);
                 closed.push((first, path));
             } else {
                 segments_of.forget(first);
                 std::fs::remove_file(path)?;
             }
         }
-        let file = Self::create_segment(dir, last_lsn + 1)?;
+        let first = last_lsn + 1;
+        let file = create_private_file(&segment_path(dir, first))?;
+        sync_dir(dir)?;
+        segments_of.add(first);
         Ok(Wal {
             dir: dir.to_path_buf(),
             segments: segments_of,
             file,
             written: 0,
-            current_first: last_lsn + 1,
+            current_first: first,
             closed,
             buf: Vec::with_capacity(1 << 20),
             last_lsn,
             synced_lsn: last_lsn,
-            poisoned: false,
             segment_bytes,
         })
     }
@@ -513,13 +573,7 @@ impl Wal {
     /// [`put_insert`] and [`put_remove`]); it is written and synced by the next `sync`.
     pub fn append(&mut self, lsn: Lsn, ops: &[u8]) {
         debug_assert_eq!(lsn, self.last_lsn + 1, "records are appended in LSN order");
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&lsn.to_le_bytes());
-        hasher.update(ops);
-        self.buf
-            .extend_from_slice(&(ops.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&hasher.finalize().to_le_bytes());
-        self.buf.extend_from_slice(&lsn.to_le_bytes());
+        self.put_header(lsn, &[ops]);
         self.buf.extend_from_slice(ops);
         self.last_lsn = lsn;
     }
@@ -528,71 +582,81 @@ impl Wal {
         self.last_lsn
     }
 
-    /// Writes the appended records and waits until they are on disk. On failure the segment is
-    /// cut back to what was synced before, so no half-written record stays in front of later
-    /// ones, and the records are dropped: the log is as it was after the last sync.
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.poisoned {
-            self.buf.clear();
-            self.last_lsn = self.synced_lsn;
-            return Err(io::Error::other(
-                "the write-ahead log could not be cut back after a failed write; restart the relay",
-            ));
+    /// The header of record `lsn` whose ops are `parts` one after the other.
+    fn put_header(&mut self, lsn: Lsn, parts: &[&[u8]]) {
+        let mut fields = [0u8; 16];
+        fields[..8].copy_from_slice(&lsn.to_le_bytes());
+        fields[8..].copy_from_slice(&self.written.to_le_bytes());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&fields);
+        let mut len = 0;
+        for p in parts {
+            hasher.update(p);
+            len += p.len();
         }
+        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
+        self.buf.extend_from_slice(&hasher.finalize().to_le_bytes());
+        self.buf.extend_from_slice(&fields);
+    }
+
+    /// Begins a new segment when the current one is full. Called before a group's first
+    /// record, since the pointers to its bodies name their segment. A segment that cannot be
+    /// created leaves the current one in use (tried again before the next group); one whose
+    /// directory entry cannot be synced is fatal, since records written there could vanish
+    /// with it.
+    pub fn prepare(&mut self) -> Result<(), SyncError> {
+        if self.written < self.segment_bytes {
+            return Ok(());
+        }
+        debug_assert!(self.buf.is_empty(), "segments end between groups");
+        let first = self.last_lsn + 1;
+        let file = match create_private_file(&segment_path(&self.dir, first)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not begin a new log segment; the current one grows");
+                return Ok(());
+            }
+        };
+        sync_dir(&self.dir).map_err(SyncError::Fatal)?;
+        let old = segment_path(&self.dir, self.current_first);
+        self.closed.push((self.current_first, old));
+        self.segments.add(first);
+        self.current_first = first;
+        self.file = file;
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Writes the appended records and waits until they are on disk.
+    ///
+    /// A failed write is cut off again, so no half-written record stays in front of later
+    /// ones, and the group is refused ([`SyncError::Refused`]). A failed sync is never tried
+    /// again: once `fdatasync` has failed, the kernel may have dropped the pages and cleared
+    /// the error, so a second call could succeed without anything being on disk. It is
+    /// [`SyncError::Fatal`]: the caller stops writing, and the restart reads what the disk
+    /// really holds.
+    pub fn sync(&mut self) -> Result<(), SyncError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
-        match result {
-            Ok(()) => {
-                self.written += self.buf.len() as u64;
-                self.buf.clear();
-                self.synced_lsn = self.last_lsn;
-                if self.written >= self.segment_bytes {
-                    // The records are durable whatever happens here; a failed rotation is
-                    // tried again after the next sync.
-                    if let Err(e) = self.rotate() {
-                        tracing::warn!(error = %e, "could not begin a new log segment");
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.buf.clear();
-                self.last_lsn = self.synced_lsn;
-                // Records that failed must not stay in the file: later records would reuse
-                // their sequence numbers. If they cannot be cut off, no more are written.
-                let cut = self.file.set_len(self.written).and_then(|()| {
-                    std::io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.written))
-                });
-                if cut.is_err() {
-                    self.poisoned = true;
-                }
-                Err(e)
-            }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.buf.clear();
+            self.last_lsn = self.synced_lsn;
+            let cut = self.file.set_len(self.written).and_then(|()| {
+                std::io::Seek::seek(&mut self.file, io::SeekFrom::Start(self.written)).map(drop)
+            });
+            return Err(match cut {
+                Ok(()) => SyncError::Refused(e),
+                Err(cut) => SyncError::Fatal(io::Error::new(
+                    e.kind(),
+                    format!("{e}; cutting the log back after it failed too: {cut}"),
+                )),
+            });
         }
-    }
-
-    fn create_segment(dir: &Path, first: Lsn) -> io::Result<File> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(segment_path(dir, first))?;
-        sync_dir(dir)?;
-        Ok(file)
-    }
-
-    fn rotate(&mut self) -> io::Result<()> {
-        let file = Self::create_segment(&self.dir, self.last_lsn + 1)?;
-        let old = segment_path(&self.dir, self.current_first);
-        self.closed.push((self.current_first, old));
-        self.current_first = self.last_lsn + 1;
-        self.file = file;
-        self.written = 0;
+        self.file.sync_data().map_err(SyncError::Fatal)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        self.synced_lsn = self.last_lsn;
         Ok(())
     }
 
@@ -628,14 +692,7 @@ impl Wal {
         let lsn = self.last_lsn + 1;
         let mut op = [BODY, 0, 0, 0, 0];
         op[1..].copy_from_slice(&(body.len() as u32).to_le_bytes());
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&lsn.to_le_bytes());
-        hasher.update(&op);
-        hasher.update(body);
-        self.buf
-            .extend_from_slice(&((op.len() + body.len()) as u32).to_le_bytes());
-        self.buf.extend_from_slice(&hasher.finalize().to_le_bytes());
-        self.buf.extend_from_slice(&lsn.to_le_bytes());
+        self.put_header(lsn, &[&op, body]);
         self.buf.extend_from_slice(&op);
         self.buf.extend_from_slice(body);
         self.last_lsn = lsn;
@@ -663,215 +720,5 @@ impl Wal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(key: &str, value: &str) -> Vec<u8> {
-        let mut ops = Vec::new();
-        put_insert(&mut ops, key.as_bytes(), value.as_bytes());
-        put_remove(&mut ops, b"gone");
-        ops
-    }
-
-    /// Replays `dir` after `applied` and returns each record as "lsn:key=value".
-    fn replayed(dir: &Path, applied: Lsn, accept: bool) -> Result<(Lsn, Vec<String>), WalError> {
-        let mut seen = Vec::new();
-        let last = replay(dir, applied, accept, |lsn, ops| {
-            for op in ops {
-                match op {
-                    LogOp::Insert(k, v) => seen.push(format!(
-                        "{lsn}:{}={}",
-                        String::from_utf8_lossy(k),
-                        String::from_utf8_lossy(v)
-                    )),
-                    LogOp::Remove(k) => assert_eq!(k, b"gone"),
-                    LogOp::Body => seen.push(format!("{lsn}:body")),
-                }
-            }
-            Ok(())
-        })?;
-        Ok((last, seen))
-    }
-
-    fn open(dir: &Path, last: Lsn, segment_bytes: u64) -> (Wal, Arc<Segments>) {
-        let segments = Arc::new(Segments::new(dir));
-        let wal = Wal::start(dir, last, segments.clone(), segment_bytes, |_| true).unwrap();
-        (wal, segments)
-    }
-
-    #[test]
-    fn records_and_bodies_come_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, segments) = open(dir.path(), 0, SEGMENT_BYTES);
-        wal.append(1, &record("a", "1"));
-        let body = wal.append_body(b"the first body");
-        wal.append(3, &record("b", "2"));
-        wal.sync().unwrap();
-        let later = wal.append_body(&[7u8; 3000]);
-        wal.sync().unwrap();
-        assert_eq!(segments.read(body).unwrap(), b"the first body");
-        assert_eq!(segments.read(later).unwrap(), vec![7u8; 3000]);
-        assert_eq!(Pointer::decode(&body.encode()), Some(body));
-        let entry = body.entry([7, 9]);
-        assert_eq!(Pointer::decode(&entry), Some(body));
-        assert_eq!(entry_seqs(&entry).collect::<Vec<_>>(), [7, 9]);
-        assert_eq!(entry_seqs(&body.encode()).count(), 0);
-        assert!(is_entry(&entry) && !is_entry(&body.encode()));
-        assert_eq!(Pointer::decode(&entry[..entry.len() - 1]), None);
-        let mut plain = body.encode().to_vec();
-        assert_eq!(make_entry(&mut plain), Some(body));
-        assert_eq!(plain, body.entry([]));
-        assert_eq!(make_entry(&mut b"inline".to_vec()), None);
-        let (last, seen) = replayed(dir.path(), 0, false).unwrap();
-        assert_eq!(last, 4);
-        assert_eq!(seen, ["1:a=1", "2:body", "3:b=2", "4:body"]);
-        // Records sled already holds are skipped.
-        assert_eq!(
-            replayed(dir.path(), 2, false).unwrap().1,
-            ["3:b=2", "4:body"]
-        );
-    }
-
-    #[test]
-    fn a_segment_names_the_bodies_it_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        // Segments of 100 bytes: the first group fills one, the second begins another.
-        let (mut wal, _) = open(dir.path(), 0, 100);
-        let first = wal.append_body(&[1u8; 80]);
-        let second = wal.append_body(b"two");
-        let mut ops = Vec::new();
-        put_insert(&mut ops, b"Eone", &first.encode());
-        put_insert(&mut ops, b"Etwo", &second.encode());
-        put_insert(&mut ops, b"other", b"not a pointer");
-        wal.append(3, &ops);
-        wal.sync().unwrap();
-        // A pointer into an older segment, as a later record may hold: not this segment's.
-        let third = wal.append_body(b"three");
-        let mut ops = Vec::new();
-        put_insert(&mut ops, b"Ethree", &third.encode());
-        put_insert(&mut ops, b"Eone", &first.encode());
-        wal.append(5, &ops);
-        wal.sync().unwrap();
-
-        let found = bodies_in(dir.path(), 1).unwrap();
-        assert_eq!(
-            found.bytes,
-            std::fs::metadata(segment_path(dir.path(), 1))
-                .unwrap()
-                .len()
-        );
-        assert_eq!(
-            found.bodies,
-            [(b"Eone".to_vec(), first), (b"Etwo".to_vec(), second)]
-        );
-        assert_eq!(
-            bodies_in(dir.path(), 4).unwrap().bodies,
-            [(b"Ethree".to_vec(), third)]
-        );
-        assert_eq!(checkpointed_segments(dir.path(), 3).unwrap(), [1]);
-        assert_eq!(
-            checkpointed_segments(dir.path(), 2).unwrap(),
-            Vec::<Lsn>::new()
-        );
-        assert_eq!(checkpointed_segments(dir.path(), 5).unwrap(), [1, 4]);
-    }
-
-    #[test]
-    fn an_unfinished_record_at_the_end_is_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = open(dir.path(), 0, SEGMENT_BYTES);
-        wal.append(1, &record("a", "1"));
-        wal.append(2, &record("b", "2"));
-        wal.sync().unwrap();
-        let path = segment_path(dir.path(), 1);
-        let whole = std::fs::metadata(&path).unwrap().len();
-        // A crash in the middle of writing the third record.
-        let mut third = Vec::new();
-        wal.append(3, &record("c", "3"));
-        std::mem::swap(&mut third, &mut wal.buf);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&third[..third.len() - 4]).unwrap();
-        let (last, seen) = replayed(dir.path(), 0, false).unwrap();
-        assert_eq!(
-            (last, seen),
-            (2, vec!["1:a=1".to_owned(), "2:b=2".to_owned()])
-        );
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
-    }
-
-    #[test]
-    fn damage_before_the_end_is_refused_unless_accepted() {
-        let dir = tempfile::tempdir().unwrap();
-        // Tiny segments: every sync begins a new one.
-        let (mut wal, _) = open(dir.path(), 0, 1);
-        for lsn in 1..=3 {
-            wal.append(lsn, &record(&format!("k{lsn}"), "v"));
-            wal.sync().unwrap();
-        }
-        assert_eq!(segments(dir.path()).unwrap().len(), 4);
-        let second = segment_path(dir.path(), 2);
-        let mut bytes = std::fs::read(&second).unwrap();
-        let at = bytes.len() - 1;
-        bytes[at] ^= 0xFF;
-        std::fs::write(&second, bytes).unwrap();
-        let err = replayed(dir.path(), 0, false).unwrap_err().to_string();
-        assert!(
-            err.contains("00000000000000000002.log") && err.contains("unreadable record at byte 0"),
-            "{err}"
-        );
-        assert_eq!(
-            replayed(dir.path(), 0, true).unwrap(),
-            (1, vec!["1:k1=v".to_owned()])
-        );
-    }
-
-    #[test]
-    fn missing_records_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = open(dir.path(), 0, 1);
-        for lsn in 1..=3 {
-            wal.append(lsn, &record(&format!("k{lsn}"), "v"));
-            wal.sync().unwrap();
-        }
-        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
-        let err = replayed(dir.path(), 0, false).unwrap_err().to_string();
-        assert!(err.contains("records 2 to 2 are missing"), "{err}");
-        // Once sled holds record 2, the hole does not matter.
-        assert_eq!(replayed(dir.path(), 2, false).unwrap().1, ["3:k3=v"]);
-    }
-
-    #[test]
-    fn segments_go_once_checkpointed_and_without_live_bodies() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, segments) = open(dir.path(), 0, 1);
-        let mut bodies = Vec::new();
-        for n in 0..4u8 {
-            bodies.push(wal.append_body(&[n; 10]));
-            wal.sync().unwrap();
-        }
-        let names = |dir: &Path| -> Vec<Lsn> {
-            super::segments(dir)
-                .unwrap()
-                .into_iter()
-                .map(|(f, _)| f)
-                .collect()
-        };
-        assert_eq!(names(dir.path()), [1, 2, 3, 4, 5]);
-        // Segment 2 still holds a live body; the checkpoint has not reached segment 4.
-        wal.retire(3, |s| s == 2);
-        assert_eq!(names(dir.path()), [2, 4, 5]);
-        assert_eq!(segments.read(bodies[1]).unwrap(), [1u8; 10]);
-        assert!(segments.read(bodies[0]).is_err());
-        wal.retire(4, |_| false);
-        assert_eq!(names(dir.path()), [5]);
-        // A new start keeps only what `keep` names, and continues the numbering.
-        drop(wal);
-        let (mut wal, _) = open(dir.path(), 4, 1);
-        wal.append(5, &record("a", "1"));
-        wal.sync().unwrap();
-        assert_eq!(
-            replayed(dir.path(), 4, false).unwrap(),
-            (5, vec!["5:a=1".to_owned()])
-        );
-    }
-}
+#[path = "wal_tests.rs"]
+mod tests;
