@@ -177,8 +177,16 @@ async fn main() -> anyhow::Result<()> {
     if filled < args.events {
         fill(&base, filled, args.events, args.connections).await?;
         std::fs::write(&marker, args.events.to_string())?;
+        std::fs::write(
+            dir.join("last_ms"),
+            hookrelay::deliver::now_ms().to_string(),
+        )?;
     }
-    let last_ms = hookrelay::deliver::now_ms();
+    // When the fill ended: the time window and the middle page are placed by it.
+    let last_ms: u64 = std::fs::read_to_string(dir.join("last_ms"))
+        .context("the fill's end time")?
+        .trim()
+        .parse()?;
     let middle = first_ms + (last_ms.saturating_sub(first_ms)) / 2;
 
     let newest = time(&client, &format!("{admin}/events?limit=50"), 1)
