@@ -798,3 +798,87 @@ async fn reload_applies_to_pending_deliveries_and_refuses_restart_only_changes()
     assert_eq!(got[1].text(), "second|ops", "new events get the new rules");
     relay.shutdown().await.unwrap();
 }
+
+/// The console's page and files come without the token (they hold no data) and with a policy
+/// that allows no inline script; `/sources` and `/dry-run` need it. The dry run stores and
+/// sends nothing, names a source that does not exist, and refuses a body over
+/// `server.max_body_bytes`. Guards the routes the console relies on (seen failing with the
+/// page behind the token, and with the dry run's body limit removed).
+#[tokio::test]
+async fn console_files_sources_and_the_dry_run() {
+    let dir = tempdir();
+    let hook = Receiver::ok().await;
+    let config = format!(
+        "{}\n[server]\nmax_body_bytes = 4096\n",
+        with_admin_token(&target("hook", &hook.url("/h"), ""))
+    );
+    let relay = spawn_relay(&config, dir.path()).await;
+    let base = format!("http://{}", relay.admin_addr().unwrap());
+
+    let page = client().get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert!(page.text().await.unwrap().contains("/console/app.js"));
+    let script = client()
+        .get(format!("{base}/console/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(status_of(&format!("{base}/console/nope.js")).await, 404);
+    assert_eq!(status_of(&format!("{base}/sources")).await, 401);
+
+    let (status, sources) = admin(&relay, "GET", "/sources").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sources["sources"][0],
+        json!({"name": "statusgator", "kind": "statusgator", "path": "/com.statusgator/v1"})
+    );
+
+    let dry_run = |q: &str, body: String| {
+        client()
+            .post(format!("{base}/dry-run{q}"))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    let resp = dry_run("?source=statusgator", sg_v3("api", "down", "tried"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(answer["source"], "statusgator");
+    let output = answer["output"].as_str().unwrap();
+    assert!(
+        output.contains(&format!("target hook (webhook): POST {}", hook.url("/h"))),
+        "{output}"
+    );
+    let resp = dry_run("?source=nope", sg_v3("api", "down", "x"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("no source named \\\"nope\\\""));
+    let resp = dry_run("", "x".repeat(5000)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        relay.store().stats().await.unwrap().events,
+        0,
+        "nothing stored"
+    );
+    assert_eq!(hook.count(), 0, "nothing sent");
+    relay.shutdown().await.unwrap();
+}
