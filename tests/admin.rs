@@ -801,16 +801,24 @@ async fn reload_applies_to_pending_deliveries_and_refuses_restart_only_changes()
 
 /// The console's page and files come without the token (they hold no data) and with a policy
 /// that allows no inline script; `/sources` and `/dry-run` need it. The dry run stores and
-/// sends nothing, names a source that does not exist, and refuses a body over
-/// `server.max_body_bytes`. Guards the routes the console relies on (seen failing with the
-/// page behind the token, and with the dry run's body limit removed).
+/// sends nothing, hides the credentials in a target's request, names a source that does not
+/// exist, and refuses a body over `server.max_body_bytes`. Guards the routes the console
+/// relies on (seen failing with the page behind the token, with the dry run's body limit
+/// removed, and with the credentials left in).
 #[tokio::test]
 async fn console_files_sources_and_the_dry_run() {
     let dir = tempdir();
     let hook = Receiver::ok().await;
+    let url = hook
+        .url("/h?api_key=k3y-s3cret&team=ops")
+        .replace("http://", "http://relay:pa55-s3cret@");
     let config = format!(
         "{}\n[server]\nmax_body_bytes = 4096\n",
-        with_admin_token(&target("hook", &hook.url("/h"), ""))
+        with_admin_token(&target(
+            "hook",
+            &url,
+            "headers = { Authorization = \"Bearer hdr-s3cret\", X-Team = \"ops\" }"
+        ))
     );
     let relay = spawn_relay(&config, dir.path()).await;
     let base = format!("http://{}", relay.admin_addr().unwrap());
@@ -858,10 +866,17 @@ async fn console_files_sources_and_the_dry_run() {
     let answer: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(answer["source"], "statusgator");
     let output = answer["output"].as_str().unwrap();
+    // The request as the target would get it, its credentials hidden.
+    let shown = format!(
+        "target hook (webhook): POST http://relay:%5Bhidden%5D@{}/h?api_key=%5Bhidden%5D&team=ops",
+        hook.addr
+    );
+    assert!(output.contains(&shown), "{output}");
     assert!(
-        output.contains(&format!("target hook (webhook): POST {}", hook.url("/h"))),
+        output.contains("authorization: [hidden]") && output.contains("x-team: ops"),
         "{output}"
     );
+    assert!(!output.contains("s3cret"), "{output}");
     let resp = dry_run("?source=nope", sg_v3("api", "down", "x"))
         .await
         .unwrap();

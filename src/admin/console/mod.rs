@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 use super::{ok, Admin, AdminError, Answer};
 use crate::config::Config;
+use crate::dry_run::{DryRun, Outcome};
 use crate::store::Store;
+use crate::targets::Prepared;
 
 const PAGE: &str = include_str!("index.html");
 
@@ -87,7 +89,8 @@ pub(super) fn sources(config: &Config) -> Value {
 impl<S: Store> Admin<S> {
     /// `POST /dry-run[?source=NAME]`: what `hookrelay rules test` prints for the body, as
     /// `{"source", "output"}`; nothing is stored or sent. The output is the dry run's own text,
-    /// shown as it is, so whatever the dry run reports the console shows.
+    /// shown as it is (credentials in the requests hidden), so whatever the dry run reports
+    /// the console shows.
     pub(super) async fn dry_run(
         &self,
         source: Option<&String>,
@@ -110,8 +113,62 @@ impl<S: Store> Admin<S> {
         })?
         .to_bytes();
         let source = source.map(String::as_str).filter(|s| !s.is_empty());
-        let run =
+        let mut run =
             crate::dry_run::dry_run(&config, source, &body).map_err(AdminError::BadRequest)?;
+        hide_credentials(&mut run);
         ok(json!({ "source": run.source, "output": run.to_string() }))
+    }
+}
+
+/// What replaces a credential in the dry run's requests.
+const HIDDEN: &str = "[hidden]";
+
+/// The admin API answers with no secret, and a target's request may carry one (a header such
+/// as `Authorization`, a password or key in its URL): those values are replaced before the
+/// report is written. Names that look like credentials count, whatever their value.
+fn hide_credentials(run: &mut DryRun) {
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        [
+            "auth",
+            "token",
+            "secret",
+            "key",
+            "password",
+            "signature",
+            "cookie",
+        ]
+        .iter()
+        .any(|w| name.contains(w))
+    };
+    for target in run.events.iter_mut().flat_map(|e| e.targets.iter_mut()) {
+        let Outcome::Send(prepared) = &mut target.outcome else {
+            continue;
+        };
+        let Prepared::Http { url, headers, .. } = prepared.as_mut() else {
+            continue;
+        };
+        for (name, value) in headers.iter_mut() {
+            if secret(name.as_str()) {
+                *value = HeaderValue::from_static(HIDDEN);
+            }
+        }
+        if url.password().is_some() {
+            let _ = url.set_password(Some(HIDDEN));
+        }
+        if url.query_pairs().any(|(k, _)| secret(&k)) {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if secret(&k) {
+                        HIDDEN.into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
     }
 }
