@@ -415,9 +415,14 @@ async fn an_operator_finds_inspects_replays_pauses_and_tries_a_payload() {
         .await;
     assert_eq!(browser.count("table.events tr.fresh").await, 1);
 
-    // On a phone: rows stack, nothing scrolls sideways.
+    // On a phone: the filters fold away, rows stack, nothing scrolls sideways; the token is
+    // still there after a reload.
     browser.set_size(390, 844).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.eval("location.reload()", vec![]).await;
+    browser.find("details.fold").await;
+    browser
+        .wait_count("table.events tbody tr", sg_events + 3)
+        .await;
     let overflow = browser
         .eval(
             "return document.documentElement.scrollWidth - window.innerWidth",

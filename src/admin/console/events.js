@@ -74,16 +74,21 @@ function filterBar(filters, names, types) {
     type: 'button', class: 'chip-btn',
     onclick: () => go('events', { ...filters, since: String(Date.now() - minutes * 60000), until: '' }),
   }, label);
-  return h('form', { class: 'filters', onsubmit: (e) => e.preventDefault() },
+  const active = Object.values(filters).filter(Boolean).length;
+  const form = h('form', { class: 'filters', onsubmit: (e) => e.preventDefault() },
     select('source', 'Source', [['', 'All'], ...names.map((n) => [n, n])]),
     h('label', {}, 'Type', typeInput, h('datalist', { id: 'types' }, types.map((t) => h('option', { value: t })))),
     select('status', 'Delivery', [['', 'Any'], ['pending', 'pending'], ['dead', 'dead'], ['done', 'done']]),
     h('label', {}, 'From', timeInput('since')),
     h('label', {}, 'To', timeInput('until')),
     h('span', { class: 'quick' }, recent('15 min', 15), recent('1 h', 60), recent('24 h', 1440)),
-    Object.values(filters).some(Boolean)
+    active
       ? h('button', { type: 'button', class: 'link', id: 'clear', onclick: () => go('events', {}) }, 'Clear filters')
       : null);
+  // On a phone the filters fold away unless some are set.
+  if (!window.matchMedia('(max-width: 720px)').matches) return form;
+  return h('details', { class: 'fold', open: active > 0 },
+    h('summary', {}, active ? `Filters (${active})` : 'Filters'), form);
 }
 
 page('events', async (ctx) => {
