@@ -109,7 +109,7 @@ struct Window {
 
 #[derive(Subcommand)]
 enum EventsCommand {
-    /// List events, oldest first, with their delivery status.
+    /// List events, newest first, with their delivery status.
     List {
         #[arg(long)]
         source: Option<String>,
@@ -118,9 +118,9 @@ enum EventsCommand {
         /// pending, done or dead
         #[arg(long)]
         status: Option<String>,
-        /// Continue after this event id.
+        /// Continue with the events older than this event id (what `more:` prints).
         #[arg(long)]
-        after: Option<String>,
+        before: Option<String>,
         #[command(flatten)]
         window: Window,
     },
@@ -193,7 +193,7 @@ fn main() -> ExitCode {
                     source,
                     event_type,
                     status,
-                    after,
+                    before,
                     window,
                 } => client::Command::EventsList {
                     query: query(
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
                             ("source", source),
                             ("type", event_type),
                             ("status", status),
-                            ("after", after),
+                            ("before", before),
                         ],
                         window,
                     ),

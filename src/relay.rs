@@ -58,6 +58,8 @@ pub struct Relay {
     fixed: Fixed,
     admin_addr: Option<SocketAddr>,
     admin_server: Option<tokio::task::JoinHandle<()>>,
+    /// The config in force, swapped on reload; the admin console's dry run reads it.
+    config: Arc<ArcSwap<Config>>,
     store: Arc<AnyStore>,
     targets: Vec<Arc<TargetRuntime>>,
     stop: watch::Sender<bool>,
@@ -70,6 +72,8 @@ impl Relay {
     /// Starts the relay on an already bound listener (tests bind port 0).
     pub async fn start(config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
+        let shared_config = Arc::new(ArcSwap::from_pointee(config));
+        let config = shared_config.load_full();
         let store_path = match &config.store.backend {
             Backend::Sled => config.store.path.display().to_string(),
             Backend::Postgres(pg) => crate::store::redact_url(&pg.url),
@@ -173,6 +177,7 @@ impl Relay {
                     targets: targets.clone(),
                     metrics,
                     token: config.admin.token.clone(),
+                    config: shared_config.clone(),
                     store_size: Box::new(move || sized.size_on_disk()),
                 });
                 let handler = move |req| {
@@ -212,6 +217,7 @@ impl Relay {
             ingest,
             fixed: Fixed::of(&config),
             admin_addr,
+            config: shared_config,
             store,
             targets,
             stop,
@@ -251,9 +257,10 @@ impl Relay {
             t.replace_spec(TargetSpec::new(new.clone(), config.templates.clone()));
         }
         self.ingest.live.store(Arc::new(Live {
-            sources: config.sources,
-            rules: config.rules,
+            sources: config.sources.clone(),
+            rules: config.rules.clone(),
         }));
+        self.config.store(Arc::new(config));
         tracing::info!(targets = self.targets.len(), "config reloaded");
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! coordinate with each other.
 
 mod classify;
+mod history;
 mod policy;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
 pub use classify::{classify, parse_retry_after, Action};
+pub use history::{History, LastHour};
 pub use policy::RetryPolicy;
 
 use crate::admin::metrics::TargetMetrics;
@@ -43,6 +45,8 @@ pub struct TargetRuntime {
     /// none is lost.
     pub notify: Notify,
     pub metrics: TargetMetrics,
+    /// The last hour of outcomes, per minute, for the console's chart.
+    pub history: History,
     /// Mirrors the persisted state; lanes read it before every claim.
     mode: Mutex<TargetState>,
     consecutive_failures: AtomicU32,
@@ -76,6 +80,7 @@ impl TargetRuntime {
             spec: ArcSwap::from_pointee(spec),
             notify: Notify::new(),
             metrics: TargetMetrics::default(),
+            history: History::default(),
             mode: Mutex::new(state.unwrap_or(TargetState {
                 mode: TargetMode::Active,
                 since_ms: now_ms(),
@@ -321,21 +326,25 @@ impl<S: Store> Worker<S> {
         let t = &self.target;
         let m = &t.metrics;
         m.attempt_seconds.observe(latency_ms as f64 / 1000.0);
+        let now = now_ms();
         match next {
             Next::Done => {
                 m.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some(received) =
-                    event.and_then(|e| crate::normalize::parse_time(&e.received_at))
-                {
-                    let lag_ms = now_ms().saturating_sub(received.timestamp_millis().max(0) as u64);
+                let lag_ms = event
+                    .and_then(|e| crate::normalize::parse_time(&e.received_at))
+                    .map(|received| now.saturating_sub(received.timestamp_millis().max(0) as u64));
+                if let Some(lag_ms) = lag_ms {
                     m.lag_seconds.observe(lag_ms as f64 / 1000.0);
                 }
+                t.history.delivered(now, lag_ms);
             }
             Next::Retry { .. } => {
                 m.retried.fetch_add(1, Ordering::Relaxed);
+                t.history.failed(now);
             }
             Next::Dead => {
                 m.dead.fetch_add(1, Ordering::Relaxed);
+                t.history.failed(now);
             }
             Next::Skipped => {
                 m.skipped.fetch_add(1, Ordering::Relaxed);
@@ -534,7 +543,10 @@ pub fn context(
     needs: ContextNeeds,
 ) -> Context {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
-    ev.as_object_mut().map(|o| o.remove("message_index"));
+    if let Some(o) = ev.as_object_mut() {
+        o.remove("message_index");
+        o.remove("matched_rules");
+    }
     let mut ctx = serde_json::Map::with_capacity(7);
     ctx.insert(
         "alert".into(),

@@ -324,7 +324,8 @@ pub(crate) fn ordering_key(target: &TargetRuntime, spec: &TargetSpec, event: &Ev
     key
 }
 
-/// Source-level fields, then the rules, then VictorOps' field limits.
+/// Source-level fields, then the rules (the names of those that matched are kept on the
+/// event), then VictorOps' field limits.
 pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Rules) -> Trace {
     if let Some(rk) = &source.routing_key {
         event
@@ -334,6 +335,7 @@ pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Ru
     }
     let trace = rules.apply(&mut event.alert);
     victorops::clamp_fields(&mut event.alert);
+    event.matched_rules.clone_from(&trace.matched);
     trace
 }
 

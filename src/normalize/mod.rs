@@ -74,6 +74,10 @@ pub struct Event {
     /// For a PagerDuty V1/V2 `messages` batch, which message of the raw body this event is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_index: Option<usize>,
+    /// Names of the rules that matched at ingest, in order: what the console shows. Not part
+    /// of what templates see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_rules: Vec<String>,
     /// The request exactly as received. Stored beside the event rather than inside its JSON,
     /// so the bytes are kept verbatim and never escaped.
     #[serde(skip)]
@@ -268,6 +272,7 @@ impl Parsed {
             query: received.query.clone(),
             alert,
             message_index: self.message_index,
+            matched_rules: Vec::new(),
             raw: Raw {
                 content_type: received.content_type.map(str::to_owned),
                 body: received.body.clone(),

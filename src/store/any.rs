@@ -1,8 +1,9 @@
 //! The configured backend behind one type, so the relay is not generic over its store.
 
 use super::{
-    Attempt, Claim, Delivery, EventOutcome, IngestBatch, NewDelivery, Next, PgStore, Prune, Pruned,
-    Seq, SledStore, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    Attempt, Claim, Delivery, EventOutcome, EventPage, EventQuery, IngestBatch, NewDelivery, Next,
+    PgStore, Prune, Pruned, Seq, SledStore, Stats, Store, StoreError, TargetCounts, TargetId,
+    TargetState,
 };
 use crate::normalize::Event;
 
@@ -108,6 +109,9 @@ impl Store for AnyStore {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         each!(self, s => s.events_page(after, limit).await)
+    }
+    async fn event_log(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        each!(self, s => s.event_log(query).await)
     }
     async fn dead_letters_between(
         &self,

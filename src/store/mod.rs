@@ -8,6 +8,7 @@
 
 mod any;
 mod codec;
+mod event_log;
 mod postgres;
 mod sled;
 
@@ -285,6 +286,51 @@ pub enum Claim {
     Empty,
 }
 
+/// An event's deliveries summed up: pending while any is, else dead when any is, else done
+/// (an event routed to no target is done).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Pending,
+    Dead,
+    Done,
+}
+
+/// A page of the event log, newest first: events with ids between `after` and `before` (both
+/// exclusive) that pass the filters. Ids are UUIDv7, so id order is time order and a time
+/// range is an id range.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub before: Option<uuid::Uuid>,
+    pub after: Option<uuid::Uuid>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub status: Option<EventStatus>,
+    pub limit: usize,
+    /// Events one call may look at, matching or not: what bounds its cost whatever the
+    /// filters. The caller continues from [`EventPage::resume`].
+    pub max_examined: usize,
+}
+
+/// A stored event with its deliveries.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub event: Event,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    /// Newest first.
+    pub events: Vec<LoggedEvent>,
+    /// Events looked at.
+    pub examined: usize,
+    /// The `before` of the next call when the call stopped before the end of its range (the
+    /// page was full, or `max_examined` events were looked at); `None` when nothing in the
+    /// range is left to look at.
+    pub resume: Option<uuid::Uuid>,
+}
+
 /// Counts, for tests and operators. These scan; keep them off hot paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -392,6 +438,13 @@ pub trait Store: Send + Sync + 'static {
         after: Option<uuid::Uuid>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// A page of the event log, newest first, with each event's deliveries. Looks at no more
+    /// than `query.max_examined` events.
+    fn event_log(
+        &self,
+        query: EventQuery,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
 
     /// Dead letters of a target that died within `[since_ms, until_ms)`, oldest first.
     fn dead_letters_between(

@@ -28,9 +28,11 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::event_log::Pager;
 use super::{
-    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next,
-    Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, EventPage, EventQuery,
+    IngestBatch, NewDelivery, Next, Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts,
+    TargetId, TargetState,
 };
 use crate::error_chain;
 use crate::normalize::Event;
@@ -1084,6 +1086,72 @@ impl Store for PgStore {
         rows.iter()
             .map(|r| codec::decode_event(r.get::<_, &[u8]>(0)))
             .collect()
+    }
+
+    async fn event_log(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        // Chunks of rows, newest first. A row's body is sent only when its source matches, and
+        // the type filter needs the decoded event, so both filters run here; the LIMIT bounds
+        // what PostgreSQL looks at. Deliveries come in one query per chunk.
+        let mut pager = Pager::new(&query);
+        let mut before = query.before;
+        loop {
+            let chunk = pager.budget().min(256);
+            if chunk == 0 || !pager.wants_more() {
+                return Ok(pager.finish(false));
+            }
+            let rows = self
+                .pool
+                .get()
+                .await?
+                .query(
+                    "SELECT id, CASE WHEN $3::text IS NULL OR source = $3 THEN body END \
+                     FROM hookrelay_events \
+                     WHERE ($1::uuid IS NULL OR id < $1) AND ($2::uuid IS NULL OR id > $2) \
+                     ORDER BY id DESC LIMIT $4",
+                    &[&before, &query.after, &query.source, &(chunk as i64)],
+                )
+                .await?;
+            let mut candidates = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: uuid::Uuid = row.get(0);
+                let event = match row.get::<_, Option<&[u8]>>(1) {
+                    Some(body) => Some(codec::decode_event(body)?),
+                    None => None,
+                };
+                candidates.push((id, event.filter(|e| query.admits_event(e))));
+            }
+            let ids: Vec<uuid::Uuid> = candidates
+                .iter()
+                .filter_map(|(id, e)| e.as_ref().map(|_| *id))
+                .collect();
+            let mut by_event: HashMap<uuid::Uuid, Vec<Delivery>> = HashMap::new();
+            if !ids.is_empty() {
+                for d in self
+                    .deliveries_where("event_id = ANY($1) ORDER BY seq", &[&ids])
+                    .await?
+                {
+                    by_event.entry(d.event_id).or_default().push(d);
+                }
+            }
+            let full_chunk = rows.len() == chunk;
+            let n = candidates.len();
+            for (i, (id, event)) in candidates.into_iter().enumerate() {
+                before = Some(id);
+                pager.examine(id);
+                if let Some(event) = event {
+                    let ds = by_event.remove(&id).unwrap_or_default();
+                    if query.admits_deliveries(&ds) {
+                        pager.push(event, ds);
+                    }
+                }
+                if !pager.wants_more() {
+                    return Ok(pager.finish(i + 1 == n && !full_chunk));
+                }
+            }
+            if !full_chunk {
+                return Ok(pager.finish(true));
+            }
+        }
     }
 
     async fn dead_letters_between(

@@ -11,6 +11,7 @@
 //! | `compact` | log compaction |
 //! | `recovery` | opening: manifest and format version, replay, rebuilding the queue |
 //! | `read` | the read views |
+//! | `event_log` | the event log newest first, with filters and a budget |
 //! | `keys` | the key layout |
 //!
 //! The path of a write: a request's operation goes to the writer thread, which appends it to
@@ -22,6 +23,7 @@
 mod apply;
 mod commit;
 mod compact;
+mod event_log;
 mod keys;
 mod memtable;
 mod ops;
@@ -43,8 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::normalize::Event;
 use crate::store::{
-    Attempt, Claim, Delivery, EventOutcome, IngestBatch, NewDelivery, Next, Prune, Pruned, Seq,
-    Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    Attempt, Claim, Delivery, EventOutcome, EventPage, EventQuery, IngestBatch, NewDelivery, Next,
+    Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
 };
 use commit::{Failure, Job, Op, Reply, Writer};
 use queue::{Claimed, Queue};
@@ -442,6 +444,10 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         self.read_events_page(after, limit)
+    }
+
+    async fn event_log(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        self.read_event_log(&query).await
     }
 
     async fn dead_letters_between(

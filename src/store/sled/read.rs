@@ -42,7 +42,11 @@ impl SledStore {
     /// Decodes the event whose entry is `entry`, reading its body from the log. Compaction may
     /// move the body and delete its segment between the read of the entry and the read of
     /// the body; the entry is then read again.
-    fn decode_event(&self, key: &[u8], mut entry: Vec<u8>) -> Result<Option<Event>, StoreError> {
+    pub(super) fn decode_event(
+        &self,
+        key: &[u8],
+        mut entry: Vec<u8>,
+    ) -> Result<Option<Event>, StoreError> {
         for _ in 0..3 {
             let p = Pointer::decode(&entry)
                 .ok_or_else(|| StoreError::Corrupt("malformed event entry".into()))?;
