@@ -138,7 +138,7 @@ fn target_errors() {
     let t = |body: &str| error(&format!("{SOURCE}[[targets]]\nname = \"t\"\n{body}"));
     assert_eq!(
         t("kind = \"sms\"\n"),
-        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\" or \"statushub\""
+        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\", \"statushub\" or \"victorops\""
     );
     assert_eq!(
         t("kind = \"webhook\"\n"),

@@ -7,6 +7,7 @@
 //! coordinate with each other.
 
 mod classify;
+mod incident;
 mod policy;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -229,17 +230,33 @@ impl<S: Store> Worker<S> {
         let spec = target.spec();
         let at_ms = now_ms();
         let started = Instant::now();
-        let result = match &event {
+        let (result, record) = match &event {
             Some(event) => {
-                let ctx = context(event, &delivery, number, &target.name, spec.config.needs());
-                spec.target
-                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
-                    .await
+                let attempted = incident::attempt(
+                    self.store.as_ref(),
+                    &self.client,
+                    &spec,
+                    &target.name,
+                    event,
+                    &delivery,
+                    number,
+                )
+                .await;
+                match attempted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.store.release(delivery.seq);
+                        return Err(e);
+                    }
+                }
             }
-            None => AttemptResult::Invalid(format!(
-                "event {} is missing from the store",
-                delivery.event_id
-            )),
+            None => (
+                AttemptResult::Invalid(format!(
+                    "event {} is missing from the store",
+                    delivery.event_id
+                )),
+                incident::Record::None,
+            ),
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let action = classify(&result);
@@ -262,7 +279,7 @@ impl<S: Store> Worker<S> {
         };
         let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
         let error = attempt.error.clone();
-        self.store.finish(&delivery, attempt, next).await?;
+        incident::finish(self.store.as_ref(), &delivery, attempt, next, record).await?;
         self.account(&action, next, latency_ms, event.as_ref())
             .await;
         let seq = delivery.seq;
@@ -396,13 +413,25 @@ impl<S: Store> Worker<S> {
         };
         let number = delivery.attempts + 1;
         let spec = t.spec();
-        let ctx = context(&event, &delivery, number, &t.name, spec.config.needs());
         let at_ms = now_ms();
         let started = Instant::now();
-        let result = spec
-            .target
-            .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
-            .await;
+        let attempted = incident::attempt(
+            self.store.as_ref(),
+            &self.client,
+            &spec,
+            &t.name,
+            &event,
+            &delivery,
+            number,
+        )
+        .await;
+        let (result, record) = match attempted {
+            Ok(a) => a,
+            Err(e) => {
+                self.store.release(delivery.seq);
+                return Err(e);
+            }
+        };
         let action = classify(&result);
         if let Action::Retry { reason, .. } = &action {
             tracing::info!(target_name = %t.name, error = %reason, "probe failed; target stays suspended");
@@ -416,7 +445,7 @@ impl<S: Store> Worker<S> {
             _ => Next::Dead,
         };
         let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        self.store.finish(&delivery, attempt, next).await?;
+        incident::finish(self.store.as_ref(), &delivery, attempt, next, record).await?;
         self.account(&action, next, latency_ms, Some(&event)).await;
         Ok(true)
     }
@@ -500,6 +529,19 @@ pub fn context(
     target: &str,
     needs: ContextNeeds,
 ) -> Context {
+    context_with(event, delivery, attempt, target, needs, None)
+}
+
+/// [`context`], with the VictorOps `STATE.*`/`INCIDENT.*` variables filled from `incident`
+/// (the entity's incident as a `statushub` target keeps it) instead of from the alert alone.
+pub fn context_with(
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    target: &str,
+    needs: ContextNeeds,
+    incident: Option<&victorops::IncidentView>,
+) -> Context {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
     ev.as_object_mut().map(|o| o.remove("message_index"));
     let mut ctx = serde_json::Map::with_capacity(7);
@@ -513,7 +555,15 @@ pub fn context(
     );
     ctx.insert("event".into(), ev);
     if needs.vo {
-        ctx.insert("vo".into(), Value::Object(victorops::namespaces(event)));
+        let single;
+        let view = match incident {
+            Some(v) => v,
+            None => {
+                single = victorops::IncidentView::of_alert(event, delivery.seq);
+                &single
+            }
+        };
+        ctx.insert("vo".into(), Value::Object(victorops::namespaces(event, view)));
     }
     if needs.payload {
         ctx.insert("payload".into(), event.payload());

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::key_state::{self, StateWrite};
 use super::keys;
 use super::overlay::{self, Deferred, Overlay};
 use super::wal::{self, LogOp, Lsn, Pointer, Segments, Wal, WalError};
@@ -77,6 +78,8 @@ enum Op {
         delivery: Delivery,
         attempt: Attempt,
         next: Next,
+        /// A key's state value written in the same record (`Store::finish_with_key_state`).
+        state: Option<StateWrite>,
     },
     Targets(Vec<String>),
     SetState(TargetId, TargetState),
@@ -750,19 +753,30 @@ impl Store for SledStore {
         attempt: Attempt,
         next: Next,
     ) -> Result<(), StoreError> {
-        let result = self
-            .submit(Op::Finish {
-                delivery: delivery.clone(),
-                attempt,
-                next,
-            })
-            .await;
-        self.release(delivery.seq);
-        result.map(|_| ())
+        self.finish_op(delivery, attempt, next, None).await
     }
 
     fn release(&self, seq: Seq) {
         self.leases().remove(&seq);
+    }
+
+    async fn key_state(
+        &self,
+        target: TargetId,
+        ordering_key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        key_state::read(&self.db, target, ordering_key)
+    }
+
+    async fn finish_with_key_state(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let write = key_state::with_finish(delivery.target, &delivery.ordering_key, state);
+        self.finish_op(delivery, attempt, next, Some(write)).await
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
@@ -981,6 +995,25 @@ impl Store for SledStore {
 }
 
 impl SledStore {
+    async fn finish_op(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<StateWrite>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .submit(Op::Finish {
+                delivery: delivery.clone(),
+                attempt,
+                next,
+                state,
+            })
+            .await;
+        self.release(delivery.seq);
+        result.map(|_| ())
+    }
+
     async fn submit_count(&self, op: Op) -> Result<usize, StoreError> {
         match self.submit(op).await? {
             Reply::Count(n) => Ok(n),
@@ -1414,7 +1447,10 @@ impl Writer {
                 delivery,
                 attempt,
                 next,
-            } => self.finish(&delivery, attempt, next).map(|_| Reply::Done),
+                state,
+            } => self
+                .finish(&delivery, attempt, next, state)
+                .map(|_| Reply::Done),
             Op::Targets(names) => self.targets(&names).map(Reply::Targets),
             Op::Close => Ok(Reply::Done),
             #[cfg(test)]
@@ -1498,11 +1534,14 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Records an attempt; `state` (a key's state value) goes into the same log record, and
+    /// nowhere when the finish is stale.
     fn finish(
         &mut self,
         claimed: &Delivery,
         attempt: Attempt,
         next: Next,
+        state: Option<StateWrite>,
     ) -> Result<(), StoreError> {
         let seq = claimed.seq;
         let Some(mut rec) = self.delivery_rec(seq)? else {
@@ -1556,6 +1595,14 @@ impl Writer {
             batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
         } else {
             batch.insert_settled(keys::delivery(seq).as_slice(), to_json(&rec));
+        }
+        match state {
+            Some(StateWrite {
+                key,
+                value: Some(v),
+            }) => batch.insert(key, v),
+            Some(StateWrite { key, value: None }) => batch.remove(key),
+            None => {}
         }
         self.commit(batch);
         Ok(())
