@@ -105,7 +105,14 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
                                     let (lines, view) = decide(fire_on, &event, delivery.seq);
                                     firing = lines;
                                     view.map(|v| {
-                                        context_with(&event, &delivery, 1, &t.name, t.needs(), Some(&v))
+                                        context_with(
+                                            &event,
+                                            &delivery,
+                                            1,
+                                            &t.name,
+                                            t.needs(),
+                                            Some(&v),
+                                        )
                                     })
                                 }
                             };
@@ -156,7 +163,10 @@ fn decide(
     fire_on: &FireOn,
     event: &Event,
     seq: u64,
-) -> (Vec<String>, Option<crate::normalize::victorops::IncidentView>) {
+) -> (
+    Vec<String>,
+    Option<crate::normalize::victorops::IncidentView>,
+) {
     let mut lines = vec![format!("fires on: {}", fire_on.names().join(", "))];
     let mut first = None;
     for (label, prior) in [
@@ -183,7 +193,7 @@ fn decide(
         }
     }
     if let Some((label, _)) = &first {
-        lines.push(format!("the request, as sent {label}:"));
+        lines.push(format!("the request above is the one sent {label}"));
     }
     (lines, first.map(|(_, view)| view))
 }
@@ -225,45 +235,48 @@ impl fmt::Display for DryRun {
             }
             for t in &run.targets {
                 write!(f, "\ntarget {} ({}): ", t.name, t.kind)?;
+                write_outcome(f, &t.outcome)?;
                 if !t.firing.is_empty() {
-                    writeln!(f, "an incident target, decided at delivery time")?;
+                    writeln!(
+                        f,
+                        "incident decision (made at delivery time, from the entity's stored incident):"
+                    )?;
                     for line in &t.firing {
                         writeln!(f, "  {line}")?;
-                    }
-                }
-                let prepared = match &t.outcome {
-                    Outcome::NotRouted(why) => {
-                        writeln!(f, "not sent: {why}")?;
-                        continue;
-                    }
-                    Outcome::Invalid(why) => {
-                        writeln!(f, "cannot be sent (would be a dead letter): {why}")?;
-                        continue;
-                    }
-                    Outcome::Send(p) => p.as_ref(),
-                };
-                match prepared {
-                    Prepared::Skip(why) => writeln!(f, "skipped: {why}")?,
-                    Prepared::Line { path, line } => {
-                        writeln!(f, "append one line to {}", path.display())?;
-                        write!(f, "{}", String::from_utf8_lossy(line))?;
-                    }
-                    Prepared::Http {
-                        method,
-                        url,
-                        headers,
-                        body,
-                    } => {
-                        writeln!(f, "{method} {url}")?;
-                        for (k, v) in headers {
-                            writeln!(f, "{k}: {}", String::from_utf8_lossy(v.as_bytes()))?;
-                        }
-                        writeln!(f)?;
-                        writeln!(f, "{}", String::from_utf8_lossy(body))?;
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+fn write_outcome(f: &mut fmt::Formatter<'_>, outcome: &Outcome) -> fmt::Result {
+    let prepared = match outcome {
+        Outcome::NotRouted(why) => return writeln!(f, "not sent: {why}"),
+        Outcome::Invalid(why) => {
+            return writeln!(f, "cannot be sent (would be a dead letter): {why}")
+        }
+        Outcome::Send(p) => p.as_ref(),
+    };
+    match prepared {
+        Prepared::Skip(why) => writeln!(f, "skipped: {why}"),
+        Prepared::Line { path, line } => {
+            writeln!(f, "append one line to {}", path.display())?;
+            write!(f, "{}", String::from_utf8_lossy(line))
+        }
+        Prepared::Http {
+            method,
+            url,
+            headers,
+            body,
+        } => {
+            writeln!(f, "{method} {url}")?;
+            for (k, v) in headers {
+                writeln!(f, "{k}: {}", String::from_utf8_lossy(v.as_bytes()))?;
+            }
+            writeln!(f)?;
+            writeln!(f, "{}", String::from_utf8_lossy(body))
+        }
     }
 }

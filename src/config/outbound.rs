@@ -25,11 +25,7 @@ impl Validator<'_> {
                     "set either signing_secrets or signing_secrets_env, not both",
                 )
             }
-            (Some(list), None) => (
-                list.get_ref().clone(),
-                list.span(),
-                key("signing_secrets"),
-            ),
+            (Some(list), None) => (list.get_ref().clone(), list.span(), key("signing_secrets")),
             (None, Some(var)) => match std::env::var(var.get_ref()) {
                 Ok(v) => (
                     v.split(',')
@@ -184,21 +180,40 @@ mod tests {
     fn outbound_settings_are_checked() {
         let e = check("name = \"h\"\nkind = \"statushub\"\nfire_on = [\"triggered\", \"paged\"]\n")
             .unwrap_err();
-        assert!(e.contains("t.toml:8: targets[0].fire_on: \"paged\" is not one of"), "{e}");
-        let e = check("name = \"h\"\nkind = \"statushub\"\nordering_key = \"{{alert.service_name}}\"\n")
-            .unwrap_err();
-        assert!(e.contains("targets[0].ordering_key: a statushub target"), "{e}");
+        assert!(
+            e.contains("t.toml:8: targets[0].fire_on: \"paged\" is not one of"),
+            "{e}"
+        );
+        let e = check(
+            "name = \"h\"\nkind = \"statushub\"\nordering_key = \"{{alert.service_name}}\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("targets[0].ordering_key: a statushub target"),
+            "{e}"
+        );
         let e = check("name = \"w\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nsigning_secrets = [\"whsec_c2hvcnQ=\"]\n")
             .unwrap_err();
-        assert!(e.contains("targets[0].signing_secrets: secret 1: decodes to 5 bytes"), "{e}");
-        let e = check("name = \"v\"\nkind = \"victorops\"\nurl = \"https://alert.victorops.com/hooks/x\"\n")
-            .unwrap_err();
-        assert!(e.contains("targets[0].url: is not a VictorOps REST endpoint URL"), "{e}");
+        assert!(
+            e.contains("targets[0].signing_secrets: secret 1: decodes to 5 bytes"),
+            "{e}"
+        );
+        let e = check(
+            "name = \"v\"\nkind = \"victorops\"\nurl = \"https://alert.victorops.com/hooks/x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("targets[0].url: is not a VictorOps REST endpoint URL"),
+            "{e}"
+        );
         let e = check("name = \"v\"\nkind = \"victorops\"\n").unwrap_err();
         assert!(e.contains("needs its REST endpoint url"), "{e}");
         let e = check("name = \"f\"\nkind = \"file\"\npath = \"x\"\nfire_on = [\"updated\"]\n")
             .unwrap_err();
-        assert!(e.contains("a \"file\" target has no key \"fire_on\""), "{e}");
+        assert!(
+            e.contains("a \"file\" target has no key \"fire_on\""),
+            "{e}"
+        );
 
         let c = check("name = \"v\"\nkind = \"victorops\"\nurl = \"https://alert.victorops.com/integrations/generic/20131114/alert/k3y/${{ALERT.routing_key}}\"\n").unwrap();
         let TargetKind::Victorops(spec) = &c.targets[0].kind else {

@@ -84,7 +84,10 @@ pub(super) async fn attempt<S: Store>(
         None => None,
     };
     let step = incident::step(before, event, delivery.seq);
-    let write = step.write.as_ref().map(|w| w.as_ref().map(Incident::encode));
+    let write = step
+        .write
+        .as_ref()
+        .map(|w| w.as_ref().map(Incident::encode));
     if !fire_on.fires(step.change) {
         let reason = step.skip_reason(fire_on);
         return Ok((

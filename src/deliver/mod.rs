@@ -563,7 +563,10 @@ pub fn context_with(
                 &single
             }
         };
-        ctx.insert("vo".into(), Value::Object(victorops::namespaces(event, view)));
+        ctx.insert(
+            "vo".into(),
+            Value::Object(victorops::namespaces(event, view)),
+        );
     }
     if needs.payload {
         ctx.insert("payload".into(), event.payload());

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{
-    digest, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError,
-    Parsed, Service,
+    digest, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError, Parsed, Service,
 };
 
 pub(crate) fn parse(text: &str, webhook_id: Option<&str>) -> Result<Vec<Parsed>, NormalizeError> {
@@ -304,8 +303,16 @@ mod tests {
         })
         .collect();
         let want = [
-            "CRITICAL", "ACKNOWLEDGEMENT", "CRITICAL", "RECOVERY", "CRITICAL", "INFO", "INFO",
-            "INFO", "INFO", "INFO",
+            "CRITICAL",
+            "ACKNOWLEDGEMENT",
+            "CRITICAL",
+            "RECOVERY",
+            "CRITICAL",
+            "INFO",
+            "INFO",
+            "INFO",
+            "INFO",
+            "INFO",
         ];
         for ((t, got), want) in mapped.iter().zip(want) {
             assert_eq!(got, want, "{t}");

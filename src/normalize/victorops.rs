@@ -156,7 +156,10 @@ pub fn namespaces(event: &Event, incident: &IncidentView) -> Map<String, Value> 
         .resolved
         .clone()
         .map_or((None, None), |(b, a)| (Some(b), Some(a)));
-    let annotations = alert.keys().filter(|k| k.starts_with("vo_annotate.")).count();
+    let annotations = alert
+        .keys()
+        .filter(|k| k.starts_with("vo_annotate."))
+        .count();
     let mut m = Map::with_capacity(80 + alert.len());
     let mut put = |k: &str, v: Value| {
         m.insert(k.to_owned(), v);
@@ -175,7 +178,10 @@ pub fn namespaces(event: &Event, incident: &IncidentView) -> Map<String, Value> 
     put("INCIDENT.TEAMS_PAGED.0", s(routing.clone()));
     put("INCIDENT.POLICIES_PAGED.0.IS_DISPLAYABLE", false.into());
     for k in ["POLICY.NAME", "POLICY.SLUG", "TEAM.NAME", "TEAM.SLUG"] {
-        put(&format!("INCIDENT.POLICIES_PAGED.0.{k}"), s(routing.clone()));
+        put(
+            &format!("INCIDENT.POLICIES_PAGED.0.{k}"),
+            s(routing.clone()),
+        );
     }
     put(
         "INCIDENT.POLICIES_PAGED.0.ACKED_BY",
@@ -197,7 +203,11 @@ pub fn namespaces(event: &Event, incident: &IncidentView) -> Map<String, Value> 
     put("INCIDENT.FIRST_ALERT_UUID", s(incident.first_alert.clone()));
     put("INCIDENT.LATEST_ALERT_UUID", s(event.id.clone()));
     put("INCIDENT.TAGS.0", s(format!("incident{number}")));
-    let routing_tag = if routing.is_empty() { "default" } else { &routing };
+    let routing_tag = if routing.is_empty() {
+        "default"
+    } else {
+        &routing
+    };
     put("INCIDENT.TAGS.1", s(format!("routing{routing_tag}")));
     put("INCIDENT.TAGS.2", s("typesystemmessagenotify".into()));
     put("INCIDENT.TAGS.3", s("typeincidentnotify".into()));

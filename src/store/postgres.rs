@@ -41,7 +41,8 @@ const LISTEN: &str = "LISTEN hookrelay_work";
 
 /// Schema versions, applied in order, each once, under an advisory lock so instances starting
 /// together do not race. Never edit a released step; add one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hookrelay_targets (
     id integer PRIMARY KEY,
     name text NOT NULL UNIQUE,
@@ -105,14 +106,16 @@ CREATE TABLE hookrelay_attempts (
     response_excerpt text,
     PRIMARY KEY (seq, number)
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE hookrelay_key_state (
     target integer NOT NULL,
     ordering_key bytea NOT NULL,
     value bytea NOT NULL,
     PRIMARY KEY (target, ordering_key)
 );
-"#];
+"#,
+];
 
 /// Any number that identifies this relay's migration lock among other advisory locks.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
@@ -428,8 +431,11 @@ impl PgStore {
                          ON CONFLICT (target, ordering_key) DO UPDATE SET value = $3",
                     )
                     .await?;
-                tx.execute(&upsert, &[&row.get::<_, i32>(0), &row.get::<_, &[u8]>(1), &value])
-                    .await?;
+                tx.execute(
+                    &upsert,
+                    &[&row.get::<_, i32>(0), &row.get::<_, &[u8]>(1), &value],
+                )
+                .await?;
             }
             Some(None) => {
                 tx.execute(

@@ -275,7 +275,10 @@ pub fn step(before: Option<Incident>, event: &Event, seq: u64) -> Step {
             inc.state = "OK".into();
             inc.state_start_ms = at;
             inc.resolved = Some((actor(event), at));
-            (Change::Resolved, format!("RECOVERY resolves incident #{number}"))
+            (
+                Change::Resolved,
+                format!("RECOVERY resolves incident #{number}"),
+            )
         }
         ("ACKNOWLEDGEMENT", Phase::Unacked) => {
             inc.phase = Phase::Acked;
@@ -365,16 +368,43 @@ mod tests {
     fn the_firing_table() {
         use Change::*;
         assert_eq!(
-            run(&["INFO", "RECOVERY", "ACKNOWLEDGEMENT", "critical", "CRITICAL", "WARNING"]),
+            run(&[
+                "INFO",
+                "RECOVERY",
+                "ACKNOWLEDGEMENT",
+                "critical",
+                "CRITICAL",
+                "WARNING"
+            ]),
             [NoIncident, NoIncident, NoIncident, Triggered, Updated, Updated]
         );
         assert_eq!(
-            run(&["CRITICAL", "ACKNOWLEDGEMENT", "ACKNOWLEDGEMENT", "INFO", "CRITICAL"]),
+            run(&[
+                "CRITICAL",
+                "ACKNOWLEDGEMENT",
+                "ACKNOWLEDGEMENT",
+                "INFO",
+                "CRITICAL"
+            ]),
             [Triggered, Acknowledged, Updated, NoIncident, Triggered]
         );
         assert_eq!(
-            run(&["WARNING", "ACKNOWLEDGEMENT", "OK", "RECOVERY", "CRITICAL", "RECOVERY"]),
-            [Triggered, Acknowledged, Resolved, NoIncident, Triggered, Resolved]
+            run(&[
+                "WARNING",
+                "ACKNOWLEDGEMENT",
+                "OK",
+                "RECOVERY",
+                "CRITICAL",
+                "RECOVERY"
+            ]),
+            [
+                Triggered,
+                Acknowledged,
+                Resolved,
+                NoIncident,
+                Triggered,
+                Resolved
+            ]
         );
         assert_eq!(run(&["nonsense", "CRITICAL"]), [NoIncident, Triggered]);
     }
@@ -385,14 +415,27 @@ mod tests {
     fn records_count_alerts_and_resolution_deletes_them() {
         let s1 = step(None, &alert("CRITICAL", "a"), 7);
         let rec = s1.write.clone().unwrap().unwrap();
-        assert_eq!((rec.number, rec.alert_count, rec.phase), (7, 1, Phase::Unacked));
+        assert_eq!(
+            (rec.number, rec.alert_count, rec.phase),
+            (7, 1, Phase::Unacked)
+        );
         let s2 = step(Some(rec), &alert("WARNING", "b"), 9);
         let rec = s2.write.clone().unwrap().unwrap();
-        assert_eq!((rec.number, rec.alert_count, rec.state.as_str()), (7, 2, "WARNING"));
+        assert_eq!(
+            (rec.number, rec.alert_count, rec.state.as_str()),
+            (7, 2, "WARNING")
+        );
         assert_eq!(s2.view.sequence, 9);
         let s3 = step(Some(rec.clone()), &alert("RECOVERY", "c"), 11);
-        assert_eq!(s3.write, Some(None), "a resolved incident's record is deleted");
-        assert_eq!((s3.view.number, s3.view.phase, s3.view.alert_count), (7, "RESOLVED", 3));
+        assert_eq!(
+            s3.write,
+            Some(None),
+            "a resolved incident's record is deleted"
+        );
+        assert_eq!(
+            (s3.view.number, s3.view.phase, s3.view.alert_count),
+            (7, "RESOLVED", 3)
+        );
         assert_eq!(Incident::decode(&rec.encode()).unwrap(), rec);
         let s4 = step(None, &alert("CRITICAL", "d"), 12);
         assert_eq!(s4.view.number, 12);

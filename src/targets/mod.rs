@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 pub use snowplow::PLATFORMS;
-pub use victorops::{VictoropsSpec, REST_PATH as VICTOROPS_REST_PATH};
 pub use statushub::{
     DEFAULT_BODY as STATUSHUB_BODY, DEFAULT_KEY_FIELD, DEFAULT_URL as STATUSHUB_DEFAULT_URL,
 };
+pub use victorops::{VictoropsSpec, REST_PATH as VICTOROPS_REST_PATH};
 
 use crate::config::{TargetConfig, TargetKind};
 use crate::deliver::parse_retry_after;

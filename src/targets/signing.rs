@@ -91,8 +91,8 @@ pub fn sign(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &[u8]) -> String {
     let signatures: Vec<String> = keys
         .iter()
         .map(|key| {
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key)
-                .expect("HMAC takes a key of any length");
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
             for part in [id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
                 mac.update(part);
             }
@@ -140,7 +140,9 @@ mod tests {
         assert!(decode_secret("whsec_not base64!")
             .unwrap_err()
             .contains("base64"));
-        assert!(decode_secret("whsec_c2hvcnQ=").unwrap_err().contains("24 to 64"));
+        assert!(decode_secret("whsec_c2hvcnQ=")
+            .unwrap_err()
+            .contains("24 to 64"));
         let e = SigningKeys::parse(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(), "x".into()])
             .unwrap_err();
         assert!(e.starts_with("secret 2:"), "{e}");
