@@ -79,7 +79,7 @@ enum Op {
         attempt: Attempt,
         next: Next,
         /// A key's state value written in the same record (`Store::finish_with_key_state`).
-        state: Option<StateWrite>,
+        state: Option<Box<StateWrite>>,
     },
     Targets(Vec<String>),
     SetState(TargetId, TargetState),
@@ -776,7 +776,8 @@ impl Store for SledStore {
         state: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let write = key_state::with_finish(delivery.target, &delivery.ordering_key, state);
-        self.finish_op(delivery, attempt, next, Some(write)).await
+        self.finish_op(delivery, attempt, next, Some(Box::new(write)))
+            .await
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
@@ -1000,7 +1001,7 @@ impl SledStore {
         delivery: &Delivery,
         attempt: Attempt,
         next: Next,
-        state: Option<StateWrite>,
+        state: Option<Box<StateWrite>>,
     ) -> Result<(), StoreError> {
         let result = self
             .submit(Op::Finish {
@@ -1541,7 +1542,7 @@ impl Writer {
         claimed: &Delivery,
         attempt: Attempt,
         next: Next,
-        state: Option<StateWrite>,
+        state: Option<Box<StateWrite>>,
     ) -> Result<(), StoreError> {
         let seq = claimed.seq;
         let Some(mut rec) = self.delivery_rec(seq)? else {
@@ -1596,13 +1597,14 @@ impl Writer {
         } else {
             batch.insert_settled(keys::delivery(seq).as_slice(), to_json(&rec));
         }
-        match state {
-            Some(StateWrite {
-                key,
-                value: Some(v),
-            }) => batch.insert(key, v),
-            Some(StateWrite { key, value: None }) => batch.remove(key),
-            None => {}
+        if let Some(write) = state {
+            match *write {
+                StateWrite {
+                    key,
+                    value: Some(v),
+                } => batch.insert(key, v),
+                StateWrite { key, value: None } => batch.remove(key),
+            }
         }
         self.commit(batch);
         Ok(())
