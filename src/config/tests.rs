@@ -45,7 +45,14 @@ fn commented_examples_are_valid_when_uncommented() {
     let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,
-        ["outbox", "snowplow", "statushub", "chat", "archive"]
+        [
+            "outbox",
+            "snowplow",
+            "statushub",
+            "chat",
+            "archive",
+            "victorops"
+        ]
     );
     assert!(matches!(c.targets[1].kind, TargetKind::Snowplow(_)));
     assert!(matches!(c.targets[2].kind, TargetKind::Statushub(_)));
