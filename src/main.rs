@@ -286,6 +286,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             let reload = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = &mut shutdown => break,
+                // Fail-stop: no graceful stop, nothing more is acknowledged; the next start
+                // replays the log.
+                cause = relay.failed() => anyhow::bail!("the store stopped: {cause}"),
                 _ = reload => match Config::load(path.as_deref()) {
                     Ok(new) => {
                         if let Err(e) = relay.reload(new) {

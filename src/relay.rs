@@ -44,6 +44,10 @@ pub enum RelayError {
     },
     #[error("the store did not close cleanly: {0}")]
     Close(#[source] StoreError),
+    /// The store stopped on a failure it cannot recover from while running (fail-stop): the
+    /// process must exit, and the next start replays the log.
+    #[error("the store stopped: {0}")]
+    StoreFailed(String),
 }
 
 /// A running relay. Dropping it without [`Relay::shutdown`] stops nothing gracefully.
@@ -254,6 +258,14 @@ impl Relay {
         self.targets.iter().find(|t| t.name == name).map(|t| t.id)
     }
 
+    /// Resolves with the cause once the store has stopped on a failure it cannot recover from
+    /// while running; never for PostgreSQL. Whoever runs the relay then exits non-zero
+    /// without a graceful stop (nothing more can be acknowledged), and the next start
+    /// replays the log.
+    pub async fn failed(&self) -> String {
+        self.store.failed().await
+    }
+
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         let _ = self.stop.send(true);
         let _ = self.server.await;
@@ -330,7 +342,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     let relay = Relay::start(config, listener).await?;
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        cause = relay.failed() => return Err(RelayError::StoreFailed(cause)),
+    }
     tracing::info!("shutting down");
     relay.shutdown().await.map_err(RelayError::Close)
 }
@@ -390,13 +405,11 @@ async fn housekeeping(
         }
         next_prune = tokio::time::Instant::now() + config.prune_interval;
         let now = crate::deliver::now_ms();
-        let mut after = None;
         loop {
             let step = crate::store::Prune {
                 done_before_ms: now.saturating_sub(config.retain_delivered.as_millis() as u64),
                 dead_before_ms: now.saturating_sub(config.retain_dead.as_millis() as u64),
                 now_ms: now,
-                after,
                 max_events: 1000,
             };
             match store.prune(step).await {
@@ -404,9 +417,8 @@ async fn housekeeping(
                     if p.events + p.dedup_keys > 0 {
                         tracing::info!(events = p.events, dedup_keys = p.dedup_keys, "pruned");
                     }
-                    match p.resume_after {
-                        Some(a) if !*stop.borrow() => after = Some(a),
-                        _ => break,
+                    if !p.more || *stop.borrow() {
+                        break;
                     }
                 }
                 Err(e) => {

@@ -268,21 +268,23 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
         accept(&relay, m, msg).await;
     }
     // An attempt already in flight when the fifth failure suspended the target still finishes
-    // and is recorded; let those settle, then nothing may change while it is suspended.
+    // and is recorded; let those settle. While suspended, only probes are sent: one at a
+    // time, 200 ms then 400 ms apart, each counting only against a delivery that was due.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = attempts(&relay).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     let during = attempts(&relay).await;
-    assert_eq!(
-        before, during,
-        "no attempts while suspended; probes count against no delivery"
+    let probes: u32 = during.iter().sum::<u32>() - before.iter().sum::<u32>();
+    assert!(
+        probes <= 3,
+        "at most one probe per interval: {before:?} → {during:?}"
     );
     let total: u32 = before.iter().sum();
     assert!((5..=8).contains(&total), "{before:?}");
     assert_eq!(
-        &before[3..],
+        &during[3..],
         [0, 0],
-        "deliveries that arrived during the suspension were never tried"
+        "deliveries that arrived during the suspension, behind their keys' heads, were never tried"
     );
     let (_, m) = admin(&relay, "GET", "/metrics").await;
     assert_eq!(
@@ -309,14 +311,79 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
         })
         .await
     );
-    let waiting_before: Vec<u32> = before.iter().map(|b| b + 1).collect();
     // The receiver answered the last one a moment before its outcome is recorded.
-    wait_until_async(|| async { attempts(&relay).await == waiting_before }).await;
+    let delivered = wait_until_async(|| async {
+        let mut all = true;
+        for seq in 1..=5 {
+            let d = relay.store().delivery(seq).await.unwrap().unwrap();
+            all &= d.state == hookrelay::store::DeliveryState::Done;
+        }
+        all
+    })
+    .await;
+    assert!(delivered, "every delivery went through");
     let after = attempts(&relay).await;
     assert_eq!(
-        after, waiting_before,
-        "each delivery: its attempts before the outage, plus the one that went through"
+        &after[3..],
+        [1, 1],
+        "those that arrived during the suspension went through at their first attempt"
     );
+    relay.shutdown().await.unwrap();
+}
+
+/// A payload the receiver always refuses (500) must not hold its target suspended for good:
+/// probes take the target's keys in turn, so a good delivery behind another key resumes it,
+/// and the refused one spends its own retries and becomes a dead letter. Guards the probe's
+/// rotation and its counting of due tries: with a probe that always takes the earliest-due
+/// head and releases it unchanged on failure (as before), the good event is never sent.
+#[tokio::test]
+async fn a_poison_head_neither_holds_its_target_nor_escapes_its_retry_budget() {
+    let dir = tempdir();
+    let receiver = Receiver::scripted(Arc::new(|r: &Recorded, _| {
+        let status = if r.text().contains("poison") {
+            500
+        } else {
+            200
+        };
+        (status, vec![], String::new())
+    }))
+    .await;
+    let extra = "retry = { initial_delay = \"50ms\", jitter = 0.0, max_retries = 4 }\nsuspend_after = 2\nprobe_interval = \"100ms\"\nbody = '{{event.title}}'";
+    let relay = spawn_relay(
+        &with_admin_token(&target("t", &receiver.url("/t"), extra)),
+        dir.path(),
+    )
+    .await;
+    accept(&relay, "p", "poison").await;
+    let suspended = wait_until_async(|| async {
+        admin(&relay, "GET", "/targets").await.1["targets"][0]["state"] == "suspended"
+    })
+    .await;
+    assert!(suspended, "two failures in a row suspend the target");
+    // Later than the poison's next due time: the good event's head is due after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    accept(&relay, "g", "good").await;
+    let good = wait_until(Duration::from_secs(10), || {
+        receiver
+            .requests()
+            .iter()
+            .any(|r| r.status == 200 && r.text() == "good")
+    })
+    .await;
+    assert!(good, "a probe took the other key");
+    let dead = wait_until_async(|| async {
+        let d = relay.store().delivery(1).await.unwrap().unwrap();
+        d.state == hookrelay::store::DeliveryState::Dead
+    })
+    .await;
+    let poison = relay.store().delivery(1).await.unwrap().unwrap();
+    assert!(dead, "the refused payload became a dead letter: {poison:?}");
+    assert_eq!(poison.attempts, 5, "its first attempt and its 4 retries");
+    let active = wait_until_async(|| async {
+        admin(&relay, "GET", "/targets").await.1["targets"][0]["state"] == "active"
+    })
+    .await;
+    assert!(active, "nothing left refused: the target runs again");
     relay.shutdown().await.unwrap();
 }
 

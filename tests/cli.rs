@@ -449,9 +449,7 @@ fn check_config_reports_an_unreachable_database_without_its_password() {
 
 #[tokio::test]
 async fn check_config_reaches_a_running_database() {
-    let Some(url) = fresh_database().await else {
-        return;
-    };
+    let url = fresh_database().await;
     let dir = tempdir();
     let path = dir.path().join("pg.toml");
     std::fs::write(

@@ -205,9 +205,7 @@ async fn the_incident_record_survives_a_restart() {
 /// Fails with the PostgreSQL `key_state` reading nothing.
 #[tokio::test]
 async fn instances_on_one_database_share_incidents() {
-    let Some(db) = fresh_database().await else {
-        return;
-    };
+    let db = fresh_database().await;
     let hub = Receiver::ok().await;
     let (a_dir, b_dir) = (tempdir(), tempdir());
     let config = format!("{SOURCES}\n{}{RULES}", statushub("hub", &hub, ""),).replace(

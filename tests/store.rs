@@ -1,6 +1,7 @@
 //! The store contract: the invariants delivery relies on, through the `Store` trait, run
 //! against both backends: sled on a real directory and PostgreSQL on a real server (a fresh
-//! database per test; skipped with a notice when no server is configured).
+//! database per test; the server is started if none is configured, see
+//! `common::test_database_url`).
 
 mod common;
 
@@ -25,8 +26,8 @@ impl Fixture {
         Fixture::Sled(tempdir())
     }
 
-    async fn postgres() -> Option<Fixture> {
-        common::fresh_database().await.map(Fixture::Postgres)
+    async fn postgres() -> Fixture {
+        Fixture::Postgres(common::fresh_database().await)
     }
 
     async fn open(&self) -> AnyStore {
@@ -58,9 +59,7 @@ macro_rules! contract {
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                if let Some(f) = super::Fixture::postgres().await {
-                    super::$case(f).await
-                }
+                super::$case(super::Fixture::postgres().await).await
             })*
         }
     };
@@ -448,12 +447,11 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
             done_before_ms: far,
             dead_before_ms: 0,
             now_ms: 4_000,
-            after: None,
             max_events: 100,
         })
         .await
         .unwrap();
-    assert_eq!((p.events, p.dedup_keys, p.resume_after), (1, 0, None));
+    assert_eq!((p.events, p.dedup_keys, p.more), (1, 0, false));
     assert!(store.event(id(&events[0])).await.unwrap().is_none());
     assert!(store
         .deliveries_of(id(&events[0]))
@@ -468,7 +466,6 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
             done_before_ms: far,
             dead_before_ms: far,
             now_ms: 6_000,
-            after: None,
             max_events: 100,
         })
         .await
@@ -492,21 +489,19 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
     // Bounded steps resume where they stopped.
     let more: Vec<Event> = (0..5).map(|i| event(&format!("x{i}"), 10 + i)).collect();
     store.ingest(batch(&more, &[], 7_000)).await.unwrap();
-    let step = |after| Prune {
+    let step = Prune {
         done_before_ms: far,
         dead_before_ms: far,
         now_ms: 6_000,
-        after,
         max_events: 2,
     };
     let mut total = 0;
-    let mut after = None;
     for _ in 0..10 {
-        let p = store.prune(step(after)).await.unwrap();
+        let p = store.prune(step).await.unwrap();
+        assert!(p.events <= 2, "at most max_events per call");
         total += p.events;
-        match p.resume_after {
-            Some(a) => after = Some(a),
-            None => break,
+        if !p.more {
+            break;
         }
     }
     assert_eq!(total, 5, "events with no deliveries are finished");
@@ -665,7 +660,6 @@ fn prune_all_finished() -> hookrelay::store::Prune {
         done_before_ms: u64::MAX / 2,
         dead_before_ms: u64::MAX / 2,
         now_ms: 2_000,
-        after: None,
         max_events: 1000,
     }
 }
@@ -675,7 +669,6 @@ fn small_segments() -> hookrelay::store::LogOptions {
     hookrelay::store::LogOptions {
         segment_bytes: 4096,
         compact_every: std::time::Duration::from_millis(50),
-        ..Default::default()
     }
 }
 

@@ -788,10 +788,7 @@ impl Validator<'_> {
             initial_delay: self.duration(&r.initial_delay, &k("initial_delay"), d.initial_delay)?,
             multiplier: r.multiplier.as_ref().map_or(d.multiplier, |m| *m.get_ref()),
             jitter: r.jitter.as_ref().map_or(d.jitter, |j| *j.get_ref()),
-            max_delay: match &r.max_delay {
-                None => None,
-                some => Some(self.duration(some, &k("max_delay"), Duration::ZERO)?),
-            },
+            max_delay: self.duration(&r.max_delay, &k("max_delay"), d.max_delay)?,
             retry_after_max: self.duration(
                 &r.retry_after_max,
                 &k("retry_after_max"),

@@ -64,7 +64,7 @@ fn commented_examples_are_valid_when_uncommented() {
     assert_eq!(chat.filter.len(), 1);
     let archive = &c.targets[4];
     assert_eq!(archive.retry.max_retries, 40);
-    assert_eq!(archive.retry.max_delay, Some(Duration::from_secs(6 * 3600)));
+    assert_eq!(archive.retry.max_delay, Duration::from_secs(6 * 3600));
     assert_eq!(
         archive.retry.jitter, 0.1,
         "keys a target does not set come from [retry]"

@@ -219,26 +219,75 @@ impl<S: Store> Worker<S> {
             }
             Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
         };
-        let event = match self.store.event(delivery.event_id).await {
-            Ok(e) => e,
-            Err(e) => {
-                self.store.release(delivery.seq);
-                return Err(e);
+        let event = self.event_of(&delivery).await?;
+        let tried = self.attempt(&delivery, event.as_ref()).await?;
+        let (next, error, number) = (tried.next, tried.record.error.clone(), tried.record.number);
+        incident::finish(
+            self.store.as_ref(),
+            &delivery,
+            tried.record,
+            next,
+            tried.state,
+        )
+        .await?;
+        self.account(&tried.action, next, tried.latency_ms, event.as_ref())
+            .await;
+        let seq = delivery.seq;
+        let outcome = match next {
+            Next::Done => {
+                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms = tried.latency_ms, "delivered");
+                Outcome::Delivered(seq)
+            }
+            Next::Retry { due_ms } => {
+                tracing::info!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
+                Outcome::Retrying { seq, due_ms }
+            }
+            Next::Dead => {
+                tracing::warn!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
+                Outcome::Dead(seq)
+            }
+            Next::Skipped => {
+                tracing::debug!(target_name = %target.name, seq, reason = error.as_deref(), "delivery skipped");
+                Outcome::Skipped(seq)
             }
         };
+        Ok(outcome)
+    }
+
+    /// The claimed delivery's event; the claim is released when it cannot be read, so the
+    /// delivery is due again as it was.
+    async fn event_of(&self, delivery: &Delivery) -> Result<Option<Event>, StoreError> {
+        match self.store.event(delivery.event_id).await {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                self.store.release(delivery.seq);
+                Err(e)
+            }
+        }
+    }
+
+    /// One attempt at `delivery`: rendered, sent and classified, and what follows from it by
+    /// the target's retry policy.
+    /// Fails only when the store cannot be read (an incident target's record); the claim is
+    /// then released.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Event>,
+    ) -> Result<Tried, StoreError> {
         let number = delivery.attempts + 1;
-        let spec = target.spec();
+        let spec = self.target.spec();
         let at_ms = now_ms();
         let started = Instant::now();
-        let (result, record) = match &event {
+        let (result, state) = match event {
             Some(event) => {
                 let attempted = incident::attempt(
                     self.store.as_ref(),
                     &self.client,
                     &spec,
-                    &target.name,
+                    &self.target.name,
                     event,
-                    &delivery,
+                    delivery,
                     number,
                 )
                 .await;
@@ -263,13 +312,17 @@ impl<S: Store> Worker<S> {
         let next = match &action {
             Action::Done => Next::Done,
             Action::Retry { retry_after, .. } => {
-                match spec.config.retry.delay(
-                    number - delivery.retry_base,
-                    fastrand::f64(),
-                    *retry_after,
-                ) {
+                let retry = number.saturating_sub(delivery.retry_base);
+                match spec
+                    .config
+                    .retry
+                    .delay(retry, fastrand::f64(), *retry_after)
+                {
+                    // Saturating: a policy whose delays overflow waits for ever rather than
+                    // wrapping into the past.
                     Some(delay) => Next::Retry {
-                        due_ms: now_ms() + delay.as_millis() as u64,
+                        due_ms: now_ms()
+                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                     },
                     None => Next::Dead,
                 }
@@ -277,31 +330,14 @@ impl<S: Store> Worker<S> {
             Action::Permanent { .. } => Next::Dead,
             Action::Skip { .. } => Next::Skipped,
         };
-        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        let error = attempt.error.clone();
-        incident::finish(self.store.as_ref(), &delivery, attempt, next, record).await?;
-        self.account(&action, next, latency_ms, event.as_ref())
-            .await;
-        let seq = delivery.seq;
-        let outcome = match next {
-            Next::Done => {
-                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
-                Outcome::Delivered(seq)
-            }
-            Next::Retry { due_ms } => {
-                tracing::info!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
-                Outcome::Retrying { seq, due_ms }
-            }
-            Next::Dead => {
-                tracing::warn!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
-                Outcome::Dead(seq)
-            }
-            Next::Skipped => {
-                tracing::debug!(target_name = %target.name, seq, reason = error.as_deref(), "delivery skipped");
-                Outcome::Skipped(seq)
-            }
-        };
-        Ok(outcome)
+        let record = attempt_record(number, at_ms, latency_ms, &result, &action);
+        Ok(Tried {
+            action,
+            next,
+            record,
+            latency_ms,
+            state,
+        })
     }
 
     /// Metrics, last error, and the consecutive-failure count that suspends a target. Only
@@ -360,9 +396,15 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    /// While the target is suspended: tries its head delivery again, with backoff, without
-    /// counting failed tries against any delivery. The first answer that is not worth a retry
-    /// (success, or a permanent error: the target is answering) is recorded and resumes it.
+    /// While the target is suspended: tries one head delivery at a time, with backoff, going
+    /// round the target's ordering keys; the first answer that is not worth a retry (success,
+    /// or a permanent error: the target is answering) is recorded and resumes it.
+    ///
+    /// A failed try counts as one of the delivery's retries when the delivery was due by its
+    /// own schedule, and is recorded like any attempt: a payload the receiver always refuses
+    /// runs out of retries and becomes a dead letter, so it never holds the target suspended
+    /// for good. A try before the delivery is due does not count, so no delivery's retries run
+    /// faster than its schedule, however long the target is down.
     pub async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         use backon::BackoffBuilder;
         let t = &self.target;
@@ -372,13 +414,14 @@ impl<S: Store> Worker<S> {
             .with_factor(2.0)
             .without_max_times()
             .build();
+        let mut after = 0;
         while t.mode() == TargetMode::Suspended && !*stop.borrow() {
             let wait = delays.next().unwrap_or(Duration::from_secs(300));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => break,
             }
-            match self.probe_once().await {
+            match self.probe_once(&mut after).await {
                 Ok(true) => {
                     if let Err(e) = t
                         .set_mode(
@@ -399,55 +442,38 @@ impl<S: Store> Worker<S> {
         t.probe_running.store(false, Ordering::Release);
     }
 
-    /// One probe; `true` when the target answered.
-    async fn probe_once(&self) -> Result<bool, StoreError> {
+    /// One probe of the head after `after` (in sequence order, going round); `true` when the
+    /// target answered.
+    async fn probe_once(&self, after: &mut Seq) -> Result<bool, StoreError> {
         let t = &self.target;
-        let delivery = match self.store.claim(t.id, u64::MAX).await? {
+        let delivery = match self.store.claim_probe(t.id, *after).await? {
             Claim::Due(d) => d,
             // Nothing waits: resume, and let the next delivery show whether it is back.
             _ => return Ok(true),
         };
-        let Some(event) = self.store.event(delivery.event_id).await? else {
-            self.store.release(delivery.seq);
-            return Ok(true);
-        };
-        let number = delivery.attempts + 1;
-        let spec = t.spec();
-        let at_ms = now_ms();
-        let started = Instant::now();
-        let attempted = incident::attempt(
-            self.store.as_ref(),
-            &self.client,
-            &spec,
-            &t.name,
-            &event,
-            &delivery,
-            number,
-        )
-        .await;
-        let (result, record) = match attempted {
-            Ok(a) => a,
-            Err(e) => {
+        *after = delivery.seq;
+        let due = delivery.due_ms <= now_ms();
+        let event = self.event_of(&delivery).await?;
+        let tried = self.attempt(&delivery, event.as_ref()).await?;
+        if let Action::Retry { reason, .. } = &tried.action {
+            tracing::info!(target_name = %t.name, seq = delivery.seq, counted = due, error = %reason, "probe failed; target stays suspended");
+            if !due {
                 self.store.release(delivery.seq);
-                return Err(e);
+                return Ok(false);
             }
-        };
-        let action = classify(&result);
-        if let Action::Retry { reason, .. } = &action {
-            tracing::info!(target_name = %t.name, error = %reason, "probe failed; target stays suspended");
-            self.store.release(delivery.seq);
-            return Ok(false);
         }
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let next = match &action {
-            Action::Done => Next::Done,
-            Action::Skip { .. } => Next::Skipped,
-            _ => Next::Dead,
-        };
-        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        incident::finish(self.store.as_ref(), &delivery, attempt, next, record).await?;
-        self.account(&action, next, latency_ms, Some(&event)).await;
-        Ok(true)
+        let answered = !matches!(tried.action, Action::Retry { .. });
+        incident::finish(
+            self.store.as_ref(),
+            &delivery,
+            tried.record,
+            tried.next,
+            tried.state,
+        )
+        .await?;
+        self.account(&tried.action, tried.next, tried.latency_ms, event.as_ref())
+            .await;
+        Ok(answered)
     }
 
     /// Runs one lane until `stop` turns true; checked between deliveries only, so an attempt
@@ -489,6 +515,16 @@ impl<S: Store> Worker<S> {
             }
         }
     }
+}
+
+/// What one attempt came to.
+struct Tried {
+    action: Action,
+    next: Next,
+    record: Attempt,
+    latency_ms: u64,
+    /// An incident target's record to store with the outcome.
+    state: incident::Record,
 }
 
 /// The record of one attempt: what came back, and the reason when it was not a success.

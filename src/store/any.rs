@@ -31,6 +31,15 @@ impl AnyStore {
         each!(self, s => s.close().await)
     }
 
+    /// Resolves with the cause if the store stops on a failure it cannot recover from while
+    /// running (the embedded store's fail-stop); never for PostgreSQL.
+    pub async fn failed(&self) -> String {
+        match self {
+            AnyStore::Sled(s) => s.failed().await,
+            AnyStore::Postgres(_) => std::future::pending().await,
+        }
+    }
+
     /// Whether other relay instances may write to the same store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))
@@ -46,6 +55,9 @@ impl Store for AnyStore {
     }
     async fn claim(&self, target: TargetId, now_ms: u64) -> Result<Claim, StoreError> {
         each!(self, s => s.claim(target, now_ms).await)
+    }
+    async fn claim_probe(&self, target: TargetId, after: Seq) -> Result<Claim, StoreError> {
+        each!(self, s => s.claim_probe(target, after).await)
     }
     async fn finish(&self, d: &Delivery, attempt: Attempt, next: Next) -> Result<(), StoreError> {
         each!(self, s => s.finish(d, attempt, next).await)

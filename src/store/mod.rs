@@ -8,21 +8,16 @@
 
 mod any;
 mod codec;
-mod key_state;
-mod keys;
-mod overlay;
 mod postgres;
-mod sled_store;
-mod wal;
+mod sled;
 
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::sled::{LogOptions, Manifest, SledStore};
 pub use any::AnyStore;
-pub use keys::clamp_ordering_key;
 pub use postgres::{check_connection, redact_url, PgOptions, PgStore, Waker};
-pub use sled_store::{LogOptions, Manifest, SledStore};
 
 use crate::normalize::Event;
 
@@ -32,10 +27,24 @@ pub type TargetId = u32;
 /// commit in the other order. Per-key order follows the commits, never the numbers alone.
 pub type Seq = u64;
 
-#[derive(Debug, thiserror::Error)]
+/// Ordering keys are cut to this many bytes (VictorOps caps `entity_id` at 512 characters).
+pub const MAX_ORDERING_KEY: usize = 512;
+
+/// Cuts an ordering key to [`MAX_ORDERING_KEY`] bytes on a character boundary.
+pub fn clamp_ordering_key(key: &mut String) {
+    if key.len() > MAX_ORDERING_KEY {
+        let mut end = MAX_ORDERING_KEY;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O error: {0}")]
-    Io(#[from] sled::Error),
+    Io(#[from] ::sled::Error),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
     #[error("store record is damaged: {0}")]
@@ -44,6 +53,20 @@ pub enum StoreError {
     Closed,
     #[error("the store did not complete a write within {0} ms")]
     Stalled(u128),
+    /// The store stopped on a failure it cannot recover from while running (a failed log
+    /// sync, a failed write to sled after the log made it durable): nothing more is written
+    /// until the relay restarts and replays the log.
+    #[error("the store stopped after a failure ({0}); the relay must restart")]
+    Failed(String),
+    #[error(
+        "the store at {path} is of format {found}, which this build does not know (it knows \
+         format {known}); it was written by another build of hookrelay"
+    )]
+    Format {
+        path: String,
+        found: String,
+        known: u64,
+    },
     #[error(
         "the store at {path} is missing data it acknowledged: its manifest records deliveries up \
          to #{recorded}, but the database now ends at #{found}. It was damaged (truncated, \
@@ -204,7 +227,7 @@ pub struct Prune {
     pub done_before_ms: u64,
     pub dead_before_ms: u64,
     pub now_ms: u64,
-    pub after: Option<uuid::Uuid>,
+    /// At most this many events (and dedup keys) are looked at per call.
     pub max_events: usize,
 }
 
@@ -212,8 +235,8 @@ pub struct Prune {
 pub struct Pruned {
     pub events: usize,
     pub dedup_keys: usize,
-    /// Where the scan stopped; `None` when it reached the retention boundary.
-    pub resume_after: Option<uuid::Uuid>,
+    /// The call stopped at its limit: more may be due; calling again goes on from there.
+    pub more: bool,
 }
 
 /// Counters kept with every write, so reading them never scans the queue.
@@ -279,6 +302,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         target: TargetId,
         now_ms: u64,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Leases the first head of `target` after `after` in sequence order, going round to the
+    /// first after the last, whatever its due time and that no one else holds: a suspended
+    /// target's probe takes its keys in turn.
+    fn claim_probe(
+        &self,
+        target: TargetId,
+        after: Seq,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Records an attempt and what follows from it, durably, then drops the lease.
@@ -392,8 +424,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes, oldest first and at most `max_events` events per call: events whose
     /// deliveries all finished (done or skipped before `done_before_ms`, dead before
     /// `dead_before_ms`), with their deliveries, attempts and index entries; and dedup keys
-    /// that expired before `now_ms`. Pending deliveries are never touched. `after` continues a
-    /// previous call.
+    /// that expired before `now_ms`. Pending deliveries are never touched. A call that reports
+    /// `more` is continued by the next.
     fn prune(&self, limits: Prune) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
 
     /// New deliveries of a stored event.

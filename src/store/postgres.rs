@@ -156,6 +156,8 @@ pub struct PgStore {
     waker: Arc<OnceLock<Waker>>,
     size: Arc<AtomicU64>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The last event the previous pruning call looked at, when it stopped at its limit.
+    prune_after: std::sync::Mutex<Option<uuid::Uuid>>,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -323,6 +325,7 @@ impl PgStore {
             waker,
             size,
             background,
+            prune_after: std::sync::Mutex::new(None),
         })
     }
 
@@ -901,6 +904,38 @@ impl Store for PgStore {
         })
     }
 
+    async fn claim_probe(&self, target: TargetId, after: Seq) -> Result<Claim, StoreError> {
+        let client = self.pool.get().await?;
+        let clock = now_ms();
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE hookrelay_deliveries SET lease_owner = $3, lease_until = $4 \
+                 WHERE seq = (\
+                   SELECT seq FROM hookrelay_deliveries \
+                   WHERE target = $1 AND state = 'pending' AND is_head AND lease_until <= $5 \
+                   ORDER BY seq <= $2, seq LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {DELIVERY_COLUMNS}"
+            ))
+            .await?;
+        let until = ms(clock.saturating_add(self.lease_ms));
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &(target as i32),
+                    &(after as i64),
+                    &&*self.instance,
+                    &until,
+                    &ms(clock),
+                ],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => Claim::Due(delivery_of(&row)?),
+            None => Claim::Empty,
+        })
+    }
+
     async fn finish(
         &self,
         delivery: &Delivery,
@@ -1187,6 +1222,7 @@ impl Store for PgStore {
         // than both retention periods are never looked at.
         let boundary = p.done_before_ms.max(p.dead_before_ms).min((1 << 48) - 1);
         let bound = uuid::Uuid::from_u128(u128::from(boundary) << 80);
+        let after = *self.prune_after.lock().unwrap_or_else(|p| p.into_inner());
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let rows = tx
@@ -1200,7 +1236,7 @@ impl Store for PgStore {
                  WHERE ($1::uuid IS NULL OR e.id > $1) AND e.id < $2 \
                  ORDER BY e.id LIMIT $5",
                 &[
-                    &p.after,
+                    &after,
                     &bound,
                     &ms(p.dead_before_ms),
                     &ms(p.done_before_ms),
@@ -1213,6 +1249,7 @@ impl Store for PgStore {
         } else {
             None
         };
+        *self.prune_after.lock().unwrap_or_else(|p| p.into_inner()) = resume_after;
         let expired: Vec<uuid::Uuid> = rows
             .iter()
             .filter(|r| r.get::<_, bool>(1))
@@ -1248,7 +1285,7 @@ impl Store for PgStore {
         Ok(Pruned {
             events: expired.len(),
             dedup_keys: dedup_keys as usize,
-            resume_after,
+            more: resume_after.is_some(),
         })
     }
 

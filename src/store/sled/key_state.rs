@@ -1,5 +1,6 @@
-//! The sled store's per-`(target, ordering key)` state values ([`super::Store::key_state`]):
-//! free functions, called from thin methods of the sled store and its writer.
+//! The embedded store's per-`(target, ordering key)` state values
+//! ([`crate::store::Store::key_state`]): free functions, called from thin methods of the store
+//! and its writer.
 //!
 //! | prefix | key | value |
 //! |---|---|---|
@@ -7,27 +8,21 @@
 //!
 //! A value is written only in the write-ahead log record of a finish (see [`with_finish`]), so
 //! it is durable exactly when that finish is, and replay after a crash restores both or
-//! neither. It is never held in memory (`overlay` holds only `R`, `K` and `L` keys), and the
-//! writer applies a group's other keys to sled before its ready keys and before it answers:
-//! the next delivery of the key, promoted by that finish, can only be claimed once the value
-//! is in sled, so reading sled directly always sees it.
+//! neither. The writer publishes a synced group's writes to the memtable before it applies the
+//! group's effects to the queue, so the next delivery of the key, which that finish lets the
+//! queue hand out, is claimed only once a read (memtable, then sled) sees the value.
 
-use super::{keys, StoreError, TargetId};
+use super::keys;
+use crate::store::TargetId;
 
-/// The sled key of `(target, ordering key)`'s value.
+/// The sled key of `(target, ordering key)`'s value: no key is a prefix of another.
 pub fn key(target: TargetId, ordering_key: &str) -> Vec<u8> {
-    let mut k = keys::head(target, ordering_key);
-    k[0] = b'I';
+    let bytes = ordering_key.as_bytes();
+    let mut k = Vec::with_capacity(7 + bytes.len());
+    k.extend_from_slice(&keys::target_prefix(b'I', target));
+    k.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    k.extend_from_slice(bytes);
     k
-}
-
-/// The value of `(target, ordering key)`, straight from sled.
-pub fn read(
-    db: &sled::Db,
-    target: TargetId,
-    ordering_key: &str,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(db.get(key(target, ordering_key))?.map(|v| v.to_vec()))
 }
 
 /// A value to write with a finish: the sled key, and the value (`None` removes it).
