@@ -17,6 +17,10 @@
 //! - `NOTIFY hookrelay_work` in the ingest transaction tells every other instance, at commit,
 //!   which targets have new work; their lanes wake at once instead of at the next poll.
 //!
+//! - `hookrelay_key_state` holds one small value per (target, ordering key), the `statushub`
+//!   target's incident record: written in the transaction of the finish it goes with, after
+//!   that finish's lease check, so a stale finish writes neither.
+//!
 //! Keys that may hold any bytes (ordering and dedup keys) are `bytea`: `text` cannot hold NUL.
 
 use std::collections::{HashMap, HashSet};
