@@ -14,7 +14,7 @@
 //! | [`rules`] | VictorOps-style rules (match, set, annotate, stop) and routing to targets |
 //! | [`store`] | the [`store::Store`] trait; sled (one instance: a write-ahead log synced per group and holding event bodies, ready index, per-key FIFOs, leases) and PostgreSQL (several instances: head rows, `SKIP LOCKED` claims, named leases, `NOTIFY`) behind [`store::AnyStore`] |
 //! | [`deliver`] | workers (`deliver_one`), classification (whether to retry) and [`deliver::RetryPolicy`] (when) |
-//! | `targets` | one file per target kind: `webhook`, `file`, `snowplow`, `statushub` |
+//! | `targets` | one file per target kind: `webhook` (with Standard Webhooks `signing`), `file`, `snowplow`, `statushub` (firing on `incident` changes), `victorops` |
 //! | [`template`] | Handlebars rendering with per-destination escaping |
 //! | [`admin`] | admin API on its own listener, Prometheus metrics |
 //! | [`relay`] | wiring, startup and graceful shutdown |

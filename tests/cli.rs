@@ -259,6 +259,9 @@ set = { StatusHubfield = '9cc47ae1670bf9c1', host_name = 'pig-${{\1}}' }
         "  host_name = \"pig-208\"",
         "target statushub (statushub): POST https://hooks.statushub.io/hooks/victor_ops?token=9cc47ae1670bf9c1",
         "content-type: application/json",
+        "  with no open incident: fires (triggered): CRITICAL opens incident #2",
+        "  with an open incident: not sent (updated): a repeated CRITICAL while incident #1 is open",
+        "  the request above is the one sent with no open incident",
         "target snowplow (snowplow): POST http://127.0.0.1:9999/com.pagerduty/v1?p=srv&eid=",
         "{\"messages\":[{\"type\":\"incident.trigger\",\"id\":\"01BZYIL05THJDFF2Y08X9SVMTU\"",
         "target sg-only (file): not sent: receives only events a rule routes to it, and no rule did",
@@ -292,7 +295,11 @@ set = { StatusHubfield = '9cc47ae1670bf9c1', host_name = 'pig-${{\1}}' }
         dir.path(),
     );
     assert!(ok);
-    assert!(stdout.contains("target statushub (statushub): skipped: the URL needs ${{ALERT.StatusHubfield}}, which this event does not have"), "{stdout}");
+    // A ping is INFO: it never opens an incident, so StatusHub would not hear of it.
+    assert!(
+        stdout.contains("target statushub (statushub): not sent: fires for none of these incident states\nincident decision (made at delivery time, from the entity's stored incident):\n  fires on: triggered, acknowledged, resolved\n  with no open incident: not sent (no_incident): INFO never opens an incident\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(
             "target snowplow (snowplow): skipped: PagerDuty \"ping\" has no V1 equivalent"

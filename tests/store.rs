@@ -75,6 +75,7 @@ contract!(
     pruning_removes_finished_events_and_expired_dedup_keys_only,
     operator_views_replay_and_redeliver,
     the_event_log_pages_newest_first_filters_and_keeps_to_its_budget,
+    key_state_is_written_with_its_finish_only,
 );
 
 fn event(monitor: &str, n: usize) -> Event {
@@ -250,6 +251,65 @@ async fn a_stale_finish_is_ignored(fx: Fixture) {
     let now = store.delivery(d.seq).await.unwrap().unwrap();
     assert_eq!((now.due_ms, now.attempts), (2_000, 1));
     assert_eq!(store.attempts(d.seq).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+/// A key's state value (the `statushub` target's incident record) is written in the same
+/// atomic write as a finish, and only when that finish applies; it is per target and key, a
+/// `None` deletes it, and it survives a reopen. Fails when a backend writes it apart from the
+/// finish's stale check, or drops it.
+async fn key_state_is_written_with_its_finish_only(fx: Fixture) {
+    let v = |s: &str| Some(s.as_bytes().to_vec());
+    let t = {
+        let store = fx.open().await;
+        let t = store.target_ids(&["t".into(), "u".into()]).await.unwrap();
+        store
+            .ingest(batch(&[event("A", 1), event("A", 2)], &t, 1_000))
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), None);
+        let Claim::Due(d) = store.claim(t[0], 1_000).await.unwrap() else {
+            panic!()
+        };
+        store
+            .finish_with_key_state(&d, attempt(1), Next::Done, v("open"))
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), v("open"));
+        assert_eq!(
+            store.key_state(t[1], "A").await.unwrap(),
+            None,
+            "per target"
+        );
+        assert_eq!(store.key_state(t[0], "B").await.unwrap(), None, "per key");
+        // The same claim reported again does not apply: neither does its value.
+        store
+            .finish_with_key_state(&d, attempt(1), Next::Done, v("stale"))
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), v("open"));
+        let Claim::Due(next) = store.claim(t[0], 1_000).await.unwrap() else {
+            panic!()
+        };
+        assert_ne!(next.seq, d.seq, "the key's next delivery");
+        store
+            .finish_with_key_state(&next, attempt(1), Next::Skipped, None)
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), None, "deleted");
+        let Claim::Due(other) = store.claim(t[1], 1_000).await.unwrap() else {
+            panic!()
+        };
+        store
+            .finish_with_key_state(&other, attempt(1), Next::Dead, v("kept"))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        t
+    };
+    let store = fx.open().await;
+    assert_eq!(store.key_state(t[1], "A").await.unwrap(), v("kept"));
+    assert_eq!(store.key_state(t[0], "A").await.unwrap(), None);
     store.close().await.unwrap();
 }
 

@@ -6,6 +6,7 @@
 //! Relative paths (`store.path`, a file target's `path`, `template`) are resolved against the
 //! directory of the config file; for the built-in default, the working directory.
 
+mod outbound;
 mod raw;
 
 use std::collections::HashSet;
@@ -21,7 +22,9 @@ use toml::Spanned;
 use crate::deliver::RetryPolicy;
 use crate::normalize::SourceKind;
 use crate::rules::{compile_condition, compile_rules, Condition, Rules};
-use crate::targets::{DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
+use crate::targets::incident::FireOn;
+use crate::targets::signing::SigningKeys;
+use crate::targets::{VictoropsSpec, DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
 use crate::template::{ContextNeeds, Escape, TemplateRef, Templates, DEFAULT_BODY};
 
 /// The `config.toml` shipped at the repository root, built into the binary so the relay runs
@@ -143,6 +146,7 @@ impl TargetConfig {
                 payload: true,
                 ..ContextNeeds::NONE
             },
+            TargetKind::Victorops(spec) => spec.needs,
         }
     }
 }
@@ -161,8 +165,10 @@ pub enum TargetKind {
     Webhook(WebhookSpec),
     File(FileSpec),
     Snowplow(SnowplowSpec),
-    /// A webhook with StatusHub's defaults.
+    /// A webhook with StatusHub's defaults, firing on incident changes (`fire_on`).
     Statushub(WebhookSpec),
+    /// Alerts to a VictorOps REST endpoint integration.
+    Victorops(VictoropsSpec),
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +190,10 @@ pub struct WebhookSpec {
     pub body: TemplateRef,
     /// What of the template context its templates read.
     pub needs: ContextNeeds,
+    /// Standard Webhooks signing secrets (`signing_secrets`); empty: unsigned.
+    pub signing: SigningKeys,
+    /// For a `statushub` target: which incident changes fire (`fire_on`).
+    pub fire_on: Option<FireOn>,
 }
 
 #[derive(Debug, Clone)]
@@ -837,14 +847,15 @@ impl Validator<'_> {
         let name = self.name(&t.name, &key("name"), names)?;
         let kind_name = t.kind.get_ref().as_str();
         let allowed: &[&str] = match kind_name {
-            "webhook" => &["url", "method", "headers", "body", "template", "body_escape"],
+            "webhook" => &["url", "method", "headers", "body", "template", "body_escape", "signing_secrets", "signing_secrets_env"],
             "file" => &["path"],
             "snowplow" => &["collector", "app_id", "platform", "max_body_bytes"],
-            "statushub" => &["url", "key_field", "headers", "body", "template", "body_escape"],
-            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\", \"file\", \"snowplow\" or \"statushub\"")),
+            "statushub" => &["url", "key_field", "headers", "body", "template", "body_escape", "fire_on", "signing_secrets", "signing_secrets_env"],
+            "victorops" => &["url", "url_env"],
+            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\", \"file\", \"snowplow\", \"statushub\" or \"victorops\"")),
         };
         let span_of = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span());
-        let specific: [(&str, bool, Option<std::ops::Range<usize>>); 12] = [
+        let specific: [(&str, bool, Option<std::ops::Range<usize>>); 16] = [
             ("url", t.url.is_some(), span_of(&t.url)),
             ("method", t.method.is_some(), span_of(&t.method)),
             (
@@ -872,6 +883,22 @@ impl Validator<'_> {
                 t.max_body_bytes.as_ref().map(|v| v.span()),
             ),
             ("key_field", t.key_field.is_some(), span_of(&t.key_field)),
+            ("url_env", t.url_env.is_some(), span_of(&t.url_env)),
+            (
+                "fire_on",
+                t.fire_on.is_some(),
+                t.fire_on.as_ref().map(|v| v.span()),
+            ),
+            (
+                "signing_secrets",
+                t.signing_secrets.is_some(),
+                t.signing_secrets.as_ref().map(|v| v.span()),
+            ),
+            (
+                "signing_secrets_env",
+                t.signing_secrets_env.is_some(),
+                span_of(&t.signing_secrets_env),
+            ),
         ];
         for (k, present, span) in specific {
             if present && !allowed.contains(&k) {
@@ -900,6 +927,7 @@ impl Validator<'_> {
                 TargetKind::Statushub(self.webhook(i, &name, t, templates, Some(url))?)
             }
             "snowplow" => TargetKind::Snowplow(self.snowplow(i, t)?),
+            "victorops" => TargetKind::Victorops(self.victorops(i, &name, t, templates)?),
             _ => match &t.path {
                 Some(p) if !p.get_ref().is_empty() => TargetKind::File(FileSpec {
                     path: self.path(p.get_ref()),
@@ -913,6 +941,9 @@ impl Validator<'_> {
                 }
             },
         };
+        if kind_name == "statushub" {
+            self.statushub_ordering_key(i, t)?;
+        }
         let ordering_key = match &t.ordering_key {
             None => OrderingKey::AlertField("entity_id".into()),
             Some(src) => match alert_field(src.get_ref()) {
@@ -1162,6 +1193,8 @@ impl Validator<'_> {
             headers,
             body,
             needs: ContextNeeds::of_templates(&sources),
+            signing: self.signing(i, t)?,
+            fire_on: statushub.then(|| self.fire_on(i, t)).transpose()?,
         })
     }
 

@@ -133,4 +133,8 @@ pub(super) struct RawTarget {
     pub key_field: Option<Spanned<String>>,
     pub suspend_after: Option<Spanned<i64>>,
     pub probe_interval: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub fire_on: Option<Spanned<Vec<String>>>,
+    pub signing_secrets: Option<Spanned<Vec<String>>>,
+    pub signing_secrets_env: Option<Spanned<String>>,
 }

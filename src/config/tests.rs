@@ -45,7 +45,14 @@ fn commented_examples_are_valid_when_uncommented() {
     let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,
-        ["outbox", "snowplow", "statushub", "chat", "archive"]
+        [
+            "outbox",
+            "snowplow",
+            "statushub",
+            "chat",
+            "archive",
+            "victorops"
+        ]
     );
     assert!(matches!(c.targets[1].kind, TargetKind::Snowplow(_)));
     assert!(matches!(c.targets[2].kind, TargetKind::Statushub(_)));
@@ -138,7 +145,7 @@ fn target_errors() {
     let t = |body: &str| error(&format!("{SOURCE}[[targets]]\nname = \"t\"\n{body}"));
     assert_eq!(
         t("kind = \"sms\"\n"),
-        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\" or \"statushub\""
+        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\", \"statushub\" or \"victorops\""
     );
     assert_eq!(
         t("kind = \"webhook\"\n"),

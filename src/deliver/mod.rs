@@ -8,6 +8,7 @@
 
 mod classify;
 mod history;
+mod incident;
 mod policy;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -224,9 +225,16 @@ impl<S: Store> Worker<S> {
             Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
         };
         let event = self.event_of(&delivery).await?;
-        let tried = self.attempt(&delivery, event.as_ref()).await;
+        let tried = self.attempt(&delivery, event.as_ref()).await?;
         let (next, error, number) = (tried.next, tried.record.error.clone(), tried.record.number);
-        self.store.finish(&delivery, tried.record, next).await?;
+        incident::finish(
+            self.store.as_ref(),
+            &delivery,
+            tried.record,
+            next,
+            tried.state,
+        )
+        .await?;
         self.account(&tried.action, next, tried.latency_ms, event.as_ref())
             .await;
         let seq = delivery.seq;
@@ -265,28 +273,44 @@ impl<S: Store> Worker<S> {
 
     /// One attempt at `delivery`: rendered, sent and classified, and what follows from it by
     /// the target's retry policy.
-    async fn attempt(&self, delivery: &Delivery, event: Option<&Event>) -> Tried {
+    /// Fails only when the store cannot be read (an incident target's record); the claim is
+    /// then released.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Event>,
+    ) -> Result<Tried, StoreError> {
         let number = delivery.attempts + 1;
         let spec = self.target.spec();
         let at_ms = now_ms();
         let started = Instant::now();
-        let result = match event {
+        let (result, state) = match event {
             Some(event) => {
-                let ctx = context(
+                let attempted = incident::attempt(
+                    self.store.as_ref(),
+                    &self.client,
+                    &spec,
+                    &self.target.name,
                     event,
                     delivery,
                     number,
-                    &self.target.name,
-                    spec.config.needs(),
-                );
-                spec.target
-                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
-                    .await
+                )
+                .await;
+                match attempted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.store.release(delivery.seq);
+                        return Err(e);
+                    }
+                }
             }
-            None => AttemptResult::Invalid(format!(
-                "event {} is missing from the store",
-                delivery.event_id
-            )),
+            None => (
+                AttemptResult::Invalid(format!(
+                    "event {} is missing from the store",
+                    delivery.event_id
+                )),
+                incident::Record::None,
+            ),
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let action = classify(&result);
@@ -312,12 +336,13 @@ impl<S: Store> Worker<S> {
             Action::Skip { .. } => Next::Skipped,
         };
         let record = attempt_record(number, at_ms, latency_ms, &result, &action);
-        Tried {
+        Ok(Tried {
             action,
             next,
             record,
             latency_ms,
-        }
+            state,
+        })
     }
 
     /// Metrics, last error, and the consecutive-failure count that suspends a target. Only
@@ -438,7 +463,7 @@ impl<S: Store> Worker<S> {
         *after = delivery.seq;
         let due = delivery.due_ms <= now_ms();
         let event = self.event_of(&delivery).await?;
-        let tried = self.attempt(&delivery, event.as_ref()).await;
+        let tried = self.attempt(&delivery, event.as_ref()).await?;
         if let Action::Retry { reason, .. } = &tried.action {
             tracing::info!(target_name = %t.name, seq = delivery.seq, counted = due, error = %reason, "probe failed; target stays suspended");
             if !due {
@@ -447,9 +472,14 @@ impl<S: Store> Worker<S> {
             }
         }
         let answered = !matches!(tried.action, Action::Retry { .. });
-        self.store
-            .finish(&delivery, tried.record, tried.next)
-            .await?;
+        incident::finish(
+            self.store.as_ref(),
+            &delivery,
+            tried.record,
+            tried.next,
+            tried.state,
+        )
+        .await?;
         self.account(&tried.action, tried.next, tried.latency_ms, event.as_ref())
             .await;
         Ok(answered)
@@ -502,6 +532,8 @@ struct Tried {
     next: Next,
     record: Attempt,
     latency_ms: u64,
+    /// An incident target's record to store with the outcome.
+    state: incident::Record,
 }
 
 /// The record of one attempt: what came back, and the reason when it was not a success.
@@ -542,6 +574,19 @@ pub fn context(
     target: &str,
     needs: ContextNeeds,
 ) -> Context {
+    context_with(event, delivery, attempt, target, needs, None)
+}
+
+/// [`context`], with the VictorOps `STATE.*`/`INCIDENT.*` variables filled from `incident`
+/// (the entity's incident as a `statushub` target keeps it) instead of from the alert alone.
+pub fn context_with(
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    target: &str,
+    needs: ContextNeeds,
+    incident: Option<&victorops::IncidentView>,
+) -> Context {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
     if let Some(o) = ev.as_object_mut() {
         o.remove("message_index");
@@ -558,7 +603,18 @@ pub fn context(
     );
     ctx.insert("event".into(), ev);
     if needs.vo {
-        ctx.insert("vo".into(), Value::Object(victorops::namespaces(event)));
+        let single;
+        let view = match incident {
+            Some(v) => v,
+            None => {
+                single = victorops::IncidentView::of_alert(event, delivery.seq);
+                &single
+            }
+        };
+        ctx.insert(
+            "vo".into(),
+            Value::Object(victorops::namespaces(event, view)),
+        );
     }
     if needs.payload {
         ctx.insert("payload".into(), event.payload());

@@ -13,10 +13,10 @@
 //! | StatusGator `warn`, `maintenance` | `WARNING` | `WARNING` |
 //! | StatusGator `up` | `RECOVERY` | `OK` |
 //! | StatusGator early warning signal | `WARNING` | `WARNING` |
-//! | PagerDuty incident `triggered` | `CRITICAL` | `CRITICAL` |
-//! | PagerDuty incident `acknowledged` | `ACKNOWLEDGEMENT` | `ACKNOWLEDGEMENT` |
-//! | PagerDuty incident `resolved` | `RECOVERY` | `OK` |
-//! | anything else (`unknown`, pings, notes, service events, …) | `INFO` | `INFO` |
+//! | PagerDuty `incident.triggered`, `incident.unacknowledged`, `incident.reopened` (V1/V2 `incident.trigger`, `incident.unacknowledge`) | `CRITICAL` | `CRITICAL` |
+//! | PagerDuty `incident.acknowledged` (V1/V2 `incident.acknowledge`) | `ACKNOWLEDGEMENT` | `ACKNOWLEDGEMENT` |
+//! | PagerDuty `incident.resolved` (V1/V2 `incident.resolve`) | `RECOVERY` | `OK` |
+//! | every other PagerDuty type (priority changes, escalations, reassignments, notes, responders, pings, service events, …) and StatusGator `unknown` | `INFO` | `INFO` |
 
 mod form;
 mod pagerduty;
@@ -281,13 +281,13 @@ impl Parsed {
     }
 }
 
-/// VictorOps `message_type` and `entity_state` for a source status (see the module table).
+/// VictorOps `message_type` and `entity_state` for a StatusGator status (see the module
+/// table; PagerDuty maps its event types in `pagerduty`).
 pub(crate) fn message_type_for(status: &str) -> (&'static str, &'static str) {
     match status {
-        "down" | "triggered" => ("CRITICAL", "CRITICAL"),
+        "down" => ("CRITICAL", "CRITICAL"),
         "warn" | "maintenance" => ("WARNING", "WARNING"),
-        "acknowledged" => ("ACKNOWLEDGEMENT", "ACKNOWLEDGEMENT"),
-        "up" | "resolved" => ("RECOVERY", "OK"),
+        "up" => ("RECOVERY", "OK"),
         _ => ("INFO", "INFO"),
     }
 }

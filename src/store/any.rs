@@ -66,6 +66,18 @@ impl Store for AnyStore {
     fn release(&self, seq: Seq) {
         each!(self, s => s.release(seq))
     }
+    async fn key_state(&self, target: TargetId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        each!(self, s => s.key_state(target, key).await)
+    }
+    async fn finish_with_key_state(
+        &self,
+        d: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.finish_with_key_state(d, attempt, next, state).await)
+    }
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
         each!(self, s => s.event(id).await)
     }

@@ -381,6 +381,28 @@ pub trait Store: Send + Sync + 'static {
     /// Drops a lease without recording anything: the delivery is due again as it was.
     fn release(&self, seq: Seq);
 
+    /// The small value kept for one `(target, ordering key)`, if any: the `statushub`
+    /// target's incident state. Written only by [`Store::finish_with_key_state`], so it
+    /// changes only when a delivery of that key ends, and (only heads being claimable) it is
+    /// read and written by one delivery of the key at a time.
+    fn key_state(
+        &self,
+        target: TargetId,
+        ordering_key: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// [`Store::finish`], and in the same atomic write the value of the delivery's
+    /// `(target, ordering key)`: `Some` sets it, `None` removes it. When the finish does not
+    /// apply (the attempt was already recorded, or the lease passed to another instance),
+    /// neither is written.
+    fn finish_with_key_state(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     fn event(
         &self,
         id: uuid::Uuid,

@@ -17,6 +17,10 @@
 //! - `NOTIFY hookrelay_work` in the ingest transaction tells every other instance, at commit,
 //!   which targets have new work; their lanes wake at once instead of at the next poll.
 //!
+//! - `hookrelay_key_state` holds one small value per (target, ordering key), the `statushub`
+//!   target's incident record: written in the transaction of the finish it goes with, after
+//!   that finish's lease check, so a stale finish writes neither.
+//!
 //! Keys that may hold any bytes (ordering and dedup keys) are `bytea`: `text` cannot hold NUL.
 
 use std::collections::{HashMap, HashSet};
@@ -43,7 +47,8 @@ const LISTEN: &str = "LISTEN hookrelay_work";
 
 /// Schema versions, applied in order, each once, under an advisory lock so instances starting
 /// together do not race. Never edit a released step; add one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hookrelay_targets (
     id integer PRIMARY KEY,
     name text NOT NULL UNIQUE,
@@ -107,7 +112,16 @@ CREATE TABLE hookrelay_attempts (
     response_excerpt text,
     PRIMARY KEY (seq, number)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE hookrelay_key_state (
+    target integer NOT NULL,
+    ordering_key bytea NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (target, ordering_key)
+);
+"#,
+];
 
 /// Any number that identifies this relay's migration lock among other advisory locks.
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
@@ -372,6 +386,112 @@ impl PgStore {
             task.abort();
         }
         self.pool.close();
+        Ok(())
+    }
+
+    /// A finish, with a key's state value (`Some(None)` removes it) in the same transaction,
+    /// written only when the finish applies.
+    async fn finish_tx(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        key_state: Option<Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let now = attempt.at_ms + attempt.latency_ms;
+        let (state, due) = match next {
+            Next::Retry { due_ms } => (DeliveryState::Pending, due_ms),
+            Next::Done => (DeliveryState::Done, delivery.due_ms),
+            Next::Dead => (DeliveryState::Dead, delivery.due_ms),
+            Next::Skipped => (DeliveryState::Skipped, delivery.due_ms),
+        };
+        let error = clean(attempt.error);
+        let excerpt = clean(attempt.response_excerpt);
+        let status = attempt.status.map(i32::from);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let update = tx
+            .prepare_cached(
+                "UPDATE hookrelay_deliveries SET attempts = $2, last_status = $3, \
+                   last_error = $4, response_excerpt = $5, updated_ms = $6, state = $7, \
+                   due_ms = $8, is_head = ($7 = 'pending'), lease_owner = NULL, lease_until = 0 \
+                 WHERE seq = $1 AND state = 'pending' AND due_ms = $9 AND lease_owner = $10 \
+                 RETURNING target, ordering_key",
+            )
+            .await?;
+        let seq = delivery.seq as i64;
+        let Some(row) = tx
+            .query_opt(
+                &update,
+                &[
+                    &seq,
+                    &(attempt.number as i32),
+                    &status,
+                    &error,
+                    &excerpt,
+                    &ms(now),
+                    &state_name(state),
+                    &ms(due),
+                    &ms(delivery.due_ms),
+                    &&*self.instance,
+                ],
+            )
+            .await?
+        else {
+            // Finished already, or the lease passed to another instance: keep what is there.
+            tracing::debug!(seq, "stale finish ignored");
+            return Ok(());
+        };
+        let record = tx
+            .prepare_cached(
+                "INSERT INTO hookrelay_attempts \
+                 (seq, number, at_ms, latency_ms, status, error, response_excerpt) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        tx.execute(
+            &record,
+            &[
+                &seq,
+                &(attempt.number as i32),
+                &ms(attempt.at_ms),
+                &ms(attempt.latency_ms),
+                &status,
+                &error,
+                &excerpt,
+            ],
+        )
+        .await?;
+        if state != DeliveryState::Pending {
+            let target: i32 = row.get(0);
+            let key: Vec<u8> = row.get(1);
+            Self::promote(&tx, target, &key).await?;
+        }
+        match key_state {
+            Some(Some(value)) => {
+                let upsert = tx
+                    .prepare_cached(
+                        "INSERT INTO hookrelay_key_state (target, ordering_key, value) \
+                         VALUES ($1, $2, $3) \
+                         ON CONFLICT (target, ordering_key) DO UPDATE SET value = $3",
+                    )
+                    .await?;
+                tx.execute(
+                    &upsert,
+                    &[&row.get::<_, i32>(0), &row.get::<_, &[u8]>(1), &value],
+                )
+                .await?;
+            }
+            Some(None) => {
+                tx.execute(
+                    "DELETE FROM hookrelay_key_state WHERE target = $1 AND ordering_key = $2",
+                    &[&row.get::<_, i32>(0), &row.get::<_, &[u8]>(1)],
+                )
+                .await?;
+            }
+            None => {}
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -837,77 +957,34 @@ impl Store for PgStore {
         attempt: Attempt,
         next: Next,
     ) -> Result<(), StoreError> {
-        let now = attempt.at_ms + attempt.latency_ms;
-        let (state, due) = match next {
-            Next::Retry { due_ms } => (DeliveryState::Pending, due_ms),
-            Next::Done => (DeliveryState::Done, delivery.due_ms),
-            Next::Dead => (DeliveryState::Dead, delivery.due_ms),
-            Next::Skipped => (DeliveryState::Skipped, delivery.due_ms),
-        };
-        let error = clean(attempt.error);
-        let excerpt = clean(attempt.response_excerpt);
-        let status = attempt.status.map(i32::from);
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let update = tx
+        self.finish_tx(delivery, attempt, next, None).await
+    }
+
+    async fn key_state(
+        &self,
+        target: TargetId,
+        ordering_key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
             .prepare_cached(
-                "UPDATE hookrelay_deliveries SET attempts = $2, last_status = $3, \
-                   last_error = $4, response_excerpt = $5, updated_ms = $6, state = $7, \
-                   due_ms = $8, is_head = ($7 = 'pending'), lease_owner = NULL, lease_until = 0 \
-                 WHERE seq = $1 AND state = 'pending' AND due_ms = $9 AND lease_owner = $10 \
-                 RETURNING target, ordering_key",
+                "SELECT value FROM hookrelay_key_state WHERE target = $1 AND ordering_key = $2",
             )
             .await?;
-        let seq = delivery.seq as i64;
-        let Some(row) = tx
-            .query_opt(
-                &update,
-                &[
-                    &seq,
-                    &(attempt.number as i32),
-                    &status,
-                    &error,
-                    &excerpt,
-                    &ms(now),
-                    &state_name(state),
-                    &ms(due),
-                    &ms(delivery.due_ms),
-                    &&*self.instance,
-                ],
-            )
-            .await?
-        else {
-            // Finished already, or the lease passed to another instance: keep what is there.
-            tracing::debug!(seq, "stale finish ignored");
-            return Ok(());
-        };
-        let record = tx
-            .prepare_cached(
-                "INSERT INTO hookrelay_attempts \
-                 (seq, number, at_ms, latency_ms, status, error, response_excerpt) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
+        let row = client
+            .query_opt(&stmt, &[&(target as i32), &ordering_key.as_bytes()])
             .await?;
-        tx.execute(
-            &record,
-            &[
-                &seq,
-                &(attempt.number as i32),
-                &ms(attempt.at_ms),
-                &ms(attempt.latency_ms),
-                &status,
-                &error,
-                &excerpt,
-            ],
-        )
-        .await?;
-        if state != DeliveryState::Pending {
-            let target: i32 = row.get(0);
-            let key: Vec<u8> = row.get(1);
-            Self::promote(&tx, target, &key).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn finish_with_key_state(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.finish_tx(delivery, attempt, next, Some(state)).await
     }
 
     fn release(&self, seq: Seq) {

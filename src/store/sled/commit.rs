@@ -23,6 +23,7 @@
 //!   in memory and cannot fail, except moving it into sled, which the applier does: a failure
 //!   there is fatal in the same way.
 
+use super::key_state::StateWrite;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,9 +50,12 @@ const SLOW_GROUP: Duration = Duration::from_millis(250);
 pub enum Op {
     Ingest(IngestBatch),
     Finish {
-        delivery: Delivery,
+        /// Boxed, as is `state`: the largest operation sets the size of every queued one.
+        delivery: Box<Delivery>,
         attempt: Attempt,
         next: Next,
+        /// A key's state value written in the same record (`Store::finish_with_key_state`).
+        state: Option<Box<StateWrite>>,
     },
     Targets(Vec<String>),
     SetState(TargetId, TargetState),
@@ -438,7 +442,10 @@ impl Writer {
                 delivery,
                 attempt,
                 next,
-            } => self.finish(&delivery, attempt, next).map(|_| Reply::Done),
+                state,
+            } => self
+                .finish(&delivery, attempt, next, state)
+                .map(|_| Reply::Done),
             Op::Targets(names) => self.targets(&names).map(Reply::Targets),
             #[cfg(test)]
             Op::Crash => unreachable!("the writer stops before a crash is applied"),

@@ -13,6 +13,7 @@
 //! | `T` | target name | target id (4) |
 //! | `S` | target (4) | target state |
 //! | `C` | target (4) | pending (8), dead (8) |
+//! | `I` | target (4), ordering key (its length (2) and bytes) | a key's state value (see `key_state`) |
 //! | `G` | log segment (8, its first LSN) | event bodies (8) stored in it and not yet pruned |
 //! | `M` | `seq` | the next delivery seq (8), written by pruning (opening takes the larger of it and the seq after the last `L`) |
 //! | `M` | `wal` | the LSN (8) of the last write-ahead log record whose writes sled holds |

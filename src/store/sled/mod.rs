@@ -24,6 +24,7 @@ mod apply;
 mod commit;
 mod compact;
 mod event_log;
+mod key_state;
 mod keys;
 mod memtable;
 mod ops;
@@ -296,6 +297,28 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl SledStore {
+    async fn finish_op(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Box<key_state::StateWrite>>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .submit(Op::Finish {
+                delivery: Box::new(delivery.clone()),
+                attempt,
+                next,
+                state,
+            })
+            .await;
+        if result.is_err() {
+            // The outcome was not recorded: the delivery is due again as it was.
+            self.release(delivery.seq);
+        }
+        result.map(|_| ())
+    }
+
     async fn submit_count(&self, op: Op) -> Result<usize, StoreError> {
         match self.submit(op).await? {
             Reply::Count(n) => Ok(n),
@@ -376,18 +399,29 @@ impl Store for SledStore {
         attempt: Attempt,
         next: Next,
     ) -> Result<(), StoreError> {
-        let result = self
-            .submit(Op::Finish {
-                delivery: delivery.clone(),
-                attempt,
-                next,
-            })
-            .await;
-        if result.is_err() {
-            // The outcome was not recorded: the delivery is due again as it was.
-            self.release(delivery.seq);
-        }
-        result.map(|_| ())
+        self.finish_op(delivery, attempt, next, None).await
+    }
+
+    async fn key_state(
+        &self,
+        target: TargetId,
+        ordering_key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key_state::key(target, ordering_key);
+        let value = self.shared.mem.get(&self.shared.db, &key)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    async fn finish_with_key_state(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let write = key_state::with_finish(delivery.target, &delivery.ordering_key, state);
+        self.finish_op(delivery, attempt, next, Some(Box::new(write)))
+            .await
     }
 
     fn release(&self, seq: Seq) {

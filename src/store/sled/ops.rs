@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use super::commit::{Batch, Writer};
+use super::key_state::StateWrite;
 use super::keys;
 use super::queue::{key_hash, Effect, KeyHash};
 use super::wal::{self, Lsn, Pointer};
@@ -131,11 +132,14 @@ impl Writer {
         Ok(seq)
     }
 
+    /// Records an attempt; `state` (a key's state value) goes into the same log record, and
+    /// nowhere when the finish is stale.
     pub fn finish(
         &mut self,
         claimed: &Delivery,
         attempt: Attempt,
         next: Next,
+        state: Option<Box<StateWrite>>,
     ) -> Result<(), StoreError> {
         let seq = claimed.seq;
         let mut batch = Batch::default();
@@ -203,6 +207,15 @@ impl Writer {
             }
         }
         batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
+        if let Some(write) = state {
+            match *write {
+                StateWrite {
+                    key,
+                    value: Some(v),
+                } => batch.insert(key, v),
+                StateWrite { key, value: None } => batch.remove(key),
+            }
+        }
         self.commit(batch);
         Ok(())
     }
