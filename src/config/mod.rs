@@ -7,6 +7,7 @@
 //! directory of the config file; for the built-in default, the working directory.
 
 mod raw;
+pub mod rules;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -20,7 +21,7 @@ use toml::Spanned;
 
 use crate::deliver::RetryPolicy;
 use crate::normalize::SourceKind;
-use crate::rules::{compile_condition, compile_rules, Condition, Rules};
+use rules::{compile_condition, compile_rules, Condition, Rules};
 use crate::targets::{DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
 use crate::template::{ContextNeeds, Escape, TemplateRef, Templates, DEFAULT_BODY};
 
