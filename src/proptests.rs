@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use crate::normalize::{normalize, parse_form, parse_time, Received, SourceKind};
 use crate::config::rules::{compile_rules, RawRule};
+use crate::normalize::{normalize, parse_form, parse_time, Received, SourceKind};
 use crate::template::{compile_vo_variables, Escape, Templates};
 
 fn received(kind: SourceKind, content_type: Option<String>, body: Vec<u8>) {

@@ -21,9 +21,9 @@ use toml::Spanned;
 
 use crate::deliver::RetryPolicy;
 use crate::normalize::SourceKind;
-use rules::{compile_condition, compile_rules, Condition, Rules};
 use crate::targets::{DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
 use crate::template::{ContextNeeds, Escape, TemplateRef, Templates, DEFAULT_BODY};
+use rules::{compile_condition, compile_rules, Condition, Rules};
 
 /// The `config.toml` shipped at the repository root, built into the binary so the relay runs
 /// with no file at all.
@@ -183,6 +183,28 @@ pub struct WebhookSpec {
     pub body: TemplateRef,
     /// What of the template context its templates read.
     pub needs: ContextNeeds,
+    /// Set when the body must be JSON (its Content-Type says so): where the body was written,
+    /// for the check that renders it with the built-in samples (`crate::preflight`).
+    pub json_body: Option<Origin>,
+}
+
+/// Where in the config a value was written, for errors found after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+}
+
+impl Origin {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1107,17 +1129,6 @@ impl Validator<'_> {
                 }
             },
             (None, None) => {
-                if content_type.is_none() {
-                    let r = templates
-                        .register(
-                            Escape::None,
-                            &format!("{name}/header/content-type"),
-                            "application/json",
-                        )
-                        .expect("a constant template compiles");
-                    headers.push((reqwest::header::CONTENT_TYPE, r));
-                    content_type = Some("application/json".into());
-                }
                 let default = if statushub {
                     crate::targets::STATUSHUB_BODY
                 } else {
@@ -1126,16 +1137,29 @@ impl Validator<'_> {
                 (default.to_owned(), None, key("body"))
             }
         };
+        // As VictorOps: a request with a body is JSON unless a Content-Type says otherwise.
+        if content_type.is_none() && !body_src.is_empty() {
+            let r = templates
+                .register(
+                    Escape::None,
+                    &format!("{name}/header/content-type"),
+                    "application/json",
+                )
+                .expect("a constant template compiles");
+            headers.push((reqwest::header::CONTENT_TYPE, r));
+            content_type = Some("application/json".into());
+        }
         let escape = match t.body_escape.as_ref().map(|e| e.get_ref().as_str()) {
-            None if content_type.as_deref().is_some_and(|c| c.contains("json")) => Escape::Json,
-            None | Some("none") => Escape::None,
+            None => Escape::for_content_type(content_type.as_deref()),
             Some("json") => Escape::Json,
+            Some("form") => Escape::Form,
+            Some("none") => Escape::None,
             Some(other) => {
                 let span = t.body_escape.as_ref().map(|e| e.span());
                 return self.err(
                     span,
                     &key("body_escape"),
-                    format!("unknown escape {other:?}: expected \"json\" or \"none\""),
+                    format!("unknown escape {other:?}: expected \"json\", \"form\" or \"none\""),
                 );
             }
         };
@@ -1158,6 +1182,11 @@ impl Validator<'_> {
             headers,
             body,
             needs: ContextNeeds::of_templates(&sources),
+            json_body: (escape == Escape::Json && !body_src.trim().is_empty()).then(|| Origin {
+                file: self.file.to_owned(),
+                line: Some(self.line_of(body_span.unwrap_or(t.name.span()).start)),
+                key: body_key.clone(),
+            }),
         })
     }
 

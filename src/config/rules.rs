@@ -384,10 +384,7 @@ fn set_order(
         order.push(i);
     }
     let mut slots: Vec<Option<(String, Expansion)>> = set.into_iter().map(Some).collect();
-    Ok(order
-        .into_iter()
-        .filter_map(|i| slots[i].take())
-        .collect())
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
 pub fn compile_rules(raw: &[RawRule], targets: &[String]) -> Result<Rules, Problem> {
@@ -442,7 +439,11 @@ pub fn compile_rules(raw: &[RawRule], targets: &[String]) -> Result<Rules, Probl
                 expansion(value, &format!("{key}.set.{field}"), groups)?,
             ));
         }
-        let set_span = r.set.as_ref().and_then(|s| s.values().next()).map(|v| v.span());
+        let set_span = r
+            .set
+            .as_ref()
+            .and_then(|s| s.values().next())
+            .map(|v| v.span());
         let set = set_order(set, set_span, &format!("{key}.set"))?;
         let mut annotations = Vec::new();
         for (j, a) in r.annotations.iter().flatten().enumerate() {

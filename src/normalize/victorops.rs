@@ -136,6 +136,10 @@ mod tests {
         clamp_fields(&mut a);
         assert_eq!(a["entity_id"].chars().count(), 512);
         assert_eq!(a["title"].len(), 1000);
-        assert_eq!(a["vo_annotate.u.Runbook"].len(), 1124, "annotations keep 1,124");
+        assert_eq!(
+            a["vo_annotate.u.Runbook"].len(),
+            1124,
+            "annotations keep 1,124"
+        );
     }
 }

@@ -121,11 +121,7 @@ impl Condition {
         }
     }
 
-    fn decide(
-        &self,
-        alert: &BTreeMap<String, String>,
-        payload: &Value,
-    ) -> Result<bool, GaveUp> {
+    fn decide(&self, alert: &BTreeMap<String, String>, payload: &Value) -> Result<bool, GaveUp> {
         self.captures(alert, payload).map(|c| c.is_some())
     }
 

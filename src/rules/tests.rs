@@ -27,7 +27,9 @@ fn wildcard_matches(pattern: &str, value: &str) -> bool {
         "[[rules]]\nfield = \"host\"\nwildcard = {pattern:?}\nstop = true\n"
     ))
     .unwrap();
-    !r.apply(&mut alert(&[("host", value)]), &Value::Null).matched.is_empty()
+    !r.apply(&mut alert(&[("host", value)]), &Value::Null)
+        .matched
+        .is_empty()
 }
 
 fn regex_matches(pattern: &str, value: &str) -> bool {
@@ -35,7 +37,9 @@ fn regex_matches(pattern: &str, value: &str) -> bool {
         "[[rules]]\nfield = \"host\"\nregex = '{pattern}'\nstop = true\n"
     ))
     .unwrap();
-    !r.apply(&mut alert(&[("host", value)]), &Value::Null).matched.is_empty()
+    !r.apply(&mut alert(&[("host", value)]), &Value::Null)
+        .matched
+        .is_empty()
 }
 
 #[test]
@@ -79,7 +83,10 @@ fn regexes_match_the_whole_value() {
 #[test]
 fn missing_fields_never_match() {
     let r = rules("[[rules]]\nfield = \"nope\"\nwildcard = \"*\"\nstop = true\n").unwrap();
-    assert!(r.apply(&mut alert(&[("host", "a")]), &Value::Null).matched.is_empty());
+    assert!(r
+        .apply(&mut alert(&[("host", "a")]), &Value::Null)
+        .matched
+        .is_empty());
 }
 
 #[test]
@@ -261,11 +268,13 @@ annotations = [{ type = "url", label = "Runbook", value = "https://wiki/runbooks
 }
 
 fn payload() -> Value {
-    serde_json::from_slice(&std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/statusgator-v3-status-change.json"
-    ))
-    .unwrap())
+    serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/statusgator-v3-status-change.json"
+        ))
+        .unwrap(),
+    )
     .unwrap()
 }
 
@@ -304,14 +313,21 @@ set = { component = '${{payload.component_status_changes.1.name}}', board = '${{
     let t = numbers.apply(&mut a, &serde_json::json!({"n": null}));
     assert!(t.matched.is_empty(), "null has no value");
 
-    assert!(!rules("[[rules]]\nfield = \"host\"\nwildcard = \"*\"\nset = { x = \"1\" }\n")
-        .unwrap()
-        .needs_payload());
-    let err = rules("[[rules]]\nfield = \"h\"\nwildcard = \"*\"\nset = { \"payload.x\" = \"1\" }\n")
-        .unwrap_err();
+    assert!(
+        !rules("[[rules]]\nfield = \"host\"\nwildcard = \"*\"\nset = { x = \"1\" }\n")
+            .unwrap()
+            .needs_payload()
+    );
+    let err =
+        rules("[[rules]]\nfield = \"h\"\nwildcard = \"*\"\nset = { \"payload.x\" = \"1\" }\n")
+            .unwrap_err();
     assert!(err.contains("the payload is read-only"), "{err}");
-    let err = rules("[[rules]]\nfield = \"payload..x\"\nwildcard = \"*\"\nstop = true\n").unwrap_err();
-    assert!(err.starts_with("rules[0].field: \"payload..x\" is not a payload path"), "{err}");
+    let err =
+        rules("[[rules]]\nfield = \"payload..x\"\nwildcard = \"*\"\nstop = true\n").unwrap_err();
+    assert!(
+        err.starts_with("rules[0].field: \"payload..x\" is not a payload path"),
+        "{err}"
+    );
 }
 
 /// Guards the Java dialect: look-ahead, look-behind, back-references, named groups, atomic
@@ -367,9 +383,16 @@ set = { y = "1" }
     let trace = r.apply(&mut a, &Value::Null);
     assert_eq!(trace.matched, ["next"]);
     assert_eq!(trace.gave_up.len(), 1);
-    assert!(trace.gave_up[0].starts_with("catastrophic: host against"), "{:?}", trace.gave_up);
+    assert!(
+        trace.gave_up[0].starts_with("catastrophic: host against"),
+        "{:?}",
+        trace.gave_up
+    );
 
-    let long = rules("[[rules]]\nname = \"ahead\"\nfield = \"host\"\nregex = '(?=a).*'\nset = { x = \"1\" }\n").unwrap();
+    let long = rules(
+        "[[rules]]\nname = \"ahead\"\nfield = \"host\"\nregex = '(?=a).*'\nset = { x = \"1\" }\n",
+    )
+    .unwrap();
     let mut a = alert(&[("host", &"a".repeat(4096))]);
     assert_eq!(long.apply(&mut a, &Value::Null).matched, ["ahead"]);
     let mut a = alert(&[("host", &"a".repeat(4097))]);
