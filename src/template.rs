@@ -23,6 +23,8 @@ use handlebars::{Handlebars, Helper, HelperDef, HelperResult, Output, RenderCont
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
+use crate::normalize::{classify_content_type, BodyType};
+
 /// The body template a `webhook` target uses when it sets neither `body` nor `template`.
 pub const DEFAULT_BODY: &str = include_str!("../templates/event.json.hbs");
 
@@ -47,17 +49,9 @@ impl Escape {
     /// How values are escaped into a body with this Content-Type: JSON for `application/json`,
     /// `text/json` and `+json` types, form encoding for forms, as they are for anything else.
     pub fn for_content_type(content_type: Option<&str>) -> Escape {
-        let media = content_type
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match media.as_str() {
-            "application/json" | "text/json" => Escape::Json,
-            m if m.ends_with("+json") => Escape::Json,
-            "application/x-www-form-urlencoded" => Escape::Form,
+        match classify_content_type(content_type) {
+            Some(BodyType::Json) => Escape::Json,
+            Some(BodyType::Form) => Escape::Form,
             _ => Escape::None,
         }
     }

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::config::rules::{Condition, FieldRef, Part, Rule, BACKTRACKING_MAX_INPUT};
+use crate::config::rules::{Condition, Expansion, FieldRef, Part, Rule, BACKTRACKING_MAX_INPUT};
 pub use crate::config::rules::{Rules, PAYLOAD_PREFIX};
 use crate::config::{Receive, TargetConfig};
 use crate::normalize::victorops::{field_limit, PAYLOAD_VALUE_LIMIT};
@@ -131,6 +131,23 @@ impl Condition {
     }
 }
 
+impl Expansion {
+    /// The value, with `set` the fields this rule has set so far.
+    fn expand(
+        &self,
+        alert: &BTreeMap<String, String>,
+        set: &[(&str, String)],
+        payload: &Value,
+        captures: &[String],
+    ) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            part.expand_into(&mut out, alert, set, payload, captures);
+        }
+        out
+    }
+}
+
 impl Part {
     fn expand_into(
         &self,
@@ -204,18 +221,12 @@ impl Rules {
             // sets reads its new value (`set` is ordered so it is there first).
             let mut set: Vec<(&str, String)> = Vec::with_capacity(rule.set.len());
             for (field, value) in &rule.set {
-                let mut v = String::new();
-                for part in &value.0 {
-                    part.expand_into(&mut v, alert, &set, payload, &captures);
-                }
+                let v = value.expand(alert, &set, payload, &captures);
                 set.push((field, v));
             }
             let mut annotations = Vec::with_capacity(rule.annotations.len());
             for (field, value) in &rule.annotations {
-                let mut v = String::new();
-                for part in &value.0 {
-                    part.expand_into(&mut v, alert, &set, payload, &captures);
-                }
+                let mut v = value.expand(alert, &set, payload, &captures);
                 if let Some((cut, _)) = v.char_indices().nth(field_limit(field)) {
                     v.truncate(cut);
                 }
