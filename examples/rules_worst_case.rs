@@ -22,6 +22,8 @@ fn main() {
         r"(a+)+b",
         r"(.*a){20}",
         r"(?i)(\w+\s*)*x",
+        r"(.{0,50}){20}x",
+        r"(\w+\s?){12}",
     ];
     let backtracking = [
         r"(a|a)*\1c",
@@ -41,22 +43,29 @@ fn main() {
         ]
     };
     println!("linear patterns, values of {PAYLOAD_VALUE_LIMIT} characters (the longest field):");
-    run(&linear, &values(PAYLOAD_VALUE_LIMIT));
+    run(&linear, &values(PAYLOAD_VALUE_LIMIT), "\"1\"");
+    println!("\nthe same, with the rule using a capture group (extracted, not only decided):");
+    run(&linear, &values(PAYLOAD_VALUE_LIMIT), "'${{\\1}}'");
     println!(
         "\nbacktracking patterns, values of {BACKTRACKING_MAX_INPUT} characters (the most they are tried on):"
     );
-    run(&backtracking, &values(BACKTRACKING_MAX_INPUT));
+    run(&backtracking, &values(BACKTRACKING_MAX_INPUT), "\"1\"");
     println!(
         "\nbacktracking patterns, values of {PAYLOAD_VALUE_LIMIT} characters (over the cap: not tried):"
     );
-    run(&backtracking[..2], &values(PAYLOAD_VALUE_LIMIT)[..1]);
+    run(
+        &backtracking[..2],
+        &values(PAYLOAD_VALUE_LIMIT)[..1],
+        "\"1\"",
+    );
 }
 
-fn run(patterns: &[&str], values: &[(&str, String)]) {
+/// `set` is the TOML value the rule sets `hit` to.
+fn run(patterns: &[&str], values: &[(&str, String)], set: &str) {
     let mut worst = 0.0f64;
     for pattern in patterns {
         let text = format!(
-            "[[sources]]\nname = \"s\"\nkind = \"statusgator\"\npath = \"/s\"\n[[rules]]\nname = \"r\"\nfield = \"v\"\nregex = '{pattern}'\nset = {{ hit = \"1\" }}\n"
+            "[[sources]]\nname = \"s\"\nkind = \"statusgator\"\npath = \"/s\"\n[[rules]]\nname = \"r\"\nfield = \"v\"\nregex = '{pattern}'\nset = {{ hit = {set} }}\n"
         );
         let config = Config::parse(&text, "worst-case.toml", Path::new(".")).expect("valid rule");
         for (name, value) in values {

@@ -78,17 +78,24 @@ impl FieldRef {
 pub const MAX_REGEX: usize = 128;
 
 /// The backtracking engine's step budget for one match; past it the condition does not match.
-pub const BACKTRACK_LIMIT: usize = 100_000;
+pub const BACKTRACK_LIMIT: usize = 50_000;
 
-/// Values longer than this (in characters) are not tried against a pattern that needs the
-/// backtracking engine: look-around inside a repetition costs time quadratic in the value's
-/// length, which the backtrack limit does not count (README, "Regex dialect").
-pub const BACKTRACKING_MAX_INPUT: usize = 4_096;
+/// Values longer than this (in characters, VictorOps' default field length) are not tried
+/// against a pattern that needs the backtracking engine: look-around inside a repetition costs
+/// time quadratic in the value's length, which the backtrack limit does not count (README,
+/// "Regex dialect").
+pub const BACKTRACKING_MAX_INPUT: usize = 1_024;
+
+/// The compiled size a pattern may reach on the linear engine. Its time is linear in the value
+/// but also in the program's size: counted repetitions (`(.{0,100}){60}`) make programs of
+/// megabytes that take seconds per match, so those are config errors.
+pub const PROGRAM_SIZE_LIMIT: usize = 1 << 20;
 
 /// A compiled whole-value pattern. fancy-regex hands a pattern without look-around,
 /// back-references or atomic/possessive parts to the `regex` crate's engine whole (linear
-/// time); the rest runs on its backtracking engine, under [`BACKTRACK_LIMIT`] and only on
-/// values of at most [`BACKTRACKING_MAX_INPUT`] characters.
+/// time, programs up to [`PROGRAM_SIZE_LIMIT`]); the rest runs on its backtracking engine,
+/// under [`BACKTRACK_LIMIT`] and only on values of at most [`BACKTRACKING_MAX_INPUT`]
+/// characters.
 #[derive(Debug, Clone)]
 pub struct Matcher {
     pub regex: fancy_regex::Regex,
@@ -146,6 +153,9 @@ pub struct Rule {
     pub annotations: Vec<(String, Expansion)>,
     pub route: Vec<String>,
     pub stop: bool,
+    /// Whether `set` or `annotations` use capture groups (`${{\1}}`): only then are they
+    /// extracted, which costs more than deciding the match.
+    pub uses_captures: bool,
 }
 
 /// Rules in the order they run.
@@ -199,8 +209,14 @@ fn matcher(source: &str) -> Result<Matcher, String> {
     let tree = fancy_regex::Expr::parse_tree(source).map_err(|e| e.to_string())?;
     let regex = fancy_regex::RegexBuilder::new(source)
         .backtrack_limit(BACKTRACK_LIMIT)
+        .delegate_size_limit(PROGRAM_SIZE_LIMIT)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.to_string() {
+            t if t.contains("error building NFA") || t.contains("exceeds size limit") => {
+                format!("{t}: the pattern compiles too big (counted repetitions such as {{100}} multiply it)")
+            }
+            t => t,
+        })?;
     Ok(Matcher {
         regex,
         backtracking: needs_backtracking(&tree.expr),
@@ -489,7 +505,12 @@ pub fn compile_rules(raw: &[RawRule], targets: &[String]) -> Result<Rules, Probl
         if r.enabled == Some(false) {
             continue;
         }
+        let uses_captures = set
+            .iter()
+            .chain(&annotations)
+            .any(|(_, e)| e.0.iter().any(|p| matches!(p, Part::Capture(_))));
         let rule = Rule {
+            uses_captures,
             name,
             when,
             and,

@@ -14,7 +14,7 @@
 //!   write `.*` at the ends to find a substring; `(?si)` works); at most 128 characters. A
 //!   pattern the `regex` crate accepts runs in linear time; one that needs look-around or
 //!   back-references runs on a backtracking engine with a step limit, and only on values of
-//!   at most 4,096 characters (see `config::rules`); a match it cannot decide counts as no match
+//!   at most 1,024 characters (see `config::rules`); a match it cannot decide counts as no match
 //!   and is logged. A field the alert lacks never matches.
 //! - `and` adds a second condition; `routing_key` adds a wildcard condition on the
 //!   `routing_key` field and moves the rule to the end.
@@ -88,11 +88,13 @@ pub fn lookup<'a>(
 struct GaveUp(String);
 
 impl Condition {
-    /// The capture groups (group 0 first) when the field's value matches.
+    /// Whether the field's value matches, with its capture groups (group 0 first) when
+    /// `groups` asks for them (else none: deciding alone is cheaper).
     fn captures(
         &self,
         alert: &BTreeMap<String, String>,
         payload: &Value,
+        groups: bool,
     ) -> Result<Option<Vec<String>>, GaveUp> {
         let Some(value) = lookup(&self.source, alert, payload) else {
             return Ok(None);
@@ -108,6 +110,15 @@ impl Condition {
                 self.field
             )));
         }
+        if !groups {
+            return match m.regex.is_match(value.as_ref()) {
+                Ok(hit) => Ok(hit.then(Vec::new)),
+                Err(e) => Err(GaveUp(format!(
+                    "{} against {:?}: {e}",
+                    self.field, self.pattern
+                ))),
+            };
+        }
         match m.regex.captures(value.as_ref()) {
             Ok(c) => Ok(c.map(|c| {
                 c.iter()
@@ -122,7 +133,7 @@ impl Condition {
     }
 
     fn decide(&self, alert: &BTreeMap<String, String>, payload: &Value) -> Result<bool, GaveUp> {
-        self.captures(alert, payload).map(|c| c.is_some())
+        self.captures(alert, payload, false).map(|c| c.is_some())
     }
 
     /// Whether the alert field matches; an undecidable match is no match.
@@ -181,7 +192,7 @@ impl Rule {
         alert: &BTreeMap<String, String>,
         payload: &Value,
     ) -> Result<Option<Vec<String>>, GaveUp> {
-        let Some(captures) = self.when.captures(alert, payload)? else {
+        let Some(captures) = self.when.captures(alert, payload, self.uses_captures)? else {
             return Ok(None);
         };
         for c in [&self.and, &self.routing_key].into_iter().flatten() {
