@@ -21,6 +21,8 @@ pub struct DryRun {
 pub struct EventRun {
     pub event: Event,
     pub matched: Vec<String>,
+    /// Conditions that gave up (counted as no match), `rule: why`.
+    pub gave_up: Vec<String>,
     pub targets: Vec<TargetRun>,
 }
 
@@ -146,6 +148,7 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
             EventRun {
                 event,
                 matched: trace.matched,
+                gave_up: trace.gave_up,
                 targets,
             }
         })
@@ -228,6 +231,9 @@ impl fmt::Display for DryRun {
                 writeln!(f, "rules matched: none")?;
             } else {
                 writeln!(f, "rules matched: {}", run.matched.join(", "))?;
+            }
+            for why in &run.gave_up {
+                writeln!(f, "rule gave up (counted as no match): {why}")?;
             }
             writeln!(f, "alert fields:")?;
             for (k, v) in &e.alert {

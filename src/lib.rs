@@ -8,7 +8,8 @@
 //!
 //! | module | stage |
 //! |---|---|
-//! | [`config`] | TOML → validated, typed configuration (templates compiled, URLs checked) |
+//! | [`config`] | TOML → validated, typed configuration (templates compiled, URLs checked, rules compiled) |
+//! | [`preflight`] | config checks that run the config once: JSON bodies rendered with the built-in samples |
 //! | `ingest` | HTTP server: routing by path, URL-token auth, body limits, error → status |
 //! | [`normalize`] | StatusGator v1/v2/v3 and PagerDuty V1/V2/V3 bodies → [`Event`] with its `alert` map |
 //! | [`rules`] | VictorOps-style rules (match, set, annotate, stop) and routing to targets |
@@ -27,6 +28,7 @@ pub mod deliver;
 pub mod dry_run;
 mod ingest;
 pub mod normalize;
+pub mod preflight;
 pub mod relay;
 pub mod rules;
 pub mod samples;

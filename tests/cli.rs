@@ -84,6 +84,57 @@ fn check_config_names_file_line_and_key() {
     );
 }
 
+/// Guards the JSON body check: a body sent as JSON (no Content-Type header: the default) that
+/// renders invalid JSON for a built-in sample is an error naming file, line and key at
+/// `check-config` and at startup; the same body declared `text/plain` is fine. (Seen failing
+/// with `preflight::check` not called: check-config said OK and the relay started.)
+#[test]
+fn a_body_that_cannot_render_json_is_a_config_error() {
+    let dir = tempdir();
+    let path = dir.path().join("relay.toml");
+    let write = |headers: &str| {
+        std::fs::write(
+            &path,
+            format!("[admin]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{}\"\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n\n[[targets]]\nname = \"chat\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\n{headers}body = '{{\"text\": \"{{{{alert.entity_display_name}}}}\" \"n\": 1}}'\n", free_port()),
+        )
+        .unwrap()
+    };
+    write("");
+    let (ok, _, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!ok);
+    let want = format!(
+        "error: {}:14: targets[0].body: the body is sent as JSON but renders invalid JSON for the built-in sample statusgator-v1 (",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "{stderr:?} should start with {want:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("renders invalid JSON"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    write("headers = { \"Content-Type\" = \"text/plain\" }\n");
+    let (ok, stdout, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("config OK"), "{stdout}");
+}
+
 #[test]
 fn send_test_lists_and_rejects_unknown_samples() {
     let dir = tempdir();
@@ -107,6 +158,10 @@ fn send_test_lists_and_rejects_unknown_samples() {
     assert!(stderr.contains("no sample named \"nagios\""), "{stderr}");
 }
 
+/// Also guards `send-test` reading the config: the relay runs the shipped config on another
+/// port, with the StatusGator source on another path behind a token, and `send-test` without
+/// `--url` finds it through `./config.toml` and through `--config`. (Seen failing with the URL
+/// fixed to 127.0.0.1:8080 and the default paths.)
 #[tokio::test]
 async fn serve_then_send_test_then_sigterm() {
     let dir = tempdir();
@@ -116,35 +171,31 @@ async fn serve_then_send_test_then_sigterm() {
         &config,
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
             .unwrap()
-            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-            .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_port())),
+            .replace("127.0.0.1:8080", &format!("0.0.0.0:{port}"))
+            .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_port()))
+            .replace(
+                "path = \"/com.statusgator/v1\"\n# token = \"a-long-random-string\"",
+                "path = \"/status/in\"\ntoken = \"sg-secret-1\"",
+            ),
     )
     .unwrap();
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("/status/in"));
     let child = serve(&config, dir.path(), "warn,hookrelay=info");
     assert!(listening(port).await, "relay did not start listening");
 
     // Two events have different ordering keys, so the default four lanes may deliver them in
     // either order; each is awaited before the next is sent to check what each line holds.
     let outbox = dir.path().join("data/outbox.jsonl");
-    for (n, (sample, path, status, format)) in [
-        (
-            "statusgator-v3",
-            "/com.statusgator/v1",
-            "200 OK",
-            "statusgator.v3",
-        ),
-        (
-            "pagerduty-v3",
-            "/com.pagerduty/v1",
-            "202 Accepted",
-            "pagerduty.v3",
-        ),
+    for (n, (sample, status, format)) in [
+        ("statusgator-v3", "200 OK", "statusgator.v3"),
+        ("pagerduty-v3", "202 Accepted", "pagerduty.v3"),
     ]
     .into_iter()
     .enumerate()
     {
-        let url = format!("http://127.0.0.1:{port}{path}");
-        let (ok, stdout, stderr) = run(&["send-test", sample, "--url", &url], dir.path());
+        let (ok, stdout, stderr) = run(&["send-test", sample], dir.path());
         assert!(ok, "{stderr}");
         assert!(stdout.starts_with(status), "{stdout}");
         assert!(
@@ -164,8 +215,16 @@ async fn serve_then_send_test_then_sigterm() {
     );
     let child = serve(&config, dir.path(), "warn,hookrelay=info");
     assert!(listening(port).await, "relay did not start listening");
-    let url = format!("http://127.0.0.1:{port}/com.pagerduty/v1");
-    let (ok, stdout, stderr) = run(&["send-test", "pagerduty-v3", "--url", &url], dir.path());
+    let elsewhere = tempdir();
+    let (ok, stdout, stderr) = run(
+        &[
+            "send-test",
+            "pagerduty-v3",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        elsewhere.path(),
+    );
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), r#"202 Accepted {"status":"duplicate"}"#);
     sigterm(child).await;
@@ -401,6 +460,21 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
     assert!(logged("reload refused").await, "{}", log.lock().unwrap());
     assert_eq!(send("c").await.unwrap().status(), 200);
     second.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(first.count(), 1);
+
+    // So is a body that cannot render JSON (checked with the built-in samples).
+    write(
+        &first.url("/one"),
+        "body = '{\"a\": {{{alert.entity_id}}}}'\n",
+    );
+    assert!(hup().success());
+    assert!(
+        logged("renders invalid JSON").await,
+        "{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(send("d").await.unwrap().status(), 200);
+    second.wait_for(3, Duration::from_secs(5)).await;
     assert_eq!(first.count(), 1);
 
     Command::new("kill")

@@ -333,7 +333,14 @@ pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Ru
             .entry("routing_key".into())
             .or_insert_with(|| rk.clone());
     }
-    let trace = rules.apply(&mut event.alert);
+    // Rules see values within VictorOps' limits, and leave them within.
+    victorops::clamp_fields(&mut event.alert);
+    let payload = if rules.needs_payload() {
+        event.payload()
+    } else {
+        serde_json::Value::Null
+    };
+    let trace = rules.apply(&mut event.alert, &payload);
     victorops::clamp_fields(&mut event.alert);
     event.matched_rules.clone_from(&trace.matched);
     trace

@@ -47,14 +47,20 @@ use serde_json::{Map, Value};
 
 use super::{parse_time, Event};
 
-/// Field length limits VictorOps enforces on alerts, in characters.
+/// Field length limits VictorOps enforces on alerts, in characters; annotations
+/// (`vo_annotate.*`) have their own.
 pub fn field_limit(field: &str) -> usize {
     match field {
-        "state_message" => 20_480,
+        "state_message" => PAYLOAD_VALUE_LIMIT,
         "entity_id" => 512,
+        f if f.starts_with("vo_annotate.") => 1124,
         _ => 1024,
     }
 }
+
+/// The longest field VictorOps keeps (`state_message`), in characters: also how much of a
+/// payload value rules read.
+pub const PAYLOAD_VALUE_LIMIT: usize = 20_480;
 
 /// Cuts every alert field to its VictorOps limit.
 pub fn clamp_fields(alert: &mut BTreeMap<String, String>) {
@@ -281,8 +287,14 @@ mod tests {
         let mut a = BTreeMap::new();
         a.insert("entity_id".to_owned(), "é".repeat(600));
         a.insert("title".to_owned(), "x".repeat(1000));
+        a.insert("vo_annotate.u.Runbook".to_owned(), "y".repeat(1200));
         clamp_fields(&mut a);
         assert_eq!(a["entity_id"].chars().count(), 512);
         assert_eq!(a["title"].len(), 1000);
+        assert_eq!(
+            a["vo_annotate.u.Runbook"].len(),
+            1124,
+            "annotations keep 1,124"
+        );
     }
 }
