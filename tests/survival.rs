@@ -61,7 +61,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     let port = free_port();
     let config = dir.path().join("relay.toml");
     let target = |name: &str, url: String| {
-        format!("[[targets]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nretry = {{ initial_delay = \"100ms\", jitter = 0.0, max_retries = 100 }}\nprobe_interval = \"100ms\"\nbody = '{{{{event.title}}}}'\n")
+        format!("[[targets]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nretry = {{ initial_delay = \"100ms\", jitter = 0.0, max_retries = 100 }}\nprobe_interval = \"100ms\"\nbody = '{{{{event.title}}}}'\nheaders = {{ \"content-type\" = \"text/plain\" }}\n")
     };
     std::fs::write(
         &config,

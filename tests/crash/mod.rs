@@ -26,7 +26,7 @@ pub fn config(dir: &Path, port: u16, store: &Path, receiver: &Receiver, extra: &
     std::fs::write(
         &path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[admin]\nenabled = false\n[store]\npath = \"{}\"\nmin_free_bytes = 0\n{extra}\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[targets]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"{}\"\nretry = {{ initial_delay = \"100ms\", jitter = 0.0, max_retries = 100 }}\nprobe_interval = \"100ms\"\nbody = '{{{{event.title}}}}'\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[admin]\nenabled = false\n[store]\npath = \"{}\"\nmin_free_bytes = 0\n{extra}\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[targets]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"{}\"\nretry = {{ initial_delay = \"100ms\", jitter = 0.0, max_retries = 100 }}\nprobe_interval = \"100ms\"\nbody = '{{{{event.title}}}}'\nheaders = {{ \"content-type\" = \"text/plain\" }}\n",
             store.display(),
             receiver.url("/a"),
         ),

@@ -172,7 +172,12 @@ pub fn sync_files(path: &Path) -> std::io::Result<()> {
         let entry = entry?;
         let kind = entry.file_type()?;
         if kind.is_file() {
-            std::fs::File::open(entry.path())?.sync_all()?;
+            match std::fs::File::open(entry.path()).and_then(|f| f.sync_all()) {
+                // Gone meanwhile (an old snapshot sled deleted, the manifest's temporary file
+                // renamed): nothing of it to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         } else if kind.is_dir() && entry.file_name() == "blobs" {
             sync_files(&entry.path())?;
         }
