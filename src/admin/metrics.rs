@@ -97,6 +97,11 @@ pub struct TargetMetrics {
     pub retried: AtomicU64,
     pub dead: AtomicU64,
     pub skipped: AtomicU64,
+    /// Traffic shaping: deliveries superseded by a newer one of their key, holds (maintenance
+    /// windows, flapping), and sends that waited for the rate limit or a 429's `Retry-After`.
+    pub superseded: AtomicU64,
+    pub held: AtomicU64,
+    pub rate_limited: AtomicU64,
     pub attempt_seconds: Histogram,
     /// From receipt of the webhook to the target's success.
     pub lag_seconds: Histogram,
@@ -109,6 +114,9 @@ impl Default for TargetMetrics {
             retried: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            superseded: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             attempt_seconds: Histogram::new(ATTEMPT_BOUNDS),
             lag_seconds: Histogram::new(LAG_BOUNDS),
         }
@@ -232,6 +240,34 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store_bytes:
                 "hookrelay_deliveries_total{{target=\"{}\",outcome=\"{outcome}\"}} {}",
                 t.name,
                 c.load(Relaxed)
+            );
+        }
+    }
+    let shaping: [(&str, &str, fn(&TargetMetrics) -> &AtomicU64); 3] = [
+        (
+            "hookrelay_deliveries_superseded_total",
+            "Deliveries never sent because a newer one of their ordering key was (coalescing), by target.",
+            |m| &m.superseded,
+        ),
+        (
+            "hookrelay_deliveries_held_total",
+            "Times a delivery was held by a maintenance window or flap suppression, by target.",
+            |m| &m.held,
+        ),
+        (
+            "hookrelay_deliveries_rate_limited_total",
+            "Times a send waited for the target's rate limit or a 429's Retry-After, by target.",
+            |m| &m.rate_limited,
+        ),
+    ];
+    for (name, help, read) in shaping {
+        header(&mut out, name, "counter", help);
+        for t in targets {
+            let _ = writeln!(
+                out,
+                "{name}{{target=\"{}\"}} {}",
+                t.name,
+                read(t.metrics).load(Relaxed)
             );
         }
     }

@@ -9,6 +9,7 @@
 mod outbound;
 mod raw;
 pub mod rules;
+mod shaping;
 mod webhook;
 
 use std::collections::HashSet;
@@ -133,6 +134,8 @@ pub struct TargetConfig {
     pub receive: Receive,
     /// Conditions every event must meet to be delivered here.
     pub filter: Vec<Condition>,
+    /// Rate limit, coalescing, flap suppression, maintenance windows.
+    pub shaping: crate::deliver::Shaping,
 }
 
 impl TargetConfig {
@@ -1045,11 +1048,13 @@ impl Validator<'_> {
                     .or_else(|p| self.err(p.span, &p.key, p.message))?,
             );
         }
+        let shaping = self.shaping(i, t, kind_name == "statushub")?;
         Ok(TargetConfig {
             name,
             kind,
             receive,
             filter,
+            shaping,
             ordering_key,
             retry,
             timeout: self.duration(&t.timeout, &key("timeout"), default_timeout)?,

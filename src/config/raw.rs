@@ -137,4 +137,9 @@ pub(super) struct RawTarget {
     pub fire_on: Option<Spanned<Vec<String>>>,
     pub signing_secrets: Option<Spanned<Vec<String>>>,
     pub signing_secrets_env: Option<Spanned<String>>,
+    pub rate_limit: Option<Spanned<String>>,
+    pub rate_burst: Option<Spanned<i64>>,
+    pub coalesce: Option<Spanned<String>>,
+    pub flap: Option<Spanned<super::shaping::RawFlap>>,
+    pub maintenance: Option<Vec<super::shaping::RawWindow>>,
 }

@@ -30,25 +30,170 @@
 //!   skip a trigger the receiver may never have got), which separate writes could leave;
 //! - a retry writes no record: the retry decides again from the same record, and the key's
 //!   later alerts wait behind it.
+//!
+//! **Coalescing** (a target with `coalesce = "latest"`, the `statushub` default): when several
+//! alerts of an entity wait, only the newest is sent and the others are superseded. They are
+//! not ignored: each is applied to the incident in order, without a request, and the newest is
+//! applied after them; what fires is then the difference between the incident the receiver
+//! heard of and where the alerts left it (opened, acknowledged, resolved; nothing when it is
+//! where the receiver already has it). So a `CRITICAL` superseded by an `ACKNOWLEDGEMENT` or an
+//! `INFO` still opens the incident on the status page, and a `CRITICAL` and its `RECOVERY`
+//! that both waited send nothing. If that request is not delivered, the incident the
+//! superseded alerts left is kept in the key's record (`unsent`, beside what the receiver
+//! heard), written with the supersession, so the retry and later alerts decide from it.
 
+use super::keyrecord::{KeyRecord, Unsent};
 use super::{context_with, Next};
 use crate::normalize::Event;
-use crate::store::{Attempt, Delivery, Store, StoreError};
-use crate::targets::incident::{self, Incident};
+use crate::store::{Attempt, Delivery, Seq, Store, StoreError};
+use crate::targets::incident::{self, Change, Incident, Phase};
 use crate::targets::AttemptResult;
+use crate::template::Context;
 
 use super::TargetSpec;
 
-/// The incident record to store with an attempt's outcome.
+/// The key record to store with an attempt's outcome: `on_done` when it was delivered,
+/// `otherwise` when not; `None` leaves the stored record as it is.
 #[derive(Debug, Default)]
-pub(super) enum Record {
-    /// Not an incident target, or nothing changed.
-    #[default]
-    None,
-    /// The delivery fired: store this (`None` deletes) if it was delivered.
-    IfDelivered(Option<Vec<u8>>),
-    /// The delivery did not fire: store this with its skip.
-    Always(Option<Vec<u8>>),
+pub(super) struct Record {
+    pub on_done: Option<KeyRecord>,
+    pub otherwise: Option<KeyRecord>,
+}
+
+impl Record {
+    /// The same record whatever the outcome.
+    fn always(r: KeyRecord) -> Record {
+        Record {
+            on_done: Some(r.clone()),
+            otherwise: Some(r),
+        }
+    }
+
+    pub(super) fn for_outcome(self, next: Next) -> Option<KeyRecord> {
+        if next == Next::Done {
+            self.on_done
+        } else {
+            self.otherwise
+        }
+    }
+}
+
+/// What one delivery comes to before anything is sent.
+pub(super) struct Decision {
+    /// The template context to send with, or why nothing is sent.
+    pub send: Result<Context, String>,
+    pub record: Record,
+}
+
+/// Decides a delivery of `spec`'s target: for a target that fires on incident changes, from
+/// the key's record and the alerts `superseded` before it (latest-state coalescing: each is
+/// applied to the incident without a request, and the request shows where they and this alert
+/// left it); for any other target, it is sent.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decide(
+    spec: &TargetSpec,
+    target: &str,
+    event: &Event,
+    delivery: &Delivery,
+    number: u32,
+    rec: &KeyRecord,
+    superseded: &[(Event, Seq)],
+) -> Decision {
+    let needs = spec.config.needs();
+    let Some(fire_on) = spec.target.fire_on() else {
+        return Decision {
+            send: Ok(context_with(event, delivery, number, target, needs, None)),
+            record: Record::default(),
+        };
+    };
+    let heard = rec.incident.clone();
+    let folded = rec.unsent.is_some() || !superseded.is_empty();
+    let mut truth = match &rec.unsent {
+        Some(u) => u.incident.clone(),
+        None => heard.clone(),
+    };
+    for (alert, seq) in superseded {
+        if let Some(w) = incident::step(truth.clone(), alert, *seq).write {
+            truth = w;
+        }
+    }
+    let step = incident::step(truth.clone(), event, delivery.seq);
+    let after = step.write.clone().unwrap_or_else(|| truth.clone());
+    let with = |incident: Option<Incident>, unsent: Option<Unsent>| KeyRecord {
+        incident,
+        unsent,
+        ..rec.clone()
+    };
+    let change = if folded {
+        difference(heard.as_ref(), after.as_ref())
+    } else {
+        step.change
+    };
+    if !fire_on.fires(change) {
+        let reason = if folded {
+            format!(
+                "not fired: the receiver already shows where this alert and {} superseded \
+                 one(s) leave the incident (a change of kind {:?}; fire_on = [{}])",
+                superseded.len(),
+                change.name(),
+                fire_on.names().join(", ")
+            )
+        } else {
+            step.skip_reason(fire_on)
+        };
+        // Nothing to tell the receiver: what it shows is where the alerts left the incident.
+        let record = if folded || step.write.is_some() {
+            Record::always(with(after, None))
+        } else {
+            Record::default()
+        };
+        return Decision {
+            send: Err(reason),
+            record,
+        };
+    }
+    let ctx = context_with(event, delivery, number, target, needs, Some(&step.view));
+    let record = Record {
+        on_done: (folded || step.write.is_some()).then(|| with(after, None)),
+        // Not delivered: the receiver still knows only `heard`; superseded alerts are kept
+        // as the incident they left, which the next attempt decides from again.
+        otherwise: folded.then(|| with(heard, Some(Unsent { incident: truth }))),
+    };
+    Decision {
+        send: Ok(ctx),
+        record,
+    }
+}
+
+/// What the receiver has to be told to go from the incident it heard of to `after`.
+fn difference(heard: Option<&Incident>, after: Option<&Incident>) -> Change {
+    match (heard, after) {
+        (None, None) => Change::NoIncident,
+        (Some(_), None) => Change::Resolved,
+        (None, Some(_)) => Change::Triggered,
+        (Some(h), Some(a)) if h.number != a.number => Change::Triggered,
+        (Some(h), Some(a)) => match (h.phase, a.phase) {
+            (Phase::Unacked, Phase::Acked) => Change::Acknowledged,
+            (Phase::Acked, Phase::Unacked) => Change::Triggered,
+            _ => Change::Updated,
+        },
+    }
+}
+
+/// Reads the key's record when the target keeps one.
+pub(super) async fn record_of<S: Store>(
+    store: &S,
+    spec: &TargetSpec,
+    target: &str,
+    delivery: &Delivery,
+) -> Result<KeyRecord, StoreError> {
+    if spec.target.fire_on().is_none() {
+        return Ok(KeyRecord::default());
+    }
+    let bytes = store
+        .key_state(delivery.target, &delivery.ordering_key)
+        .await?;
+    Ok(KeyRecord::decode(bytes.as_deref(), target, delivery.seq))
 }
 
 /// Makes one attempt (sends, or decides not to) and says what to record with it.
@@ -61,46 +206,20 @@ pub(super) async fn attempt<S: Store>(
     delivery: &Delivery,
     number: u32,
 ) -> Result<(AttemptResult, Record), StoreError> {
-    let needs = spec.config.needs();
-    let send = |ctx| async move {
-        spec.target
-            .send(client, &spec.templates, &ctx, spec.config.timeout)
-            .await
+    let rec = record_of(store, spec, target, delivery).await?;
+    let decision = decide(spec, target, event, delivery, number, &rec, &[]);
+    let result = match decision.send {
+        Ok(ctx) => {
+            spec.target
+                .send(client, &spec.templates, &ctx, spec.config.timeout)
+                .await
+        }
+        Err(reason) => AttemptResult::Skipped(reason),
     };
-    let Some(fire_on) = spec.target.fire_on() else {
-        let ctx = context_with(event, delivery, number, target, needs, None);
-        return Ok((send(ctx).await, Record::None));
-    };
-    let before = match store
-        .key_state(delivery.target, &delivery.ordering_key)
-        .await?
-    {
-        Some(bytes) => Incident::decode(&bytes)
-            .map_err(|e| {
-                // Judged as no open incident; the next record written replaces it.
-                tracing::warn!(target_name = %target, seq = delivery.seq, error = %e, "unreadable incident record ignored");
-            })
-            .ok(),
-        None => None,
-    };
-    let step = incident::step(before, event, delivery.seq);
-    let write = step
-        .write
-        .as_ref()
-        .map(|w| w.as_ref().map(Incident::encode));
-    if !fire_on.fires(step.change) {
-        let reason = step.skip_reason(fire_on);
-        return Ok((
-            AttemptResult::Skipped(reason),
-            write.map_or(Record::None, Record::Always),
-        ));
-    }
-    let ctx = context_with(event, delivery, number, target, needs, Some(&step.view));
-    let result = send(ctx).await;
-    Ok((result, write.map_or(Record::None, Record::IfDelivered)))
+    Ok((result, decision.record))
 }
 
-/// Records an attempt's outcome, with the incident record when it is to be stored.
+/// Records an attempt's outcome, with the key's record when it is to be stored.
 pub(super) async fn finish<S: Store>(
     store: &S,
     delivery: &Delivery,
@@ -108,12 +227,12 @@ pub(super) async fn finish<S: Store>(
     next: Next,
     record: Record,
 ) -> Result<(), StoreError> {
-    match (record, next) {
-        (Record::Always(state), _) | (Record::IfDelivered(state), Next::Done) => {
+    match record.for_outcome(next) {
+        Some(r) => {
             store
-                .finish_with_key_state(delivery, attempt, next, state)
+                .finish_with_key_state(delivery, attempt, next, r.encode())
                 .await
         }
-        _ => store.finish(delivery, attempt, next).await,
+        None => store.finish(delivery, attempt, next).await,
     }
 }

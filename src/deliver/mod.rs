@@ -7,11 +7,15 @@
 //! coordinate with each other.
 
 mod classify;
+mod flap;
 mod history;
 mod incident;
+mod keyrecord;
 mod policy;
+mod shaping;
+mod window;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +23,11 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
 pub use classify::{classify, parse_retry_after, Action};
+pub use flap::Flap;
 pub use history::{History, LastHour};
 pub use policy::RetryPolicy;
+pub use shaping::Shaping;
+pub use window::{local_ms, Cron, When, Window, MAX_DURATION_DAYS as MAX_WINDOW_DAYS};
 
 use crate::admin::metrics::TargetMetrics;
 use crate::config::TargetConfig;
@@ -53,6 +60,8 @@ pub struct TargetRuntime {
     consecutive_failures: AtomicU32,
     probe_running: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// No lane claims before then (ms): a 429's `Retry-After`, or the rate limit's next send.
+    paused_until: AtomicU64,
 }
 
 /// What a target is configured to do, swapped as a whole on reload: its settings, the request
@@ -90,7 +99,19 @@ impl TargetRuntime {
             consecutive_failures: AtomicU32::new(0),
             probe_running: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            paused_until: AtomicU64::new(0),
         }
+    }
+
+    /// When lanes may claim again, if not yet.
+    pub fn paused_until(&self, now: u64) -> Option<u64> {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Keeps every lane from claiming before `until` (ms).
+    pub fn pause_until(&self, until: u64) {
+        self.paused_until.fetch_max(until, Ordering::Relaxed);
     }
 
     /// The current spec; a delivery holds on to one for its whole attempt.
@@ -189,6 +210,11 @@ pub enum Outcome {
     Dead(Seq),
     /// The target declined the event; recorded with the reason.
     Skipped(Seq),
+    /// Traffic shaping holds the delivery (a maintenance window, flapping) until `until_ms`.
+    Held {
+        seq: Seq,
+        until_ms: u64,
+    },
     /// Nothing was due; the earliest pending delivery falls due at `next_due_ms`.
     Idle {
         next_due_ms: Option<u64>,
@@ -215,6 +241,11 @@ impl<S: Store> Worker<S> {
         if target.mode() != TargetMode::Active {
             return Ok(Outcome::Idle { next_due_ms: None });
         }
+        if let Some(until) = target.paused_until(now_ms()) {
+            return Ok(Outcome::Idle {
+                next_due_ms: Some(until),
+            });
+        }
         let delivery = match self.store.claim(target.id, now_ms()).await? {
             Claim::Due(d) => d,
             Claim::Wait(due) => {
@@ -224,6 +255,9 @@ impl<S: Store> Worker<S> {
             }
             Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
         };
+        if target.spec().config.shaping.is_active() {
+            return self.deliver_shaped(delivery).await;
+        }
         let event = self.event_of(&delivery).await?;
         let tried = self.attempt(&delivery, event.as_ref()).await?;
         let (next, error, number) = (tried.next, tried.record.error.clone(), tried.record.number);
@@ -237,13 +271,25 @@ impl<S: Store> Worker<S> {
         .await?;
         self.account(&tried.action, next, tried.latency_ms, event.as_ref())
             .await;
-        let seq = delivery.seq;
-        let outcome = match next {
+        Ok(self.report(delivery.seq, next, number, error, tried.latency_ms))
+    }
+
+    /// The outcome of a recorded attempt, logged.
+    fn report(
+        &self,
+        seq: Seq,
+        next: Next,
+        number: u32,
+        error: Option<String>,
+        latency_ms: u64,
+    ) -> Outcome {
+        let target = &self.target;
+        match next {
             Next::Done => {
-                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms = tried.latency_ms, "delivered");
+                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
                 Outcome::Delivered(seq)
             }
-            Next::Retry { due_ms } => {
+            Next::Retry { due_ms } | Next::Throttled { due_ms } => {
                 tracing::info!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
                 Outcome::Retrying { seq, due_ms }
             }
@@ -255,8 +301,7 @@ impl<S: Store> Worker<S> {
                 tracing::debug!(target_name = %target.name, seq, reason = error.as_deref(), "delivery skipped");
                 Outcome::Skipped(seq)
             }
-        };
-        Ok(outcome)
+        }
     }
 
     /// The claimed delivery's event; the claim is released when it cannot be read, so the
@@ -309,32 +354,14 @@ impl<S: Store> Worker<S> {
                     "event {} is missing from the store",
                     delivery.event_id
                 )),
-                incident::Record::None,
+                incident::Record::default(),
             ),
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let action = classify(&result);
-        let next = match &action {
-            Action::Done => Next::Done,
-            Action::Retry { retry_after, .. } => {
-                let retry = number.saturating_sub(delivery.retry_base);
-                match spec
-                    .config
-                    .retry
-                    .delay(retry, fastrand::f64(), *retry_after)
-                {
-                    // Saturating: a policy whose delays overflow waits for ever rather than
-                    // wrapping into the past.
-                    Some(delay) => Next::Retry {
-                        due_ms: now_ms()
-                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
-                    },
-                    None => Next::Dead,
-                }
-            }
-            Action::Permanent { .. } => Next::Dead,
-            Action::Skip { .. } => Next::Skipped,
-        };
+        let next = self
+            .next_of(&spec, delivery, number, &result, &action)
+            .await;
         let record = attempt_record(number, at_ms, latency_ms, &result, &action);
         Ok(Tried {
             action,
@@ -350,6 +377,9 @@ impl<S: Store> Worker<S> {
     async fn account(&self, action: &Action, next: Next, latency_ms: u64, event: Option<&Event>) {
         let t = &self.target;
         let m = &t.metrics;
+        if let Next::Throttled { due_ms } = next {
+            self.throttle(due_ms).await;
+        }
         m.attempt_seconds.observe(latency_ms as f64 / 1000.0);
         let now = now_ms();
         match next {
@@ -363,7 +393,7 @@ impl<S: Store> Worker<S> {
                 }
                 t.history.delivered(now, lag_ms);
             }
-            Next::Retry { .. } => {
+            Next::Retry { .. } | Next::Throttled { .. } => {
                 m.retried.fetch_add(1, Ordering::Relaxed);
                 t.history.failed(now);
             }
@@ -378,6 +408,10 @@ impl<S: Store> Worker<S> {
         match action {
             Action::Done => {
                 t.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            Action::Retry { reason, .. } if matches!(next, Next::Throttled { .. }) => {
+                // The receiver is up and asked the relay to wait: not a failure that suspends.
+                *t.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
             }
             Action::Retry { reason, .. } => {
                 *t.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());

@@ -2,8 +2,8 @@
 
 use super::{
     Attempt, Claim, Delivery, EventOutcome, EventPage, EventQuery, IngestBatch, NewDelivery, Next,
-    PgStore, Prune, Pruned, Seq, SledStore, Stats, Store, StoreError, TargetCounts, TargetId,
-    TargetState,
+    PgStore, Prune, Pruned, RateLimit, Seq, Shaped, SledStore, Stats, Store, StoreError,
+    TargetCounts, TargetId, TargetState,
 };
 use crate::normalize::Event;
 
@@ -77,6 +77,32 @@ impl Store for AnyStore {
         state: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         each!(self, s => s.finish_with_key_state(d, attempt, next, state).await)
+    }
+    async fn key_backlog(
+        &self,
+        head: &Delivery,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        each!(self, s => s.key_backlog(head, limit).await)
+    }
+    async fn finish_shaped(&self, shaped: Shaped) -> Result<(), StoreError> {
+        each!(self, s => s.finish_shaped(shaped).await)
+    }
+    async fn rate_take(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        each!(self, s => s.rate_take(target, limit, now_ms).await)
+    }
+    async fn rate_pause(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.rate_pause(target, limit, until_ms).await)
     }
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
         each!(self, s => s.event(id).await)

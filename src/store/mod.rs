@@ -10,6 +10,7 @@ mod any;
 mod codec;
 mod event_log;
 mod postgres;
+pub(crate) mod rate;
 mod sled;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use self::sled::{LogOptions, Manifest, SledStore};
 pub use any::AnyStore;
 pub use postgres::{check_connection, redact_url, PgOptions, PgStore, Waker};
+pub use rate::RateLimit;
 
 use crate::normalize::Event;
 
@@ -136,6 +138,9 @@ pub enum DeliveryState {
     /// The target declined the event (e.g. a URL variable the event lacks); not an error and
     /// never retried.
     Skipped,
+    /// Never sent: a newer delivery of the same ordering key was sent in its place (latest-state
+    /// coalescing); [`Delivery::note`] names it. Final, and pruned like a delivered one.
+    Superseded,
 }
 
 /// A delivery of one event to one target, with its retry state.
@@ -167,6 +172,10 @@ pub struct Delivery {
     pub last_at_ms: u64,
     #[serde(default)]
     pub last_latency_ms: u64,
+    /// Why traffic shaping acted on it without an attempt: held (until when, by what) or
+    /// superseded (by which delivery). `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Delivery {
@@ -194,6 +203,7 @@ impl Delivery {
             retry_base: 0,
             last_at_ms: 0,
             last_latency_ms: 0,
+            note: None,
         }
     }
 
@@ -273,9 +283,42 @@ pub struct Attempt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     Done,
-    Retry { due_ms: u64 },
+    Retry {
+        due_ms: u64,
+    },
+    /// A retry that does not spend the delivery's retry budget: the receiver is up and asked
+    /// the relay to wait (a 429 with `Retry-After`).
+    Throttled {
+        due_ms: u64,
+    },
     Dead,
     Skipped,
+}
+
+/// What traffic shaping did with a key's deliveries, recorded by [`Store::finish_shaped`] in
+/// one atomic write.
+#[derive(Debug, Clone)]
+pub struct Shaped {
+    /// The claimed head, as claimed: the claim this write ends.
+    pub head: Delivery,
+    /// The delivery acted on: the head, or a later delivery of its key as
+    /// [`Store::key_backlog`] read it.
+    pub kept: Delivery,
+    /// Every delivery of the key before `kept` as [`Store::key_backlog`] read them (the head
+    /// among them when `kept` is not the head): recorded as superseded by `kept`.
+    pub superseded: Vec<Seq>,
+    pub outcome: ShapedOutcome,
+    /// The key's state value, as [`Store::finish_with_key_state`]: `Some(Some(v))` sets it,
+    /// `Some(None)` removes it, `None` leaves it.
+    pub key_state: Option<Option<Vec<u8>>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ShapedOutcome {
+    /// An attempt at `kept`, as [`Store::finish`] records it.
+    Attempt { attempt: Attempt, next: Next },
+    /// `kept` is held without an attempt: due again at `due_ms`, with `note` saying why.
+    Hold { due_ms: u64, note: String },
 }
 
 #[derive(Debug)]
@@ -339,7 +382,12 @@ pub struct Stats {
     pub done: u64,
     pub dead: u64,
     pub skipped: u64,
+    pub superseded: u64,
 }
+
+/// At most this many deliveries of one key are read by one [`Store::key_backlog`]: a key with
+/// more waiting drains in steps of this many (one request per step).
+pub const MAX_BACKLOG: usize = 10_000;
 
 pub trait Store: Send + Sync + 'static {
     /// Stable ids for target names, assigned on first sight and kept across restarts.
@@ -401,6 +449,40 @@ pub trait Store: Send + Sync + 'static {
         attempt: Attempt,
         next: Next,
         state: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The pending deliveries of the claimed `head`'s `(target, ordering key)` in their queue
+    /// order, `head` first, at most `limit`. Only for the holder of `head`'s claim: while it
+    /// holds it, nothing of the key but new deliveries at its end changes.
+    fn key_backlog(
+        &self,
+        head: &Delivery,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    /// Records what traffic shaping did with the claimed head's key, atomically: the
+    /// deliveries before `kept` become [`DeliveryState::Superseded`], `kept` gets its attempt
+    /// (or is held), and the key's state value is written; then the claim ends. Nothing is
+    /// written when the claim is stale (the head is no longer pending as claimed, or its lease
+    /// passed to another instance).
+    fn finish_shaped(&self, shaped: Shaped) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes one send from `target`'s rate limit (a GCRA bucket shared by every lane, and by
+    /// every instance on PostgreSQL): `None` when the send may go now, else the time it may.
+    fn rate_take(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Lets no send of `target` through its rate limit before `until_ms` (a 429 with
+    /// `Retry-After`), then sends at the limit's steady pace.
+    fn rate_pause(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        until_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn event(

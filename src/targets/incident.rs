@@ -138,10 +138,6 @@ pub struct Incident {
 }
 
 impl Incident {
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("incident records serialize")
-    }
-
     /// An incident `hookrelay rules test` assumes an entity has: number 1, opened by one
     /// earlier alert at the event's time, in `phase`.
     pub fn assumed(phase: Phase, event: &Event) -> Incident {
@@ -158,10 +154,6 @@ impl Incident {
             acked: (phase == Phase::Acked).then(|| (actor(event), at)),
             resolved: None,
         }
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Incident, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("incident record: {e}"))
     }
 
     fn view(&self, sequence: u64) -> IncidentView {
@@ -436,7 +428,6 @@ mod tests {
             (s3.view.number, s3.view.phase, s3.view.alert_count),
             (7, "RESOLVED", 3)
         );
-        assert_eq!(Incident::decode(&rec.encode()).unwrap(), rec);
         let s4 = step(None, &alert("CRITICAL", "d"), 12);
         assert_eq!(s4.view.number, 12);
     }

@@ -21,6 +21,12 @@
 //!   target's incident record: written in the transaction of the finish it goes with, after
 //!   that finish's lease check, so a stale finish writes neither.
 //!
+//! - Traffic shaping (`shaping`): a claimed head's key is read in `queue_pos` order; the
+//!   write that supersedes its first deliveries, records the kept one's attempt or hold and
+//!   moves the key's head to it is one transaction, applied only while the head's lease is
+//!   this instance's. `hookrelay_rate` holds one GCRA time per rate-limited target, advanced
+//!   by one atomic `UPDATE` per send, so every instance spends the same limit.
+//!
 //! Keys that may hold any bytes (ordering and dedup keys) are `bytea`: `text` cannot hold NUL.
 
 use std::collections::{HashMap, HashSet};
@@ -35,8 +41,8 @@ use tokio_postgres::{NoTls, Row};
 use super::event_log::Pager;
 use super::{
     codec, Attempt, Claim, Delivery, DeliveryState, EventOutcome, EventPage, EventQuery,
-    IngestBatch, NewDelivery, Next, Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts,
-    TargetId, TargetState,
+    IngestBatch, NewDelivery, Next, Prune, Pruned, RateLimit, Seq, Shaped, Stats, Store,
+    StoreError, TargetCounts, TargetId, TargetState,
 };
 use crate::error_chain;
 use crate::normalize::Event;
@@ -44,6 +50,7 @@ use crate::normalize::Event;
 mod queue;
 mod read;
 mod schema;
+mod shaping;
 mod write;
 
 use schema::migrate;
@@ -53,7 +60,7 @@ const CHANNEL: &str = "hookrelay_work";
 const LISTEN: &str = "LISTEN hookrelay_work";
 
 const DELIVERY_COLUMNS: &str = "seq, event_id, target, ordering_key, state, attempts, due_ms, \
-     created_ms, updated_ms, last_status, last_error, response_excerpt, retry_base";
+     created_ms, updated_ms, last_status, last_error, response_excerpt, retry_base, note";
 
 /// How to reach the database and what this instance is called.
 #[derive(Clone, PartialEq)]
@@ -171,6 +178,7 @@ fn state_name(s: DeliveryState) -> &'static str {
         DeliveryState::Done => "done",
         DeliveryState::Dead => "dead",
         DeliveryState::Skipped => "skipped",
+        DeliveryState::Superseded => "superseded",
     }
 }
 
@@ -181,6 +189,7 @@ fn delivery_of(row: &Row) -> Result<Delivery, StoreError> {
         "done" => DeliveryState::Done,
         "dead" => DeliveryState::Dead,
         "skipped" => DeliveryState::Skipped,
+        "superseded" => DeliveryState::Superseded,
         other => return Err(StoreError::Corrupt(format!("delivery state {other:?}"))),
     };
     let key: Vec<u8> = row.try_get(3)?;
@@ -201,6 +210,7 @@ fn delivery_of(row: &Row) -> Result<Delivery, StoreError> {
         retry_base: row.try_get::<_, i32>(12)? as u32,
         last_at_ms: 0,
         last_latency_ms: 0,
+        note: row.try_get(13)?,
     })
 }
 
@@ -400,6 +410,36 @@ impl Store for PgStore {
 
     fn release(&self, seq: Seq) {
         queue::release(self, seq)
+    }
+
+    async fn key_backlog(
+        &self,
+        head: &Delivery,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        shaping::key_backlog(self, head, limit).await
+    }
+
+    async fn finish_shaped(&self, shaped: Shaped) -> Result<(), StoreError> {
+        shaping::finish_shaped(self, shaped).await
+    }
+
+    async fn rate_take(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        shaping::rate_take(self, target, limit, now_ms).await
+    }
+
+    async fn rate_pause(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        shaping::rate_pause(self, target, limit, until_ms).await
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {

@@ -163,23 +163,44 @@ impl PgStore {
         next: Next,
         key_state: Option<Option<Vec<u8>>>,
     ) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if self
+            .finish_in(&tx, delivery, attempt, next, key_state)
+            .await?
+        {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// A finish inside `tx`; `false` (and nothing written) when it is stale.
+    pub(super) async fn finish_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        key_state: Option<Option<Vec<u8>>>,
+    ) -> Result<bool, StoreError> {
         let now = attempt.at_ms + attempt.latency_ms;
         let (state, due) = match next {
-            Next::Retry { due_ms } => (DeliveryState::Pending, due_ms),
+            Next::Retry { due_ms } | Next::Throttled { due_ms } => (DeliveryState::Pending, due_ms),
             Next::Done => (DeliveryState::Done, delivery.due_ms),
             Next::Dead => (DeliveryState::Dead, delivery.due_ms),
             Next::Skipped => (DeliveryState::Skipped, delivery.due_ms),
         };
+        // A throttled attempt does not spend the retry budget: it counts from one later.
+        let free = i32::from(matches!(next, Next::Throttled { .. }));
         let error = clean(attempt.error);
         let excerpt = clean(attempt.response_excerpt);
         let status = attempt.status.map(i32::from);
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
         let update = tx
             .prepare_cached(
                 "UPDATE hookrelay_deliveries SET attempts = $2, last_status = $3, \
                    last_error = $4, response_excerpt = $5, updated_ms = $6, state = $7, \
-                   due_ms = $8, is_head = ($7 = 'pending'), lease_owner = NULL, lease_until = 0 \
+                   due_ms = $8, is_head = ($7 = 'pending'), lease_owner = NULL, lease_until = 0, \
+                   retry_base = retry_base + $11, note = NULL \
                  WHERE seq = $1 AND state = 'pending' AND due_ms = $9 AND lease_owner = $10 \
                  RETURNING target, ordering_key",
             )
@@ -199,13 +220,14 @@ impl PgStore {
                     &ms(due),
                     &ms(delivery.due_ms),
                     &&*self.instance,
+                    &free,
                 ],
             )
             .await?
         else {
             // Finished already, or the lease passed to another instance: keep what is there.
             tracing::debug!(seq, "stale finish ignored");
-            return Ok(());
+            return Ok(false);
         };
         let record = tx
             .prepare_cached(
@@ -230,8 +252,21 @@ impl PgStore {
         if state != DeliveryState::Pending {
             let target: i32 = row.get(0);
             let key: Vec<u8> = row.get(1);
-            Self::promote(&tx, target, &key).await?;
+            Self::promote(tx, target, &key).await?;
         }
+        let target: i32 = row.get(0);
+        let key: Vec<u8> = row.get(1);
+        Self::write_key_state(tx, target, &key, key_state).await?;
+        Ok(true)
+    }
+
+    /// Sets (`Some(Some)`) or removes (`Some(None)`) a key's state value inside `tx`.
+    pub(super) async fn write_key_state(
+        tx: &impl GenericClient,
+        target: i32,
+        key: &[u8],
+        key_state: Option<Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
         match key_state {
             Some(Some(value)) => {
                 let upsert = tx
@@ -241,22 +276,17 @@ impl PgStore {
                          ON CONFLICT (target, ordering_key) DO UPDATE SET value = $3",
                     )
                     .await?;
-                tx.execute(
-                    &upsert,
-                    &[&row.get::<_, i32>(0), &row.get::<_, &[u8]>(1), &value],
-                )
-                .await?;
+                tx.execute(&upsert, &[&target, &key, &value]).await?;
             }
             Some(None) => {
                 tx.execute(
                     "DELETE FROM hookrelay_key_state WHERE target = $1 AND ordering_key = $2",
-                    &[&row.get::<_, i32>(0), &row.get::<_, &[u8]>(1)],
+                    &[&target, &key],
                 )
                 .await?;
             }
             None => {}
         }
-        tx.commit().await?;
         Ok(())
     }
 

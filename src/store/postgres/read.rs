@@ -72,7 +72,8 @@ pub(super) async fn stats(store: &PgStore) -> Result<Stats, StoreError> {
                count(*) FILTER (WHERE state = 'pending'), \
                count(*) FILTER (WHERE state = 'done'), \
                count(*) FILTER (WHERE state = 'dead'), \
-               count(*) FILTER (WHERE state = 'skipped') \
+               count(*) FILTER (WHERE state = 'skipped'), \
+               count(*) FILTER (WHERE state = 'superseded') \
              FROM hookrelay_deliveries",
             &[],
         )
@@ -84,6 +85,7 @@ pub(super) async fn stats(store: &PgStore) -> Result<Stats, StoreError> {
         done: n(2),
         dead: n(3),
         skipped: n(4),
+        superseded: n(5),
     })
 }
 

@@ -78,6 +78,13 @@ CREATE TABLE hookrelay_key_state (
     PRIMARY KEY (target, ordering_key)
 );
 "#,
+    r#"
+ALTER TABLE hookrelay_deliveries ADD COLUMN note text;
+CREATE TABLE hookrelay_rate (
+    target integer PRIMARY KEY,
+    tat_ms bigint NOT NULL
+);
+"#,
 ];
 
 /// Any number that identifies this relay's migration lock among other advisory locks.

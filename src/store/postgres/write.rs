@@ -212,7 +212,7 @@ pub(super) async fn prune(store: &PgStore, p: Prune) -> Result<Pruned, StoreErro
                SELECT 1 FROM hookrelay_deliveries d WHERE d.event_id = e.id AND (\
                  d.state = 'pending' \
                  OR (d.state = 'dead' AND d.updated_ms >= $3) \
-                 OR (d.state IN ('done', 'skipped') AND d.updated_ms >= $4))) \
+                 OR (d.state IN ('done', 'skipped', 'superseded') AND d.updated_ms >= $4))) \
              FROM hookrelay_events e \
              WHERE ($1::uuid IS NULL OR e.id > $1) AND e.id < $2 \
              ORDER BY e.id LIMIT $5",

@@ -72,6 +72,8 @@ pub enum Op {
         target: TargetId,
         key: KeyHash,
     },
+    /// Traffic shaping's write (`Store::finish_shaped`), boxed like `Finish`'s parts.
+    Shaped(Box<crate::store::Shaped>),
     Ping,
     Close,
     /// Stops the writer on the spot, as a crash would.
@@ -447,6 +449,7 @@ impl Writer {
                 .finish(&delivery, attempt, next, state)
                 .map(|_| Reply::Done),
             Op::Targets(names) => self.targets(&names).map(Reply::Targets),
+            Op::Shaped(shaped) => self.finish_shaped(*shaped).map(|_| Reply::Done),
             #[cfg(test)]
             Op::Crash => unreachable!("the writer stops before a crash is applied"),
         }

@@ -12,6 +12,7 @@
 //! group's effects to the queue, so the next delivery of the key, which that finish lets the
 //! queue hand out, is claimed only once a read (memtable, then sled) sees the value.
 
+use super::commit::Batch;
 use super::keys;
 use crate::store::TargetId;
 
@@ -30,6 +31,15 @@ pub fn key(target: TargetId, ordering_key: &str) -> Vec<u8> {
 pub struct StateWrite {
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
+}
+
+impl StateWrite {
+    pub fn into_batch(self, batch: &mut Batch) {
+        match self.value {
+            Some(v) => batch.insert(self.key, v),
+            None => batch.remove(self.key),
+        }
+    }
 }
 
 /// What a finish of a delivery of `(target, ordering key)` also writes.

@@ -32,6 +32,7 @@ mod prune;
 mod queue;
 mod read;
 mod recovery;
+mod shaping;
 #[cfg(test)]
 mod tests;
 mod wal;
@@ -47,7 +48,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::normalize::Event;
 use crate::store::{
     Attempt, Claim, Delivery, EventOutcome, EventPage, EventQuery, IngestBatch, NewDelivery, Next,
-    Prune, Pruned, Seq, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    Prune, Pruned, RateLimit, Seq, Shaped, Stats, Store, StoreError, TargetCounts, TargetId,
+    TargetState,
 };
 use commit::{Failure, Job, Op, Reply, Writer};
 use queue::{Claimed, Queue};
@@ -102,6 +104,8 @@ pub struct SledStore {
     shared: Arc<Shared>,
     path: PathBuf,
     tx: mpsc::Sender<Job>,
+    /// The targets' rate limits, in memory: every lane of a target is in this process.
+    limiter: crate::store::rate::Limiter,
     /// Joined on close, so the directory lock is released when `close` returns.
     threads: Mutex<Option<(std::thread::JoinHandle<()>, compact::Handle)>>,
 }
@@ -189,6 +193,7 @@ impl SledStore {
             shared,
             path: path.to_path_buf(),
             tx,
+            limiter: Default::default(),
             threads: Mutex::new(Some((writer, compactor))),
         })
     }
@@ -426,6 +431,43 @@ impl Store for SledStore {
 
     fn release(&self, seq: Seq) {
         self.shared.queue().release(seq);
+    }
+
+    async fn key_backlog(
+        &self,
+        head: &Delivery,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.read_key_backlog(head, limit)
+    }
+
+    async fn finish_shaped(&self, shaped: Shaped) -> Result<(), StoreError> {
+        let head = shaped.head.seq;
+        let result = self.submit(Op::Shaped(Box::new(shaped))).await;
+        if result.is_err() {
+            // Nothing was recorded: the key's deliveries are due again as they were.
+            self.release(head);
+        }
+        result.map(|_| ())
+    }
+
+    async fn rate_take(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self.limiter.take(target, limit, now_ms))
+    }
+
+    async fn rate_pause(
+        &self,
+        target: TargetId,
+        limit: RateLimit,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.limiter.pause(target, limit, until_ms);
+        Ok(())
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {

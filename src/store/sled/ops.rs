@@ -141,17 +141,38 @@ impl Writer {
         next: Next,
         state: Option<Box<StateWrite>>,
     ) -> Result<(), StoreError> {
-        let seq = claimed.seq;
         let mut batch = Batch::default();
-        let rec = self
-            .delivery_rec(seq)?
-            .filter(|r| r.state == DeliveryState::Pending && r.due_ms == claimed.due_ms);
-        let Some(mut rec) = rec else {
+        let rec = self.claimed_rec(claimed)?;
+        let Some(rec) = rec else {
             // Someone else already finished this attempt (a stale lease); keep what is there.
-            batch.effects.push(Effect::Release { seq });
+            batch.effects.push(Effect::Release { seq: claimed.seq });
             self.commit(batch);
             return Ok(());
         };
+        self.finish_in(&mut batch, rec, attempt, next)?;
+        if let Some(write) = state {
+            write.into_batch(&mut batch);
+        }
+        self.commit(batch);
+        Ok(())
+    }
+
+    /// The record of a claimed delivery, if it is still pending as claimed.
+    pub fn claimed_rec(&self, claimed: &Delivery) -> Result<Option<Delivery>, StoreError> {
+        Ok(self
+            .delivery_rec(claimed.seq)?
+            .filter(|r| r.state == DeliveryState::Pending && r.due_ms == claimed.due_ms))
+    }
+
+    /// Adds an attempt at the pending delivery `rec` and what follows from it to `batch`.
+    pub fn finish_in(
+        &mut self,
+        batch: &mut Batch,
+        mut rec: Delivery,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        let seq = rec.seq;
         let now = attempt.at_ms + attempt.latency_ms;
         let target = rec.target;
         let key = self.key_hash(target, &rec.ordering_key);
@@ -170,16 +191,13 @@ impl Writer {
         rec.last_latency_ms = attempt.latency_ms;
         rec.updated_ms = now;
         match next {
-            Next::Retry { due_ms } => {
+            Next::Retry { due_ms } | Next::Throttled { due_ms } => {
+                if matches!(next, Next::Throttled { .. }) {
+                    // The attempt is recorded; the retry budget counts from one later.
+                    rec.retry_base = rec.retry_base.saturating_add(1);
+                }
                 rec.due_ms = due_ms;
-                let mut pending = self
-                    .get(&keys::pending(seq))?
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("pending delivery {seq} is not queued"))
-                    })?
-                    .to_vec();
-                pending[4..12].copy_from_slice(&due_ms.to_be_bytes());
-                batch.insert(keys::pending(seq).as_slice(), pending);
+                self.reschedule(batch, seq, due_ms)?;
                 batch.effects.push(Effect::Due {
                     target,
                     key,
@@ -203,20 +221,21 @@ impl Writer {
                     };
                     batch.insert(keys::ended(b'Z', now, event.as_bytes()), []);
                 }
-                self.bump(&mut batch, target, -1, i64::from(next == Next::Dead))?;
+                self.bump(batch, target, -1, i64::from(next == Next::Dead))?;
             }
         }
         batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
-        if let Some(write) = state {
-            match *write {
-                StateWrite {
-                    key,
-                    value: Some(v),
-                } => batch.insert(key, v),
-                StateWrite { key, value: None } => batch.remove(key),
-            }
-        }
-        self.commit(batch);
+        Ok(())
+    }
+
+    /// Writes a pending delivery's new due time into its `P` key.
+    pub fn reschedule(&self, batch: &mut Batch, seq: Seq, due_ms: u64) -> Result<(), StoreError> {
+        let mut pending = self
+            .get(&keys::pending(seq))?
+            .ok_or_else(|| StoreError::Corrupt(format!("pending delivery {seq} is not queued")))?
+            .to_vec();
+        pending[4..12].copy_from_slice(&due_ms.to_be_bytes());
+        batch.insert(keys::pending(seq).as_slice(), pending);
         Ok(())
     }
 

@@ -80,7 +80,9 @@ impl Writer {
         let expired = deliveries.iter().all(|d| match d.state {
             DeliveryState::Pending => false,
             DeliveryState::Dead => d.updated_ms < p.dead_before_ms,
-            DeliveryState::Done | DeliveryState::Skipped => d.updated_ms < p.done_before_ms,
+            DeliveryState::Done | DeliveryState::Skipped | DeliveryState::Superseded => {
+                d.updated_ms < p.done_before_ms
+            }
         });
         if !expired {
             return Ok(false);

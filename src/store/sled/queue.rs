@@ -231,6 +231,16 @@ impl Queue {
         }
     }
 
+    /// The first `limit` pending deliveries of one key, in order (traffic shaping reads a
+    /// claimed head's backlog).
+    pub fn key_seqs(&self, target: TargetId, key: KeyHash, limit: usize) -> Vec<Seq> {
+        self.targets
+            .get(&target)
+            .and_then(|t| t.keys.get(&key))
+            .map(|k| k.items.iter().take(limit).map(|&(_, s, _)| s).collect())
+            .unwrap_or_default()
+    }
+
     #[cfg(test)]
     pub fn pending(&self, target: TargetId) -> u64 {
         self.targets.get(&target).map_or(0, |t| t.pending)

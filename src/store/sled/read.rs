@@ -201,6 +201,7 @@ impl SledStore {
                 DeliveryState::Done => stats.done += 1,
                 DeliveryState::Dead => stats.dead += 1,
                 DeliveryState::Skipped => stats.skipped += 1,
+                DeliveryState::Superseded => stats.superseded += 1,
             }
         }
         Ok(stats)

@@ -1,0 +1,285 @@
+//! Validation of a target's traffic shaping: `rate_limit` / `rate_burst`, `coalesce`, `flap`
+//! and `[[targets.maintenance]]` windows (README, "Traffic shaping for status pages").
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::raw::RawTarget;
+use super::rules::{compile_condition, RawCondition};
+use super::{Result, Validator};
+use crate::deliver::{Cron, Flap, Shaping, When, Window};
+use crate::store::RateLimit;
+
+/// StatusHub's documented limit for writes: 5 requests per second (README, StatusHub).
+pub const STATUSHUB_RATE: RateLimit = RateLimit {
+    every_ms: 200,
+    burst: 1,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlap {
+    pub changes: Spanned<i64>,
+    pub within: Spanned<String>,
+    pub field: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWindow {
+    pub name: Spanned<String>,
+    pub start: Option<Spanned<String>>,
+    pub end: Option<Spanned<String>>,
+    pub cron: Option<Spanned<String>>,
+    pub duration: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
+    pub filter: Option<Vec<RawCondition>>,
+}
+
+impl Validator<'_> {
+    pub(super) fn shaping(&self, i: usize, t: &RawTarget, statushub: bool) -> Result<Shaping> {
+        let key = |k: &str| format!("targets[{i}].{k}");
+        let rate = match &t.rate_limit {
+            None if statushub => Some(STATUSHUB_RATE),
+            None => None,
+            Some(r) if matches!(r.get_ref().trim(), "off" | "none") => None,
+            Some(r) => Some(RateLimit {
+                every_ms: self.rate(r, &key("rate_limit"))?,
+                burst: 1,
+            }),
+        };
+        let rate = match (rate, &t.rate_burst) {
+            (None, Some(b)) => {
+                return self.err(
+                    Some(b.span()),
+                    &key("rate_burst"),
+                    "applies only with a rate_limit",
+                )
+            }
+            (Some(r), burst) => Some(RateLimit {
+                burst: self.int(burst, &key("rate_burst"), 1..=10_000, 1)? as u32,
+                ..r
+            }),
+            (None, None) => None,
+        };
+        let coalesce = match t.coalesce.as_ref().map(|c| c.get_ref().as_str()) {
+            None => statushub,
+            Some("latest") => true,
+            Some("off") => false,
+            Some(other) => {
+                return self.err(
+                    t.coalesce.as_ref().map(|c| c.span()),
+                    &key("coalesce"),
+                    format!("{other:?} is not \"latest\" or \"off\""),
+                )
+            }
+        };
+        let flap = match &t.flap {
+            None => None,
+            Some(f) => Some(self.flap(f, &key("flap"))?),
+        };
+        let mut windows = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (j, w) in t.maintenance.iter().flatten().enumerate() {
+            let k = key(&format!("maintenance[{j}]"));
+            if !names.insert(w.name.get_ref().clone()) {
+                return self.err(
+                    Some(w.name.span()),
+                    &format!("{k}.name"),
+                    format!("{:?} is used twice", w.name.get_ref()),
+                );
+            }
+            windows.push(self.window(w, &k)?);
+        }
+        Ok(Shaping {
+            rate,
+            coalesce,
+            flap,
+            windows,
+        })
+    }
+
+    /// `"5/s"`, `"300/min"`, `"1/2s"`: the interval between sends, in ms.
+    fn rate(&self, r: &Spanned<String>, key: &str) -> Result<u64> {
+        let text = r.get_ref().trim();
+        let bad = || {
+            self.err(
+                Some(r.span()),
+                key,
+                format!(
+                    "{text:?} is not a rate like \"5/s\", \"300/min\" or \"1/10s\" (or \"off\")"
+                ),
+            )
+        };
+        let Some((n, per)) = text.split_once('/') else {
+            return bad();
+        };
+        let Ok(n) = n.trim().parse::<f64>() else {
+            return bad();
+        };
+        let per = match per.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => match humantime::parse_duration(other) {
+                Ok(d) => d,
+                Err(_) => return bad(),
+            },
+        };
+        let every = per.as_secs_f64() * 1000.0 / n;
+        if !(n > 0.0) || !(1.0..=86_400_000.0).contains(&every) {
+            return self.err(
+                Some(r.span()),
+                key,
+                format!("{text:?}: one send per 1 ms to one per day at most"),
+            );
+        }
+        Ok(every.round() as u64)
+    }
+
+    fn flap(&self, f: &Spanned<RawFlap>, key: &str) -> Result<Flap> {
+        let f = f.get_ref();
+        let changes = self.int(
+            &Some(f.changes.clone()),
+            &format!("{key}.changes"),
+            1..=1000,
+            1,
+        )?;
+        let within_key = format!("{key}.within");
+        let within = self.duration(&Some(f.within.clone()), &within_key, Duration::ZERO)?;
+        if within.is_zero() || within > Duration::from_secs(7 * 86_400) {
+            return self.err(
+                Some(f.within.span()),
+                &within_key,
+                "must be longer than zero and at most 7 days",
+            );
+        }
+        let field = match &f.field {
+            None => "entity_state".to_owned(),
+            Some(v) if v.get_ref().trim().is_empty() => {
+                return self.err(
+                    Some(v.span()),
+                    &format!("{key}.field"),
+                    "must name an alert field",
+                )
+            }
+            Some(v) => v.get_ref().clone(),
+        };
+        Ok(Flap {
+            changes: changes as u32,
+            within,
+            field,
+        })
+    }
+
+    fn window(&self, w: &RawWindow, key: &str) -> Result<Window> {
+        let k = |s: &str| format!("{key}.{s}");
+        let tz = match &w.timezone {
+            None => chrono_tz::UTC,
+            Some(z) => match z.get_ref().parse::<chrono_tz::Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    return self.err(
+                        Some(z.span()),
+                        &k("timezone"),
+                        format!(
+                            "{:?} is not an IANA time zone like \"Europe/Berlin\" or \"UTC\"",
+                            z.get_ref()
+                        ),
+                    )
+                }
+            },
+        };
+        let when = match (&w.start, &w.end, &w.cron, &w.duration) {
+            (Some(start), Some(end), None, None) => {
+                let start_ms = self.local_time(start, &tz, &k("start"))?;
+                let end_ms = self.local_time(end, &tz, &k("end"))?;
+                if end_ms <= start_ms {
+                    return self.err(Some(end.span()), &k("end"), "must be after start");
+                }
+                When::Once { start_ms, end_ms }
+            }
+            (None, None, Some(cron), Some(duration)) => {
+                let cron_spec = Cron::parse(cron.get_ref())
+                    .or_else(|e| self.err(Some(cron.span()), &k("cron"), e))?;
+                let d = self.duration(&Some(duration.clone()), &k("duration"), Duration::ZERO)?;
+                let max = Duration::from_secs(crate::deliver::MAX_WINDOW_DAYS as u64 * 86_400);
+                if d.is_zero() || d > max {
+                    return self.err(
+                        Some(duration.span()),
+                        &k("duration"),
+                        "must be longer than zero and at most 7 days",
+                    );
+                }
+                When::Every {
+                    cron: cron_spec,
+                    duration_ms: d.as_millis() as u64,
+                }
+            }
+            _ => {
+                return self.err(
+                    Some(w.name.span()),
+                    key,
+                    "a maintenance window needs start and end, or cron and duration",
+                )
+            }
+        };
+        let skip = match w.action.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("hold") => false,
+            Some("skip") => true,
+            Some(other) => {
+                return self.err(
+                    w.action.as_ref().map(|a| a.span()),
+                    &k("action"),
+                    format!("{other:?} is not \"hold\" or \"skip\""),
+                )
+            }
+        };
+        let mut filter = Vec::new();
+        for (j, c) in w.filter.iter().flatten().enumerate() {
+            filter.push(
+                compile_condition(c, &k(&format!("filter[{j}]")))
+                    .or_else(|p| self.err(p.span, &p.key, p.message))?,
+            );
+        }
+        Ok(Window {
+            name: w.name.get_ref().clone(),
+            when,
+            tz,
+            skip,
+            filter,
+        })
+    }
+
+    /// `2025-08-01T22:00` (local to the window's time zone) or an RFC 3339 time with offset.
+    fn local_time(&self, v: &Spanned<String>, tz: &chrono_tz::Tz, key: &str) -> Result<u64> {
+        let text = v.get_ref().trim();
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+            if let Ok(ms) = u64::try_from(t.timestamp_millis()) {
+                return Ok(ms);
+            }
+        }
+        let local = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok());
+        let ms = local.and_then(|l| {
+            use chrono::Timelike;
+            crate::deliver::local_ms(tz, l.date(), l.hour(), l.minute())
+                .map(|m| m + u64::from(l.second()) * 1000)
+        });
+        match ms {
+            Some(ms) => Ok(ms),
+            None => self.err(
+                Some(v.span()),
+                key,
+                format!(
+                    "{text:?} is not a time like \"2025-08-01T22:00\" (in the window's timezone)"
+                ),
+            ),
+        }
+    }
+}

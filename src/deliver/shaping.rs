@@ -1,0 +1,356 @@
+//! Traffic shaping for status pages: per-target rate limits, latest-state coalescing, flap
+//! suppression and maintenance windows, applied to a claimed head before anything is sent.
+//!
+//! One step of a lane on a shaped target ([`Worker::deliver_shaped`]):
+//!
+//! 1. The key's record is read when the target keeps one (an incident target, flap
+//!    suppression, maintenance windows; see [`super::keyrecord`]).
+//! 2. With coalescing on, or while the key is held or flapping, the key's whole backlog is
+//!    read ([`Store::key_backlog`]): the newest delivery is *kept* and the ones before it
+//!    will be superseded by it. Only the claim holder reads or changes a key, so nothing
+//!    older is ever sent after something newer, and nothing in flight is superseded.
+//! 3. Flap suppression counts the backlog's state changes; a flapping entity is held until
+//!    stable. A maintenance window that applies to the kept delivery holds it until the
+//!    window ends, or skips it. A hold supersedes the backlog as a send would and marks the
+//!    key held, so when it is released the entity gets its current state, not the backlog.
+//! 4. Before a request goes out the target's rate limit is spent ([`Store::rate_take`]); when
+//!    it has no room the claim is released and every lane waits until it has.
+//! 5. The attempt's outcome, the superseded deliveries and the key's record are one write
+//!    ([`Store::finish_shaped`]): a crash anywhere before it leaves the key as it was.
+//!
+//! A 429 with `Retry-After` (on any target) pauses the whole target for that long, also
+//! through the shared limit on PostgreSQL when the target has one, does not count toward
+//! suspension, and does not spend the delivery's retry budget ([`Next::Throttled`]).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::flap::{Flap, Verdict};
+use super::incident::{self, Decision};
+use super::keyrecord::KeyRecord;
+use super::window::Window;
+use super::{attempt_record, classify, now_ms, Action, Outcome, TargetSpec, Worker};
+use crate::normalize::Event;
+use crate::store::{
+    Delivery, Next, RateLimit, Seq, Shaped, ShapedOutcome, Store, StoreError, MAX_BACKLOG,
+};
+use crate::targets::AttemptResult;
+
+/// How a target shapes its traffic (validated config).
+#[derive(Debug, Clone, Default)]
+pub struct Shaping {
+    pub rate: Option<RateLimit>,
+    /// Latest-state coalescing: of a key's waiting deliveries only the newest is sent.
+    pub coalesce: bool,
+    pub flap: Option<Flap>,
+    pub windows: Vec<Window>,
+}
+
+impl Shaping {
+    pub fn is_active(&self) -> bool {
+        self.rate.is_some() || self.coalesce || self.flap.is_some() || !self.windows.is_empty()
+    }
+}
+
+/// What holds or skips a key's kept delivery.
+enum Hold {
+    Until(u64, String),
+    Skip(String),
+}
+
+impl<S: Store> Worker<S> {
+    /// When a failed attempt is tried again, by the target's retry policy; a 429 with
+    /// `Retry-After` is retried then without spending the retry budget.
+    pub(super) async fn next_of(
+        &self,
+        spec: &TargetSpec,
+        delivery: &Delivery,
+        number: u32,
+        result: &AttemptResult,
+        action: &Action,
+    ) -> Next {
+        match action {
+            Action::Done => Next::Done,
+            Action::Retry { retry_after, .. } => {
+                let now = now_ms();
+                let policy = &spec.config.retry;
+                if let (AttemptResult::Response { status: 429, .. }, Some(ra)) =
+                    (result, retry_after)
+                {
+                    let wait = (*ra).min(policy.retry_after_max).max(policy.initial_delay);
+                    return Next::Throttled {
+                        due_ms: now.saturating_add(wait.as_millis() as u64),
+                    };
+                }
+                let retry = number.saturating_sub(delivery.retry_base);
+                match policy.delay(retry, fastrand::f64(), *retry_after) {
+                    // Saturating: a policy whose delays overflow waits for ever rather than
+                    // wrapping into the past.
+                    Some(delay) => Next::Retry {
+                        due_ms: now
+                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                    },
+                    None => Next::Dead,
+                }
+            }
+            Action::Permanent { .. } => Next::Dead,
+            Action::Skip { .. } => Next::Skipped,
+        }
+    }
+
+    /// A 429 asked the target to wait until `until`: every lane of this instance waits, and
+    /// every instance when the target's rate limit is shared through the store.
+    pub(super) async fn throttle(&self, until: u64) {
+        let t = &self.target;
+        t.pause_until(until);
+        t.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        if let Some(limit) = t.spec().config.shaping.rate {
+            if let Err(e) = self.store.rate_pause(t.id, limit, until).await {
+                tracing::warn!(target_name = %t.name, error = %e, "could not share the pause");
+            }
+        }
+        tracing::info!(target_name = %t.name, pause_ms = until.saturating_sub(now_ms()), "the receiver asked to wait (429); the target pauses");
+    }
+
+    /// One step on a shaped target, from its claimed `head` (see the module docs).
+    pub(super) async fn deliver_shaped(&self, head: Delivery) -> Result<Outcome, StoreError> {
+        let result = self.shaped(&head).await;
+        if result.is_err() {
+            self.store.release(head.seq);
+        }
+        result
+    }
+
+    async fn shaped(&self, head: &Delivery) -> Result<Outcome, StoreError> {
+        let t = &self.target;
+        let spec = t.spec();
+        let shaping = &spec.config.shaping;
+        let keeps_record = spec.target.fire_on().is_some()
+            || shaping.flap.is_some()
+            || !shaping.windows.is_empty();
+        let mut rec = if keeps_record {
+            let bytes = self.store.key_state(t.id, &head.ordering_key).await?;
+            KeyRecord::decode(bytes.as_deref(), &t.name, head.seq)
+        } else {
+            KeyRecord::default()
+        };
+        let flapping = rec.flap.as_ref().is_some_and(|f| f.flapped);
+        let mut backlog = if shaping.coalesce || rec.held.is_some() || flapping {
+            self.store.key_backlog(head, MAX_BACKLOG).await?
+        } else {
+            Vec::new()
+        };
+        if backlog.first().map(|d| d.seq) != Some(head.seq) {
+            backlog = vec![head.clone()];
+        }
+        let kept = backlog.pop().expect("the head at least");
+        let superseded: Vec<Seq> = backlog.iter().map(|d| d.seq).collect();
+        let Some(event) = self.store.event(kept.event_id).await? else {
+            // Recorded as a permanent failure by the plain path's rules.
+            return self
+                .finish(head, kept, &superseded, None, None, rec, keeps_record)
+                .await;
+        };
+        // Superseded alerts count for an incident target and for flapping.
+        let mut older: Vec<(Event, Seq)> = Vec::new();
+        if spec.target.fire_on().is_some() || shaping.flap.is_some() {
+            for d in &backlog {
+                if let Some(e) = self.store.event(d.event_id).await? {
+                    older.push((e, d.seq));
+                }
+            }
+        }
+        let now = now_ms();
+        let mut hold = None;
+        if let Some(flap) = &shaping.flap {
+            let mut state = rec.flap.take().unwrap_or_default();
+            for (e, seq) in &older {
+                flap.count(&mut state, *seq, e);
+            }
+            flap.count(&mut state, kept.seq, &event);
+            if let Verdict::HoldUntil(until) = flap.verdict(&mut state, now) {
+                hold = Some(Hold::Until(
+                    until,
+                    format!(
+                        "held: flapping (more than {} changes of {} within {}); sent once stable, at {}",
+                        flap.changes,
+                        flap.field,
+                        humantime::format_duration(flap.within),
+                        time(until)
+                    ),
+                ));
+            }
+            rec.flap = Some(state);
+        }
+        if hold.is_none() {
+            hold = maintenance(&shaping.windows, &event, now);
+        }
+        let metrics = &t.metrics;
+        if let Some(Hold::Until(until, note)) = hold {
+            rec.held = Some(note.clone());
+            let shaped = Shaped {
+                head: head.clone(),
+                kept: kept.clone(),
+                superseded: superseded.clone(),
+                outcome: ShapedOutcome::Hold {
+                    due_ms: until,
+                    note: note.clone(),
+                },
+                key_state: Some(rec.encode()),
+            };
+            self.store.finish_shaped(shaped).await?;
+            metrics.held.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .superseded
+                .fetch_add(superseded.len() as u64, Ordering::Relaxed);
+            tracing::info!(target_name = %t.name, seq = kept.seq, superseded = superseded.len(), note, "delivery held");
+            return Ok(Outcome::Held {
+                seq: kept.seq,
+                until_ms: until,
+            });
+        }
+        rec.held = None;
+        let skip = match hold {
+            Some(Hold::Skip(reason)) => Some(reason),
+            _ => None,
+        };
+        self.finish(
+            head,
+            kept,
+            &superseded,
+            Some((&event, &older)),
+            skip,
+            rec,
+            keeps_record,
+        )
+        .await
+    }
+
+    /// Decides, spends the rate limit, sends and records the kept delivery.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        head: &Delivery,
+        kept: Delivery,
+        superseded: &[Seq],
+        event: Option<(&Event, &[(Event, Seq)])>,
+        skip: Option<String>,
+        rec: KeyRecord,
+        keeps_record: bool,
+    ) -> Result<Outcome, StoreError> {
+        let t = &self.target;
+        let spec = t.spec();
+        let number = kept.attempts + 1;
+        let decision = match (event, skip) {
+            (None, _) => Decision {
+                send: Err(String::new()),
+                record: Default::default(),
+            },
+            (Some(_), Some(reason)) => Decision {
+                send: Err(reason),
+                record: Default::default(),
+            },
+            (Some((event, older)), None) => {
+                incident::decide(&spec, &t.name, event, &kept, number, &rec, older)
+            }
+        };
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let result = match (decision.send, event) {
+            (Err(_), None) => {
+                AttemptResult::Invalid(format!("event {} is missing from the store", kept.event_id))
+            }
+            (Err(reason), Some(_)) => AttemptResult::Skipped(reason),
+            (Ok(mut ctx), Some(_)) => {
+                if let Some(limit) = spec.config.shaping.rate {
+                    if let Some(at) = self.store.rate_take(t.id, limit, at_ms).await? {
+                        // No room: the claim goes back, and every lane waits for the room.
+                        self.store.release(head.seq);
+                        t.pause_until(at);
+                        t.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Outcome::Idle {
+                            next_due_ms: Some(at),
+                        });
+                    }
+                }
+                let flapped = rec.flap.as_ref().is_some_and(|f| f.flapped);
+                if let Some(d) = ctx
+                    .data_mut()
+                    .get_mut("delivery")
+                    .and_then(|d| d.as_object_mut())
+                {
+                    d.insert("superseded".into(), superseded.len().into());
+                    d.insert("flapped".into(), flapped.into());
+                }
+                spec.target
+                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
+                    .await
+            }
+            (Ok(_), None) => unreachable!("no event, nothing to send"),
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let action = classify(&result);
+        let next = self.next_of(&spec, &kept, number, &result, &action).await;
+        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
+        let error = attempt.error.clone();
+        let mut record = decision
+            .record
+            .for_outcome(next)
+            .unwrap_or_else(|| rec.clone());
+        if next == Next::Done {
+            if let Some(f) = record.flap.as_mut() {
+                f.flapped = false;
+            }
+        }
+        let shaped = Shaped {
+            head: head.clone(),
+            kept: kept.clone(),
+            superseded: superseded.to_vec(),
+            outcome: ShapedOutcome::Attempt { attempt, next },
+            key_state: keeps_record.then(|| record.encode()),
+        };
+        self.store.finish_shaped(shaped).await?;
+        t.metrics
+            .superseded
+            .fetch_add(superseded.len() as u64, Ordering::Relaxed);
+        self.account(&action, next, latency_ms, event.map(|(e, _)| e))
+            .await;
+        Ok(self.report(kept.seq, next, number, error, latency_ms))
+    }
+}
+
+/// A time for notes, RFC 3339 in UTC.
+pub(super) fn time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .map_or_else(|| ms.to_string(), crate::normalize::format_time)
+}
+
+/// Whether a maintenance window holds or skips a delivery of `event` at `now`: a skipping
+/// window wins; several holding ones hold until the last of them ends.
+fn maintenance(windows: &[Window], event: &Event, now: u64) -> Option<Hold> {
+    let mut hold: Option<(u64, &str)> = None;
+    for w in windows.iter().filter(|w| w.applies_to(event)) {
+        let Some(end) = w.active_until(now) else {
+            continue;
+        };
+        if w.skip {
+            return Some(Hold::Skip(format!(
+                "skipped: maintenance window {:?} (until {})",
+                w.name,
+                time(end)
+            )));
+        }
+        if hold.is_none_or(|(until, _)| end > until) {
+            hold = Some((end, &w.name));
+        }
+    }
+    hold.map(|(until, name)| {
+        Hold::Until(
+            until,
+            format!(
+                "held: maintenance window {name:?} until {}; then the current state is sent",
+                time(until)
+            ),
+        )
+    })
+}
