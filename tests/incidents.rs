@@ -23,9 +23,11 @@ wildcard = "cloudwatch-*"
 set = { StatusHubfield = "9cc47ae1670bf9c1" }
 "#;
 
+/// A `statushub` target without its default traffic shaping: these tests pin the decision
+/// for each alert, which coalescing would fold together (`tests/shaping.rs` covers that).
 fn statushub(name: &str, hub: &Receiver, extra: &str) -> String {
     format!(
-        "\n[[targets]]\nname = \"{name}\"\nkind = \"statushub\"\nurl = \"{}\"\nretry = {{ initial_delay = \"200ms\", jitter = 0.0 }}\n{extra}\n",
+        "\n[[targets]]\nname = \"{name}\"\nkind = \"statushub\"\nurl = \"{}\"\nretry = {{ initial_delay = \"200ms\", jitter = 0.0 }}\ncoalesce = \"off\"\nrate_limit = \"off\"\n{extra}\n",
         hub.url("/hooks/victor_ops?token=${{ALERT.StatusHubfield}}")
     )
 }

@@ -76,6 +76,8 @@ contract!(
     operator_views_replay_and_redeliver,
     the_event_log_pages_newest_first_filters_and_keeps_to_its_budget,
     key_state_is_written_with_its_finish_only,
+    coalescing_supersedes_a_keys_backlog_in_one_write,
+    rate_limits_and_throttled_retries,
 );
 
 fn event(monitor: &str, n: usize) -> Event {
@@ -978,4 +980,207 @@ async fn the_event_log_pages_newest_first_filters_and_keeps_to_its_budget(fx: Fi
     assert_eq!(page_ids(&second), [ids[3]]);
     assert_eq!((second.examined, second.resume), (4, Some(newest_first[7])));
     store.close().await.unwrap();
+}
+
+/// Traffic shaping's store operations: a claimed head's backlog in its key's order; one write
+/// that supersedes the deliveries before the kept one, records the kept one's attempt (or
+/// holds it) and writes the key's value; the kept one then heads its key (nothing older is
+/// ever claimable after it), later arrivals stay behind it, a stale claim writes nothing,
+/// superseded deliveries are final and pruned like delivered ones. Fails when a backend
+/// leaves a superseded delivery pending (it would be claimed after the kept one), writes
+/// the supersession apart from the attempt, or ignores the claim check.
+async fn coalescing_supersedes_a_keys_backlog_in_one_write(fx: Fixture) {
+    use hookrelay::store::{DeliveryState, Prune, Shaped, ShapedOutcome, MAX_BACKLOG};
+    let (t, a, a6) = {
+        let store = fx.open().await;
+        let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+        let events: Vec<Event> = (1..=5)
+            .map(|n| event("A", n))
+            .chain([event("B", 9)])
+            .collect();
+        store.ingest(batch(&events, &[t], 1_000)).await.unwrap();
+        let Claim::Due(head) = store.claim(t, 1_000).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(head.ordering_key, "A");
+        let a = store.key_backlog(&head, MAX_BACKLOG).await.unwrap();
+        let order: Vec<u64> = a.iter().map(|d| d.seq).collect();
+        assert_eq!(order.len(), 5);
+        assert_eq!(order[0], head.seq);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(store.key_backlog(&head, 2).await.unwrap().len(), 2);
+        // A sixth alert of A arrives while the backlog is being sent: it stays behind.
+        store
+            .ingest(batch(&[event("A", 6)], &[t], 1_000))
+            .await
+            .unwrap();
+        let shaped = Shaped {
+            head: head.clone(),
+            kept: a[4].clone(),
+            superseded: order[..4].to_vec(),
+            outcome: ShapedOutcome::Attempt {
+                attempt: attempt(1),
+                next: Next::Retry { due_ms: 5_000 },
+            },
+            key_state: Some(Some(b"folded".to_vec())),
+        };
+        store.finish_shaped(shaped.clone()).await.unwrap();
+        for d in &a[..4] {
+            let d = store.delivery(d.seq).await.unwrap().unwrap();
+            assert_eq!(d.state, DeliveryState::Superseded);
+            assert_eq!(
+                d.note.unwrap(),
+                format!("superseded by delivery #{}", a[4].seq)
+            );
+        }
+        let kept = store.delivery(a[4].seq).await.unwrap().unwrap();
+        assert_eq!(
+            (kept.state, kept.attempts, kept.due_ms),
+            (DeliveryState::Pending, 1, 5_000)
+        );
+        assert_eq!(store.key_state(t, "A").await.unwrap().unwrap(), b"folded");
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.superseded, stats.pending), (4, 3));
+        assert_eq!(store.counts(t).await.unwrap().pending, 3);
+        // The same claim reported again writes nothing.
+        let mut stale = shaped;
+        stale.key_state = Some(Some(b"stale".to_vec()));
+        store.finish_shaped(stale).await.unwrap();
+        assert_eq!(store.key_state(t, "A").await.unwrap().unwrap(), b"folded");
+        assert_eq!(store.delivery(a[4].seq).await.unwrap().unwrap().attempts, 1);
+        // A's head is now the kept delivery, due at 5 s; B goes meanwhile.
+        let Claim::Due(b) = store.claim(t, 1_000).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(b.ordering_key, "B");
+        store.finish(&b, attempt(1), Next::Done).await.unwrap();
+        assert!(matches!(
+            store.claim(t, 1_000).await.unwrap(),
+            Claim::Wait(5_000)
+        ));
+        store.close().await.unwrap();
+        (t, a, order[0] + 6)
+    };
+    // Reopened: the supersession held, and a hold supersedes and reschedules likewise.
+    let store = fx.open().await;
+    assert_eq!(store.stats().await.unwrap().superseded, 4);
+    let Claim::Due(head) = store.claim(t, 5_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(head.seq, a[4].seq);
+    let backlog = store.key_backlog(&head, MAX_BACKLOG).await.unwrap();
+    assert_eq!(
+        backlog.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        [a[4].seq, a6]
+    );
+    store
+        .finish_shaped(Shaped {
+            head: head.clone(),
+            kept: backlog[1].clone(),
+            superseded: vec![head.seq],
+            outcome: ShapedOutcome::Hold {
+                due_ms: 9_000,
+                note: "held: maintenance".into(),
+            },
+            key_state: Some(None),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.key_state(t, "A").await.unwrap(), None);
+    let held = store.delivery(a6).await.unwrap().unwrap();
+    assert_eq!(
+        (held.state, held.attempts, held.due_ms),
+        (DeliveryState::Pending, 0, 9_000)
+    );
+    assert_eq!(held.note.as_deref(), Some("held: maintenance"));
+    assert_eq!(
+        store.delivery(head.seq).await.unwrap().unwrap().state,
+        DeliveryState::Superseded
+    );
+    assert!(matches!(
+        store.claim(t, 5_000).await.unwrap(),
+        Claim::Wait(9_000)
+    ));
+    let Claim::Due(last) = store.claim(t, 9_000).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(last.seq, a6);
+    store.finish(&last, attempt(1), Next::Done).await.unwrap();
+    assert!(matches!(store.claim(t, 9_000).await.unwrap(), Claim::Empty));
+    assert_eq!(store.delivery(a6).await.unwrap().unwrap().note, None);
+    // Superseded deliveries are pruned like delivered ones: every event goes.
+    let far = hookrelay::deliver::now_ms() + 1_000_000;
+    let pruned = store
+        .prune(Prune {
+            done_before_ms: far,
+            dead_before_ms: far,
+            now_ms: 1_000,
+            max_events: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.events, 7);
+    assert_eq!(store.stats().await.unwrap().events, 0);
+    store.close().await.unwrap();
+}
+
+/// A target's rate limit is one bucket for every handle on the store (on PostgreSQL, two
+/// instances): `burst` sends at once, then one per interval, a pause holds every send, and a
+/// throttled retry records its attempt without spending the retry budget. Fails when a
+/// backend keeps the bucket per handle (the second instance would send at once) or spends the
+/// budget.
+async fn rate_limits_and_throttled_retries(fx: Fixture) {
+    use hookrelay::store::RateLimit;
+    let one = fx.open().await;
+    let other = match &fx {
+        Fixture::Postgres(_) => Some(fx.open().await),
+        Fixture::Sled(_) => None,
+    };
+    let two = other.as_ref().unwrap_or(&one);
+    let t = one.target_ids(&["t".into()]).await.unwrap()[0];
+    let limit = RateLimit {
+        every_ms: 1_000,
+        burst: 2,
+    };
+    let now = 1_000_000;
+    assert_eq!(one.rate_take(t, limit, now).await.unwrap(), None);
+    assert_eq!(two.rate_take(t, limit, now).await.unwrap(), None);
+    assert_eq!(
+        one.rate_take(t, limit, now).await.unwrap(),
+        Some(now + 1_000)
+    );
+    assert_eq!(
+        two.rate_take(t, limit, now + 999).await.unwrap(),
+        Some(now + 1_000)
+    );
+    assert_eq!(two.rate_take(t, limit, now + 1_000).await.unwrap(), None);
+    assert_eq!(
+        one.rate_take(t, limit, now + 1_000).await.unwrap(),
+        Some(now + 2_000)
+    );
+    one.rate_pause(t, limit, now + 60_000).await.unwrap();
+    assert_eq!(
+        two.rate_take(t, limit, now + 5_000).await.unwrap(),
+        Some(now + 60_000)
+    );
+    assert_eq!(two.rate_take(t, limit, now + 60_000).await.unwrap(), None);
+    assert_eq!(
+        one.rate_take(t, limit, now + 60_000).await.unwrap(),
+        Some(now + 61_000)
+    );
+
+    one.ingest(batch(&[event("A", 1)], &[t], 1_000))
+        .await
+        .unwrap();
+    let Claim::Due(d) = one.claim(t, 1_000).await.unwrap() else {
+        panic!()
+    };
+    one.finish(&d, attempt(1), Next::Throttled { due_ms: 3_000 })
+        .await
+        .unwrap();
+    let d = one.delivery(d.seq).await.unwrap().unwrap();
+    assert_eq!((d.attempts, d.retry_base, d.due_ms), (1, 1, 3_000));
+    assert_eq!(one.attempts(d.seq).await.unwrap().len(), 1);
+    drop(other);
+    one.close().await.unwrap();
 }

@@ -149,10 +149,10 @@ pub(super) async fn rate_take(
     // One send: the GCRA step of `RateLimit::take`, atomically on the shared row.
     let take = client
         .prepare_cached(
-            "INSERT INTO hookrelay_rate (target, tat_ms) VALUES ($1, $2 + $3) \
+            "INSERT INTO hookrelay_rate (target, tat_ms) VALUES ($1, $2::int8 + $3::int8) \
              ON CONFLICT (target) DO UPDATE \
-               SET tat_ms = GREATEST(hookrelay_rate.tat_ms, $2) + $3 \
-               WHERE GREATEST(hookrelay_rate.tat_ms, $2) - $2 <= $4 \
+               SET tat_ms = GREATEST(hookrelay_rate.tat_ms, $2::int8) + $3::int8 \
+               WHERE GREATEST(hookrelay_rate.tat_ms, $2::int8) - $2::int8 <= $4::int8 \
              RETURNING tat_ms",
         )
         .await?;

@@ -190,6 +190,8 @@ impl Writer {
         rec.last_at_ms = attempt.at_ms.max(1);
         rec.last_latency_ms = attempt.latency_ms;
         rec.updated_ms = now;
+        // An attempt ends a hold.
+        rec.note = None;
         match next {
             Next::Retry { due_ms } | Next::Throttled { due_ms } => {
                 if matches!(next, Next::Throttled { .. }) {

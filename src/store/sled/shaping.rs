@@ -77,7 +77,6 @@ impl Writer {
         }
         match s.outcome {
             ShapedOutcome::Attempt { attempt, next } => {
-                kept.note = None;
                 self.finish_in(&mut batch, kept, attempt, next)?;
             }
             ShapedOutcome::Hold { due_ms, note } => {
