@@ -162,13 +162,60 @@ fn status_table(v: &Value) -> String {
             s(&t["pending"]),
             age(&t["oldest_pending_age_seconds"]),
             s(&t["dead_letters"]),
+            shaping(&t["shaping"]),
             s(&t["last_error"]),
         ]
     });
     table(
-        &["TARGET", "STATE", "PENDING", "OLDEST", "DEAD", "LAST ERROR"],
+        &[
+            "TARGET",
+            "STATE",
+            "PENDING",
+            "OLDEST",
+            "DEAD",
+            "SHAPING",
+            "LAST ERROR",
+        ],
         rows.collect(),
     )
+}
+
+/// A target's traffic shaping in a few words: an open maintenance window or a pause first,
+/// else its settings.
+fn shaping(v: &Value) -> String {
+    let open = v["maintenance"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|w| {
+            w["active_until"]
+                .as_str()
+                .map(|until| format!("maintenance {} until {until}", s(&w["name"])))
+        });
+    if let Some(open) = open {
+        return open;
+    }
+    if let Some(until) = v["paused_until"].as_str() {
+        return format!("paused until {until}");
+    }
+    let mut parts = Vec::new();
+    if let Some(per) = v["rate_limit"]["per_second"].as_f64() {
+        parts.push(format!("{per}/s"));
+    }
+    if v["coalesce"] == "latest" {
+        parts.push("latest".into());
+    }
+    if v["flap"].is_object() {
+        parts.push("flap".into());
+    }
+    if let Some(n) = v["maintenance"].as_array().map(Vec::len).filter(|n| *n > 0) {
+        parts.push(format!("{n} window{}", if n == 1 { "" } else { "s" }));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn events_table(v: &Value) -> String {

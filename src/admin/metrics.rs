@@ -150,6 +150,8 @@ pub struct TargetGauges<'a> {
     pub oldest_pending_seconds: f64,
     pub suspended: bool,
     pub paused: bool,
+    /// One of its maintenance windows is open.
+    pub maintenance: bool,
 }
 
 /// Name, help text, and how to read the value from a target's gauges.
@@ -297,7 +299,7 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store_bytes:
             &format!("target=\"{}\"", t.name),
         );
     }
-    let gauges: [GaugeSpec; 5] = [
+    let gauges: [GaugeSpec; 6] = [
         (
             "hookrelay_queue_depth",
             "Deliveries waiting, by target.",
@@ -322,6 +324,11 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store_bytes:
             "hookrelay_target_paused",
             "1 while an operator has paused a target.",
             |t| f64::from(u8::from(t.paused)),
+        ),
+        (
+            "hookrelay_target_maintenance",
+            "1 while one of a target's maintenance windows is open.",
+            |t| f64::from(u8::from(t.maintenance)),
         ),
     ];
     for (name, help, read) in gauges {

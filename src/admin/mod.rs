@@ -231,6 +231,7 @@ impl<S: Store> Admin<S> {
                     .map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0),
                 suspended: mode == TargetMode::Suspended,
                 paused: mode == TargetMode::Paused,
+                maintenance: t.in_maintenance(now),
             });
         }
         let text = metrics::render(&self.metrics, &gauges, (self.store_size)());
@@ -256,7 +257,7 @@ impl<S: Store> Admin<S> {
             "oldest_pending_age_seconds": oldest.map(|o| now_ms().saturating_sub(o) / 1000),
             "dead_letters": counts.dead,
             "last_error": t.last_error(),
-            "last_hour": t.history.last_hour(now_ms()),
+            "last_hour": t.history.last_hour(now_ms()), "shaping": t.shaping_view(now_ms()),
         }))
     }
 
@@ -381,7 +382,7 @@ impl<S: Store> Admin<S> {
             "id": d.seq, "event_id": d.event_id.to_string(), "target": self.target_name(d.target), "state": d.state,
             "ordering_key": d.ordering_key, "attempts": d.attempts, "next_attempt_at": (d.state == DeliveryState::Pending).then(|| time(d.due_ms)),
             "created_at": time(d.created_ms), "updated_at": time(d.updated_ms), "last_status": d.last_status,
-            "last_error": d.last_error, "response_excerpt": d.response_excerpt, "attempt_log": attempts,
+            "last_error": d.last_error, "note": d.note, "response_excerpt": d.response_excerpt, "attempt_log": attempts,
         }))
     }
 

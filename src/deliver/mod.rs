@@ -103,17 +103,6 @@ impl TargetRuntime {
         }
     }
 
-    /// When lanes may claim again, if not yet.
-    pub fn paused_until(&self, now: u64) -> Option<u64> {
-        let until = self.paused_until.load(Ordering::Relaxed);
-        (until > now).then_some(until)
-    }
-
-    /// Keeps every lane from claiming before `until` (ms).
-    pub fn pause_until(&self, until: u64) {
-        self.paused_until.fetch_max(until, Ordering::Relaxed);
-    }
-
     /// The current spec; a delivery holds on to one for its whole attempt.
     pub fn spec(&self) -> Arc<TargetSpec> {
         self.spec.load_full()
@@ -272,36 +261,6 @@ impl<S: Store> Worker<S> {
         self.account(&tried.action, next, tried.latency_ms, event.as_ref())
             .await;
         Ok(self.report(delivery.seq, next, number, error, tried.latency_ms))
-    }
-
-    /// The outcome of a recorded attempt, logged.
-    fn report(
-        &self,
-        seq: Seq,
-        next: Next,
-        number: u32,
-        error: Option<String>,
-        latency_ms: u64,
-    ) -> Outcome {
-        let target = &self.target;
-        match next {
-            Next::Done => {
-                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
-                Outcome::Delivered(seq)
-            }
-            Next::Retry { due_ms } | Next::Throttled { due_ms } => {
-                tracing::info!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
-                Outcome::Retrying { seq, due_ms }
-            }
-            Next::Dead => {
-                tracing::warn!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
-                Outcome::Dead(seq)
-            }
-            Next::Skipped => {
-                tracing::debug!(target_name = %target.name, seq, reason = error.as_deref(), "delivery skipped");
-                Outcome::Skipped(seq)
-            }
-        }
     }
 
     /// The claimed delivery's event; the claim is released when it cannot be read, so the
@@ -495,6 +454,9 @@ impl<S: Store> Worker<S> {
             _ => return Ok(true),
         };
         *after = delivery.seq;
+        if t.spec().config.shaping.is_active() {
+            return self.probe_shaped(delivery).await;
+        }
         let due = delivery.due_ms <= now_ms();
         let event = self.event_of(&delivery).await?;
         let tried = self.attempt(&delivery, event.as_ref()).await?;

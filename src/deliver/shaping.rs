@@ -29,7 +29,7 @@ use super::flap::{Flap, Verdict};
 use super::incident::{self, Decision};
 use super::keyrecord::KeyRecord;
 use super::window::Window;
-use super::{attempt_record, classify, now_ms, Action, Outcome, TargetSpec, Worker};
+use super::{attempt_record, classify, now_ms, Action, Outcome, TargetRuntime, TargetSpec, Worker};
 use crate::normalize::Event;
 use crate::store::{
     Delivery, Next, RateLimit, Seq, Shaped, ShapedOutcome, Store, StoreError, MAX_BACKLOG,
@@ -52,6 +52,75 @@ impl Shaping {
     }
 }
 
+impl TargetRuntime {
+    /// When lanes may claim again, if not yet.
+    pub fn paused_until(&self, now: u64) -> Option<u64> {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Keeps every lane from claiming before `until` (ms).
+    pub fn pause_until(&self, until: u64) {
+        self.paused_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether one of the target's maintenance windows is open.
+    pub fn in_maintenance(&self, now: u64) -> bool {
+        let spec = self.spec();
+        let windows = &spec.config.shaping.windows;
+        windows.iter().any(|w| w.active_until(now).is_some())
+    }
+
+    /// The target's traffic shaping as the admin API shows it (`shaping` in `GET /targets`).
+    pub fn shaping_view(&self, now: u64) -> serde_json::Value {
+        let spec = self.spec();
+        let s = &spec.config.shaping;
+        let m = &self.metrics;
+        let windows: Vec<_> = s
+            .windows
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "name": w.name,
+                    "action": if w.skip { "skip" } else { "hold" },
+                    "timezone": w.tz.name(),
+                    "active_until": w.active_until(now).map(time),
+                    "next_start": w.next_start(now).map(time),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "rate_limit": s.rate.map(|r| serde_json::json!({
+                "per_second": 1000.0 / r.every_ms as f64, "burst": r.burst,
+            })),
+            "coalesce": if s.coalesce { "latest" } else { "off" },
+            "flap": s.flap.as_ref().map(|f| serde_json::json!({
+                "changes": f.changes, "within_seconds": f.within.as_secs_f64(), "field": f.field,
+            })),
+            "maintenance": windows,
+            "paused_until": self.paused_until(now).map(time),
+            "superseded": m.superseded.load(Ordering::Relaxed),
+            "held": m.held.load(Ordering::Relaxed),
+            "rate_limited": m.rate_limited.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// What one shaped step did, and whether the target answered (for a probe).
+pub(super) struct Step {
+    outcome: Outcome,
+    answered: bool,
+}
+
+impl Step {
+    fn quiet(outcome: Outcome) -> Step {
+        Step {
+            outcome,
+            answered: false,
+        }
+    }
+}
+
 /// What holds or skips a key's kept delivery.
 enum Hold {
     Until(u64, String),
@@ -59,6 +128,36 @@ enum Hold {
 }
 
 impl<S: Store> Worker<S> {
+    /// The outcome of a recorded attempt, logged.
+    pub(super) fn report(
+        &self,
+        seq: Seq,
+        next: Next,
+        number: u32,
+        error: Option<String>,
+        latency_ms: u64,
+    ) -> Outcome {
+        let target = &self.target;
+        match next {
+            Next::Done => {
+                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
+                Outcome::Delivered(seq)
+            }
+            Next::Retry { due_ms } | Next::Throttled { due_ms } => {
+                tracing::info!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), retry_in_ms = due_ms.saturating_sub(now_ms()), "delivery failed, will retry");
+                Outcome::Retrying { seq, due_ms }
+            }
+            Next::Dead => {
+                tracing::warn!(target_name = %target.name, seq, attempt = number, error = error.as_deref(), "delivery dead-lettered");
+                Outcome::Dead(seq)
+            }
+            Next::Skipped => {
+                tracing::debug!(target_name = %target.name, seq, reason = error.as_deref(), "delivery skipped");
+                Outcome::Skipped(seq)
+            }
+        }
+    }
+
     /// When a failed attempt is tried again, by the target's retry policy; a 429 with
     /// `Retry-After` is retried then without spending the retry budget.
     pub(super) async fn next_of(
@@ -114,14 +213,25 @@ impl<S: Store> Worker<S> {
 
     /// One step on a shaped target, from its claimed `head` (see the module docs).
     pub(super) async fn deliver_shaped(&self, head: Delivery) -> Result<Outcome, StoreError> {
-        let result = self.shaped(&head).await;
+        let result = self.shaped(&head, false).await;
         if result.is_err() {
             self.store.release(head.seq);
         }
-        result
+        result.map(|s| s.outcome)
     }
 
-    async fn shaped(&self, head: &Delivery) -> Result<Outcome, StoreError> {
+    /// A suspended target's probe of `head`, shaped as a lane's step is (so the probe that
+    /// finds the target back sends the key's current state); `true` when the target answered.
+    /// As for any probe, a failed try of a delivery not yet due is not recorded.
+    pub(super) async fn probe_shaped(&self, head: Delivery) -> Result<bool, StoreError> {
+        let result = self.shaped(&head, true).await;
+        if result.is_err() {
+            self.store.release(head.seq);
+        }
+        result.map(|s| s.answered)
+    }
+
+    async fn shaped(&self, head: &Delivery, probe: bool) -> Result<Step, StoreError> {
         let t = &self.target;
         let spec = t.spec();
         let shaping = &spec.config.shaping;
@@ -147,9 +257,8 @@ impl<S: Store> Worker<S> {
         let superseded: Vec<Seq> = backlog.iter().map(|d| d.seq).collect();
         let Some(event) = self.store.event(kept.event_id).await? else {
             // Recorded as a permanent failure by the plain path's rules.
-            return self
-                .finish(head, kept, &superseded, None, None, rec, keeps_record)
-                .await;
+            let parts = (kept, superseded.as_slice(), rec, keeps_record);
+            return self.finish(head, parts, None, None, probe).await;
         };
         // Superseded alerts count for an incident target and for flapping.
         let mut older: Vec<(Event, Seq)> = Vec::new();
@@ -204,40 +313,30 @@ impl<S: Store> Worker<S> {
                 .superseded
                 .fetch_add(superseded.len() as u64, Ordering::Relaxed);
             tracing::info!(target_name = %t.name, seq = kept.seq, superseded = superseded.len(), note, "delivery held");
-            return Ok(Outcome::Held {
+            return Ok(Step::quiet(Outcome::Held {
                 seq: kept.seq,
                 until_ms: until,
-            });
+            }));
         }
         rec.held = None;
         let skip = match hold {
             Some(Hold::Skip(reason)) => Some(reason),
             _ => None,
         };
-        self.finish(
-            head,
-            kept,
-            &superseded,
-            Some((&event, &older)),
-            skip,
-            rec,
-            keeps_record,
-        )
-        .await
+        let parts = (kept, superseded.as_slice(), rec, keeps_record);
+        self.finish(head, parts, Some((&event, &older)), skip, probe)
+            .await
     }
 
     /// Decides, spends the rate limit, sends and records the kept delivery.
-    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         head: &Delivery,
-        kept: Delivery,
-        superseded: &[Seq],
+        (kept, superseded, rec, keeps_record): (Delivery, &[Seq], KeyRecord, bool),
         event: Option<(&Event, &[(Event, Seq)])>,
         skip: Option<String>,
-        rec: KeyRecord,
-        keeps_record: bool,
-    ) -> Result<Outcome, StoreError> {
+        probe: bool,
+    ) -> Result<Step, StoreError> {
         let t = &self.target;
         let spec = t.spec();
         let number = kept.attempts + 1;
@@ -268,9 +367,9 @@ impl<S: Store> Worker<S> {
                         self.store.release(head.seq);
                         t.pause_until(at);
                         t.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Outcome::Idle {
+                        return Ok(Step::quiet(Outcome::Idle {
                             next_due_ms: Some(at),
-                        });
+                        }));
                     }
                 }
                 let flapped = rec.flap.as_ref().is_some_and(|f| f.flapped);
@@ -291,6 +390,12 @@ impl<S: Store> Worker<S> {
         let latency_ms = started.elapsed().as_millis() as u64;
         let action = classify(&result);
         let next = self.next_of(&spec, &kept, number, &result, &action).await;
+        let answered = !matches!(action, Action::Retry { .. });
+        if probe && !answered && kept.due_ms > at_ms {
+            tracing::info!(target_name = %t.name, seq = kept.seq, "probe failed; target stays suspended");
+            self.store.release(head.seq);
+            return Ok(Step::quiet(Outcome::Idle { next_due_ms: None }));
+        }
         let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
         let error = attempt.error.clone();
         let mut record = decision
@@ -315,7 +420,10 @@ impl<S: Store> Worker<S> {
             .fetch_add(superseded.len() as u64, Ordering::Relaxed);
         self.account(&action, next, latency_ms, event.map(|(e, _)| e))
             .await;
-        Ok(self.report(kept.seq, next, number, error, latency_ms))
+        Ok(Step {
+            outcome: self.report(kept.seq, next, number, error, latency_ms),
+            answered,
+        })
     }
 }
 

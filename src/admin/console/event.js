@@ -75,6 +75,7 @@ function delivery(id, d, refresh) {
       ['Created', when(d.created_at)],
       ['Next attempt', d.next_attempt_at ? when(d.next_attempt_at) : null],
       ['Last error', d.last_error ? h('span', { class: 'bad' }, d.last_error) : null],
+      ['Note', d.note ? h('span', { class: 'muted', 'data-note': '' }, d.note) : null],
     ]),
     attempts(d));
 }

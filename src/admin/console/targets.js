@@ -60,6 +60,25 @@ function chart(hour) {
 
 function ms(v) { return v < 1000 ? `${v} ms` : duration(Math.round(v / 1000)); }
 
+// Traffic shaping: an open maintenance window or a pause, the settings, and what it did.
+function shaping(s) {
+  if (!s) return null;
+  const open = s.maintenance.filter((w) => w.active_until);
+  const settings = [
+    s.rate_limit ? `${s.rate_limit.per_second}/s` : null,
+    s.coalesce === 'latest' ? 'latest state only' : null,
+    s.flap ? `flap: > ${s.flap.changes} changes in ${duration(s.flap.within_seconds)}` : null,
+    s.maintenance.length ? `${s.maintenance.length} maintenance window${s.maintenance.length === 1 ? '' : 's'}` : null,
+  ].filter(Boolean);
+  if (!settings.length) return null;
+  return h('div', { class: 'shaping', 'data-shaping': '' },
+    open.map((w) => h('p', { class: 'warn reason', 'data-window': w.name },
+      `Maintenance window “${w.name}” open until ${new Date(w.active_until).toLocaleString()}: deliveries ${w.action === 'skip' ? 'skipped' : 'held'}.`)),
+    s.paused_until ? h('p', { class: 'muted reason' }, `Paused until ${new Date(s.paused_until).toLocaleTimeString()} (rate limit).`) : null,
+    h('p', { class: 'muted' }, settings.join(' · '),
+      ` — ${s.superseded.toLocaleString()} superseded, ${s.held.toLocaleString()} held, ${s.rate_limited.toLocaleString()} rate-limited`));
+}
+
 function card(t, redraw) {
   const paused = t.state !== 'active';
   const button = h('button', { type: 'button', class: paused ? 'primary' : '', 'data-action': paused ? 'resume' : 'pause' },
@@ -85,6 +104,7 @@ function card(t, redraw) {
       h('a', { class: 'stat' + (t.dead_letters ? ' bad' : ''), 'data-stat': 'dead', href: '#/dead?target=' + encodeURIComponent(t.name) },
         h('span', {}, 'Dead letters'), h('strong', {}, t.dead_letters.toLocaleString())),
       stat('failures', 'Failures in a row', t.consecutive_failures, t.consecutive_failures ? 'bad' : '')),
+    shaping(t.shaping),
     chart(t.last_hour),
     t.last_error ? h('p', { class: 'last-error' }, h('span', { class: 'muted' }, 'Last error: '), h('code', {}, t.last_error)) : null);
 }
