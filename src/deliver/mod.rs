@@ -623,7 +623,8 @@ pub fn context_with(
     }
     ctx.insert(
         "delivery".into(),
-        json!({"id": delivery.seq, "attempt": attempt, "target": target}),
+        // `superseded` and `flapped` are set by traffic shaping (`shaping::finish`).
+        json!({"id": delivery.seq, "attempt": attempt, "target": target, "superseded": 0, "flapped": false}),
     );
     Context::from(Value::Object(ctx))
 }

@@ -176,7 +176,11 @@ impl<S: Store> Worker<S> {
                 if let (AttemptResult::Response { status: 429, .. }, Some(ra)) =
                     (result, retry_after)
                 {
-                    let wait = (*ra).min(policy.retry_after_max).max(policy.initial_delay);
+                    // At least a second: a receiver answering `Retry-After: 0` again and
+                    // again must not make the relay spin.
+                    let wait = (*ra)
+                        .min(policy.retry_after_max)
+                        .max(std::time::Duration::from_secs(1));
                     return Next::Throttled {
                         due_ms: now.saturating_add(wait.as_millis() as u64),
                     };
