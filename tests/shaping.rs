@@ -425,3 +425,89 @@ async fn a_429_pauses_the_whole_target_without_spending_retries_or_suspending_it
     assert_eq!(t["shaping"]["rate_limited"], 1);
     relay.shutdown().await.unwrap();
 }
+
+/// A PagerDuty V3 event of `event_type` for incident `incident` on a service a rule gives a
+/// StatusHub key.
+fn pd(incident: &str, n: usize, event_type: &str) -> String {
+    let mut v: Value =
+        serde_json::from_slice(&fixture("pagerduty-v3-incident-triggered.json")).unwrap();
+    v["event"]["id"] = json!(format!("{incident}-{n}"));
+    v["event"]["event_type"] = json!(event_type);
+    v["event"]["data"]["id"] = json!(incident);
+    v["event"]["data"]["service"]["summary"] = json!("cloudwatch-db");
+    v.to_string()
+}
+
+/// Guards the incident fold of coalescing (`deliver::incident::decide`): with the newest
+/// alert decided alone, or the folded incident not kept (`unsent`) when the coalesced request
+/// fails, the acknowledgement of an incident StatusHub never heard of does not fire and the
+/// status page never shows it (both seen failing). A `statushub` target (coalescing and 5/s by
+/// default) is down while one entity is triggered and acknowledged and another triggered and
+/// resolved: when it is back it gets one request, the first entity's acknowledged incident,
+/// and nothing for the second (it is over); the first's later recovery resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statushub_after_an_outage_shows_each_incident_where_it_is() {
+    let dir = tempdir();
+    let port = free_port();
+    let config = format!(
+        r#"{SOURCES}
+[[targets]]
+name = "hub"
+kind = "statushub"
+url = "http://127.0.0.1:{port}/hooks/victor_ops?token=${{{{ALERT.StatusHubfield}}}}"
+suspend_after = 2
+probe_interval = "300ms"
+retry = {{ initial_delay = "100ms", jitter = 0.0 }}
+
+[[rules]]
+name = "key"
+field = "service_name"
+wildcard = "cloudwatch-*"
+set = {{ StatusHubfield = "9cc47ae1670bf9c1" }}
+"#
+    );
+    let relay = spawn_relay(&config, dir.path()).await;
+    let pd_path = "/com.pagerduty/v1";
+    for body in [
+        pd("P1", 1, "incident.triggered"),
+        pd("P1", 2, "incident.acknowledged"),
+        pd("P2", 3, "incident.triggered"),
+        pd("P2", 4, "incident.resolved"),
+    ] {
+        let (status, answer) = post(&url(&relay, pd_path), Some("application/json"), body).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let hub = Receiver::scripted_on(
+        Arc::new(|_, _| (200, vec![], "ok".into())),
+        &format!("127.0.0.1:{port}"),
+    )
+    .await;
+    settle(&relay, Duration::from_secs(20)).await;
+    let phase = |r: &Recorded| {
+        let b = r.json();
+        (
+            b["ALERT.entity_id"].as_str().unwrap().to_owned(),
+            b["ALERT.message_type"].as_str().unwrap().to_owned(),
+            b["STATE.CURRENT_ALERT_PHASE"].as_str().unwrap().to_owned(),
+        )
+    };
+    let got: Vec<_> = hub.requests().iter().map(phase).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].1.as_str(), got[0].2.as_str()),
+        ("ACKNOWLEDGEMENT", "ACKED")
+    );
+    let p1 = got[0].0.clone();
+    post(
+        &url(&relay, pd_path),
+        Some("application/json"),
+        pd("P1", 5, "incident.resolved"),
+    )
+    .await;
+    settle(&relay, Duration::from_secs(5)).await;
+    let got: Vec<_> = hub.requests().iter().map(phase).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1], (p1, "RECOVERY".into(), "RESOLVED".into()));
+    relay.shutdown().await.unwrap();
+}
