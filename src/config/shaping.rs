@@ -283,3 +283,116 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use super::*;
+
+    const SOURCE: &str = "[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n";
+
+    fn parse(target: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("{SOURCE}[[targets]]\nname = \"t\"\n{target}"),
+            "test.toml",
+            std::path::Path::new("/tmp"),
+        )
+    }
+
+    fn shaping(target: &str) -> Shaping {
+        parse(target).unwrap().targets[0].shaping.clone()
+    }
+
+    /// Guards the defaults: a `statushub` target is limited to StatusHub's 5 writes/s and
+    /// coalesces; other kinds shape nothing unless told; each can be turned off.
+    #[test]
+    fn statushub_shapes_by_default_and_others_do_not() {
+        let hub = shaping("kind = \"statushub\"");
+        assert_eq!(hub.rate, Some(STATUSHUB_RATE));
+        assert!(hub.coalesce && hub.is_active());
+        let off = shaping("kind = \"statushub\"\nrate_limit = \"off\"\ncoalesce = \"off\"");
+        assert!(!off.is_active());
+        let plain = shaping("kind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"");
+        assert!(!plain.is_active());
+    }
+
+    /// Guards the rate syntax and the window and flap settings.
+    #[test]
+    fn settings_read_as_written() {
+        let url = "kind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n";
+        for (text, every) in [
+            ("5/s", 200),
+            ("300/min", 200),
+            ("1/10s", 10_000),
+            ("2/h", 1_800_000),
+        ] {
+            let s = shaping(&format!("{url}rate_limit = \"{text}\"\nrate_burst = 3"));
+            assert_eq!(
+                s.rate,
+                Some(RateLimit {
+                    every_ms: every,
+                    burst: 3
+                }),
+                "{text}"
+            );
+        }
+        let s = shaping(&format!(
+            "{url}flap = {{ changes = 4, within = \"10m\" }}\n\
+             [[targets.maintenance]]\nname = \"weekly\"\ncron = \"0 2 * * sun\"\nduration = \"2h\"\n\
+             timezone = \"Europe/Berlin\"\naction = \"skip\"\n\
+             [[targets.maintenance]]\nname = \"once\"\nstart = \"2025-08-01T22:00\"\n\
+             end = \"2025-08-02T02:00\"\ntimezone = \"America/New_York\"\n\
+             filter = [{{ field = \"entity_id\", wildcard = \"db*\" }}]\n"
+        ));
+        let flap = s.flap.unwrap();
+        assert_eq!(
+            (flap.changes, flap.within.as_secs(), flap.field.as_str()),
+            (4, 600, "entity_state")
+        );
+        assert_eq!(s.windows.len(), 2);
+        assert!(s.windows[0].skip && !s.windows[1].skip);
+        // 22:00 in New York in summer is 02:00 UTC.
+        assert_eq!(
+            s.windows[1].when,
+            When::Once {
+                start_ms: 1_754_100_000_000,
+                end_ms: 1_754_114_400_000
+            }
+        );
+    }
+
+    /// Guards the errors: each names the key and the line.
+    #[test]
+    fn bad_settings_name_the_key_and_line() {
+        let url = "kind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n";
+        for (setting, expect) in [
+            ("rate_limit = \"fast\"", "test.toml:9: targets[0].rate_limit: \"fast\" is not a rate"),
+            ("rate_burst = 2", "targets[0].rate_burst: applies only with a rate_limit"),
+            ("coalesce = \"newest\"", "targets[0].coalesce: \"newest\" is not \"latest\" or \"off\""),
+            ("flap = { changes = 0, within = \"1m\" }", "targets[0].flap.changes: 0 is out of range"),
+            (
+                "[[targets.maintenance]]\nname = \"w\"\ncron = \"0 2 * *\"\nduration = \"1h\"",
+                "targets[0].maintenance[0].cron: \"0 2 * *\" is not a cron schedule",
+            ),
+            (
+                "[[targets.maintenance]]\nname = \"w\"\ncron = \"0 2 * * *\"\nduration = \"8d\"",
+                "targets[0].maintenance[0].duration: must be longer than zero and at most 7 days",
+            ),
+            (
+                "[[targets.maintenance]]\nname = \"w\"\nstart = \"2025-08-01T22:00\"\nend = \"2025-08-01T21:00\"",
+                "targets[0].maintenance[0].end: must be after start",
+            ),
+            (
+                "[[targets.maintenance]]\nname = \"w\"\ncron = \"0 2 * * *\"\nduration = \"1h\"\ntimezone = \"Mars/Olympus\"",
+                "targets[0].maintenance[0].timezone: \"Mars/Olympus\" is not an IANA time zone",
+            ),
+            (
+                "[[targets.maintenance]]\nname = \"w\"\nduration = \"1h\"",
+                "targets[0].maintenance[0]: a maintenance window needs start and end, or cron and duration",
+            ),
+        ] {
+            let e = parse(&format!("{url}{setting}")).unwrap_err().to_string();
+            assert!(e.contains(expect), "{setting}: {e}");
+        }
+    }
+}
