@@ -154,6 +154,9 @@ pub struct TargetGauges<'a> {
     pub maintenance: bool,
 }
 
+/// Name, help text, and which of a target's counters.
+type CounterSpec = (&'static str, &'static str, fn(&TargetMetrics) -> &AtomicU64);
+
 /// Name, help text, and how to read the value from a target's gauges.
 type GaugeSpec = (&'static str, &'static str, fn(&TargetGauges<'_>) -> f64);
 
@@ -245,7 +248,7 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store_bytes:
             );
         }
     }
-    let shaping: [(&str, &str, fn(&TargetMetrics) -> &AtomicU64); 3] = [
+    let shaping: [CounterSpec; 3] = [
         (
             "hookrelay_deliveries_superseded_total",
             "Deliveries never sent because a newer one of their ordering key was (coalescing), by target.",

@@ -231,11 +231,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let drain_s = started.elapsed().as_secs_f64();
     let stats = relay.store().stats().await?;
-    let s = seen.lock().unwrap();
-    let last = format!("r{}", args.per_entity - 1);
-    let stale = s.last.values().filter(|m| **m != last).count();
-    println!(
-        "{}",
+    let report = {
+        let s = seen.lock().unwrap();
+        let last = format!("r{}", args.per_entity - 1);
+        let stale = s.last.values().filter(|m| **m != last).count();
         json!({
             "entities": args.entities, "per_entity": args.per_entity, "backlog": backlog,
             "rate_limit_per_s": args.rate, "lanes": args.lanes,
@@ -247,8 +246,8 @@ async fn main() -> anyhow::Result<()> {
             "superseded_per_s": (stats.superseded as f64 / drain_s).round(),
             "peak_rss_mb": peak_rss_mb(),
         })
-    );
-    drop(s);
+    };
+    println!("{report}");
     relay.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

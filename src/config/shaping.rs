@@ -131,7 +131,7 @@ impl Validator<'_> {
             },
         };
         let every = per.as_secs_f64() * 1000.0 / n;
-        if !(n > 0.0) || !(1.0..=86_400_000.0).contains(&every) {
+        if n.is_nan() || n <= 0.0 || !(1.0..=86_400_000.0).contains(&every) {
             return self.err(
                 Some(r.span()),
                 key,
