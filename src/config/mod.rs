@@ -28,7 +28,7 @@ use crate::targets::incident::FireOn;
 use crate::targets::signing::SigningKeys;
 use crate::targets::{VictoropsSpec, DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
 use crate::template::{ContextNeeds, Escape, TemplateRef, Templates};
-use rules::{compile_condition, compile_rules, Condition, Rules};
+use rules::{compile_rules, Condition, Rules};
 
 /// The `config.toml` shipped at the repository root, built into the binary so the relay runs
 /// with no file at all.
@@ -1041,13 +1041,7 @@ impl Validator<'_> {
                 )
             }
         };
-        let mut filter = Vec::new();
-        for (j, c) in t.filter.iter().flatten().enumerate() {
-            filter.push(
-                compile_condition(c, &key(&format!("filter[{j}]")))
-                    .or_else(|p| self.err(p.span, &p.key, p.message))?,
-            );
-        }
+        let filter = self.filter(&t.filter, &key("filter"))?;
         let shaping = self.shaping(i, t, kind_name == "statushub")?;
         Ok(TargetConfig {
             name,

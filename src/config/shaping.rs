@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::raw::RawTarget;
-use super::rules::{compile_condition, RawCondition};
+use super::rules::{compile_condition, Condition, RawCondition};
 use super::{Result, Validator};
 use crate::deliver::{Cron, Flap, Shaping, When, Window};
 use crate::store::RateLimit;
@@ -239,13 +239,7 @@ impl Validator<'_> {
                 )
             }
         };
-        let mut filter = Vec::new();
-        for (j, c) in w.filter.iter().flatten().enumerate() {
-            filter.push(
-                compile_condition(c, &k(&format!("filter[{j}]")))
-                    .or_else(|p| self.err(p.span, &p.key, p.message))?,
-            );
-        }
+        let filter = self.filter(&w.filter, &k("filter"))?;
         Ok(Window {
             name: w.name.get_ref().clone(),
             when,
@@ -253,6 +247,22 @@ impl Validator<'_> {
             skip,
             filter,
         })
+    }
+
+    /// A `filter`: conditions on alert fields, all of which must hold; `key` names the list.
+    pub(super) fn filter(
+        &self,
+        list: &Option<Vec<RawCondition>>,
+        key: &str,
+    ) -> Result<Vec<Condition>> {
+        let mut filter = Vec::new();
+        for (j, c) in list.iter().flatten().enumerate() {
+            filter.push(
+                compile_condition(c, &format!("{key}[{j}]"))
+                    .or_else(|p| self.err(p.span, &p.key, p.message))?,
+            );
+        }
+        Ok(filter)
     }
 
     /// `2025-08-01T22:00` (local to the window's time zone) or an RFC 3339 time with offset.

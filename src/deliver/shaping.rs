@@ -239,6 +239,14 @@ impl<S: Store> Worker<S> {
         let t = &self.target;
         let spec = t.spec();
         let shaping = &spec.config.shaping;
+        // A target that sends whatever it claims (unless held) spends its rate limit before
+        // reading a backlog: lanes that find no room then cost a claim, nothing more. An
+        // incident target spends it only for alerts that fire (in `finish`).
+        if spec.target.fire_on().is_none() {
+            if let Some(wait) = self.take_rate(head, &spec, now_ms()).await? {
+                return Ok(wait);
+            }
+        }
         let keeps_record = spec.target.fire_on().is_some()
             || shaping.flap.is_some()
             || !shaping.windows.is_empty();
@@ -332,6 +340,29 @@ impl<S: Store> Worker<S> {
             .await
     }
 
+    /// Spends one send of the target's rate limit; when it has no room the claim goes back,
+    /// every lane waits for the room, and the step it returns says until when.
+    async fn take_rate(
+        &self,
+        head: &Delivery,
+        spec: &TargetSpec,
+        now: u64,
+    ) -> Result<Option<Step>, StoreError> {
+        let t = &self.target;
+        let Some(limit) = spec.config.shaping.rate else {
+            return Ok(None);
+        };
+        let Some(at) = self.store.rate_take(t.id, limit, now).await? else {
+            return Ok(None);
+        };
+        self.store.release(head.seq);
+        t.pause_until(at);
+        t.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Step::quiet(Outcome::Idle {
+            next_due_ms: Some(at),
+        })))
+    }
+
     /// Decides, spends the rate limit, sends and records the kept delivery.
     async fn finish(
         &self,
@@ -365,15 +396,9 @@ impl<S: Store> Worker<S> {
             }
             (Err(reason), Some(_)) => AttemptResult::Skipped(reason),
             (Ok(mut ctx), Some(_)) => {
-                if let Some(limit) = spec.config.shaping.rate {
-                    if let Some(at) = self.store.rate_take(t.id, limit, at_ms).await? {
-                        // No room: the claim goes back, and every lane waits for the room.
-                        self.store.release(head.seq);
-                        t.pause_until(at);
-                        t.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Step::quiet(Outcome::Idle {
-                            next_due_ms: Some(at),
-                        }));
+                if spec.target.fire_on().is_some() {
+                    if let Some(wait) = self.take_rate(head, &spec, at_ms).await? {
+                        return Ok(wait);
                     }
                 }
                 let flapped = rec.flap.as_ref().is_some_and(|f| f.flapped);
