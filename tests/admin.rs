@@ -576,11 +576,11 @@ async fn cli_commands_against_a_running_relay() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("TARGET  STATE   PENDING  OLDEST  DEAD  LAST ERROR"),
+        lines[0].starts_with("TARGET  STATE   PENDING  OLDEST  DEAD  SHAPING  LAST ERROR"),
         "{out}"
     );
     assert!(
-        lines[1].starts_with("hook    active  0        -       1     HTTP 404"),
+        lines[1].starts_with("hook    active  0        -       1     -        HTTP 404"),
         "{out}"
     );
 

@@ -384,8 +384,10 @@ async fn the_statushub_guide_example_works_as_written() {
 async fn trigger_acknowledge_and_resolve_reach_statushub_in_order() {
     let dir = tempdir();
     let hub = Receiver::statuses(&[503]).await;
+    // Every alert on its own: coalescing (the statushub default) would fold the three into
+    // the incident's end, which has nothing to show (tests/shaping.rs covers that).
     let target = format!(
-        "\n[[targets]]\nname = \"statushub\"\nkind = \"statushub\"\nurl = \"{}\"\nretry = {{ initial_delay = \"200ms\", jitter = 0.0 }}\n",
+        "\n[[targets]]\nname = \"statushub\"\nkind = \"statushub\"\nurl = \"{}\"\nretry = {{ initial_delay = \"200ms\", jitter = 0.0 }}\ncoalesce = \"off\"\n",
         hub.url("/hooks/victor_ops?token=${{ALERT.StatusHubfield}}")
     );
     let relay = spawn_relay(&format!("{SOURCES}{target}{GUIDE_RULES}"), dir.path()).await;
