@@ -129,9 +129,11 @@ impl Relay {
         let disk = Arc::new(DiskState::default());
         let (stop, stop_rx) = watch::channel(false);
         let mut lanes = JoinSet::new();
+        let events = Arc::new(crate::deliver::EventCache::default());
         for t in &targets {
             let worker = Arc::new(Worker {
                 store: store.clone(),
+                events: events.clone(),
                 target: t.clone(),
                 client: client.clone(),
             });
@@ -153,6 +155,7 @@ impl Relay {
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
             disk: disk.clone(),
             write_timeout: config.store.write_timeout,
+            events,
         });
         lanes.spawn(housekeeping(
             store.clone(),

@@ -49,6 +49,8 @@ pub struct Ingest<S> {
     /// nearly full.
     pub disk: Arc<DiskState>,
     pub write_timeout: std::time::Duration,
+    /// Where the events just stored wait, decoded, for their deliveries.
+    pub events: Arc<crate::deliver::EventCache>,
 }
 
 /// What the once-a-second disk check found.
@@ -268,19 +270,25 @@ impl<S: Store> Ingest<S> {
                 IngestError::Unavailable(StoreError::Stalled(self.write_timeout.as_millis()))
             })?
             .map_err(IngestError::Unavailable)?;
-        for i in touched {
-            self.targets[i].notify.notify_one();
-        }
         let mut accepted = Accepted {
             kind: source.kind,
             stored: Vec::new(),
             duplicates: 0,
         };
-        for (id, outcome) in ids.into_iter().zip(outcomes) {
+        for ((id, outcome), event) in ids.into_iter().zip(outcomes).zip(events) {
             match outcome {
-                EventOutcome::Stored => accepted.stored.push(id),
+                EventOutcome::Stored => {
+                    if let Ok(uuid) = uuid::Uuid::parse_str(&id) {
+                        self.events.put(uuid, event);
+                    }
+                    accepted.stored.push(id)
+                }
                 EventOutcome::Duplicate => accepted.duplicates += 1,
             }
+        }
+        // After the cache has the events: the lanes woken find them there.
+        for i in touched {
+            self.targets[i].notify.notify_one();
         }
         tracing::debug!(source = %source.name, stored = accepted.stored.len(), duplicates = accepted.duplicates, "accepted");
         Ok(accepted)
