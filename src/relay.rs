@@ -42,6 +42,12 @@ pub enum RelayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read or create the admin token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the store did not close cleanly: {0}")]
     Close(#[source] StoreError),
 }
@@ -64,8 +70,21 @@ pub struct Relay {
 
 impl Relay {
     /// Starts the relay on an already bound listener (tests bind port 0).
-    pub async fn start(config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
+    pub async fn start(mut config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        if let (None, Some(path)) = (&config.admin.token, &config.admin.token_file) {
+            let token =
+                crate::config::ensure_token_file(path).map_err(|source| RelayError::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            tracing::info!(path = %path.display(), "admin API token in this file (created if it was missing)");
+            // Kept in the config, so a reload that reads the file sees no change.
+            config.admin.token = Some(token);
+        }
         let store_path = match &config.store.backend {
             Backend::Sled => config.store.path.display().to_string(),
             Backend::Postgres(pg) => crate::store::redact_url(&pg.url),
@@ -137,6 +156,9 @@ impl Relay {
             targets: targets.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            limits: crate::normalize::Limits {
+                max_batch_messages: config.server.max_batch_messages,
+            },
             body_timeout: config.server.body_timeout,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
             disk: disk.clone(),
@@ -164,7 +186,10 @@ impl Relay {
                     store: store.clone(),
                     targets: targets.clone(),
                     metrics,
-                    token: config.admin.token.clone(),
+                    guard: crate::admin::guard::Guard::new(
+                        config.admin.token.clone(),
+                        &config.admin.allowed_hosts,
+                    ),
                     store_size: Box::new(move || sized.size_on_disk()),
                 });
                 let handler = move |req| {

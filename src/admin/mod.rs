@@ -2,11 +2,14 @@
 //! relay holds (events, deliveries, attempts, dead letters, target state), with the operations
 //! an operator needs (pause and resume a target, replay dead letters, redeliver an event).
 //!
-//! Every endpoint but `/healthz` and `/readyz` needs `Authorization: Bearer <admin.token>` when
-//! a token is configured; without one the listener may only be on loopback (checked when the
-//! config is loaded). Secrets (tokens, signing secrets) are never part of any answer.
+//! Every request, whatever its path, first passes [`guard::Guard`]: a foreign `Origin` or `Host`
+//! is refused, and with a token configured every endpoint but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <admin.token>`; without a token the listener may only be on loopback
+//! (checked when the config is loaded). Secrets (tokens, signing secrets) are never part of any
+//! answer, nor are the store's error texts.
 
 pub mod client;
+pub mod guard;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -14,10 +17,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use crate::deliver::{now_ms, TargetRuntime};
 use crate::ingest::ordering_key;
@@ -29,14 +31,15 @@ pub struct Admin<S> {
     pub store: Arc<S>,
     pub targets: Vec<Arc<TargetRuntime>>,
     pub metrics: Arc<IngestMetrics>,
-    pub token: Option<String>,
+    /// Origin, Host and token: checked before any route.
+    pub guard: guard::Guard,
     /// Reports the store's size on disk for `/metrics`.
     pub store_size: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 #[derive(Debug)]
 enum AdminError {
-    Unauthorized,
+    Refused(guard::Refusal),
     NotFound(String),
     BadRequest(String),
     MethodNotAllowed,
@@ -73,13 +76,27 @@ const MAX_LIMIT: usize = 500;
 
 impl<S: Store> Admin<S> {
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        match self.route(&req).await {
+        // Before anything else, for every path: routes added later are covered too.
+        let checked = self.guard.check(&req).map_err(AdminError::Refused);
+        let answer = match checked {
+            Ok(()) => self.route(&req).await,
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(r) => r,
             Err(e) => {
                 let (status, message) = match &e {
-                    AdminError::Unauthorized => (
+                    AdminError::Refused(guard::Refusal::Token) => (
                         StatusCode::UNAUTHORIZED,
                         "missing or wrong bearer token".to_owned(),
+                    ),
+                    AdminError::Refused(guard::Refusal::Host) => (
+                        StatusCode::FORBIDDEN,
+                        "this Host is not the relay's: add it to admin.allowed_hosts".to_owned(),
+                    ),
+                    AdminError::Refused(guard::Refusal::Origin) => (
+                        StatusCode::FORBIDDEN,
+                        "requests from other sites' pages are refused".to_owned(),
                     ),
                     AdminError::NotFound(what) => {
                         (StatusCode::NOT_FOUND, format!("{what} not found"))
@@ -93,27 +110,22 @@ impl<S: Store> Admin<S> {
                         (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
                     }
                 };
-                let mut resp = json_response(status, &json!({ "error": message }));
-                if matches!(e, AdminError::Unauthorized) {
+                let mut body = json!({ "error": message });
+                if let AdminError::Refused(r) = &e {
+                    body["code"] = json!(match r {
+                        guard::Refusal::Token => "unauthorized",
+                        guard::Refusal::Host => "host_not_allowed",
+                        guard::Refusal::Origin => "origin_not_allowed",
+                    });
+                }
+                let mut resp = json_response(status, &body);
+                if matches!(e, AdminError::Refused(guard::Refusal::Token)) {
                     resp.headers_mut()
                         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 }
                 resp
             }
         }
-    }
-
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
     async fn route<B>(&self, req: &Request<B>) -> Answer {
@@ -126,18 +138,19 @@ impl<S: Store> Admin<S> {
         match path.as_slice() {
             ["healthz"] => return ok(json!({"status": "ok"})),
             ["readyz"] => {
+                // Anyone may probe: the answer says only whether, never the store's error.
                 return match self.store.ping().await {
                     Ok(()) => ok(json!({"status": "ready"})),
-                    Err(e) => Ok(json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"status": "unavailable", "error": e.to_string()}),
-                    )),
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "readiness check failed");
+                        Ok(json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({"status": "unavailable", "code": "store_unavailable"}),
+                        ))
+                    }
+                };
             }
             _ => {}
-        }
-        if !self.authorized(req) {
-            return Err(AdminError::Unauthorized);
         }
         let get = method == Method::GET;
         let post = method == Method::POST;

@@ -23,11 +23,11 @@ use crate::admin::metrics::TargetMetrics;
 use crate::config::TargetConfig;
 use arc_swap::ArcSwap;
 
-use crate::normalize::{victorops, Event};
+use crate::normalize::{victorops, Event, HEAVY_BODY_BYTES};
 use crate::store::{
     Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId, TargetMode, TargetState,
 };
-use crate::targets::{AttemptResult, Target};
+use crate::targets::{AttemptResult, Prepared, Target};
 use crate::template::Templates;
 use crate::template::{Context, ContextNeeds};
 
@@ -231,9 +231,9 @@ impl<S: Store> Worker<S> {
         let started = Instant::now();
         let result = match &event {
             Some(event) => {
-                let ctx = context(event, &delivery, number, &target.name, spec.config.needs());
+                let request = request(event, &delivery, number, target, &spec).await;
                 spec.target
-                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
+                    .send(&self.client, request, spec.config.timeout)
                     .await
             }
             None => AttemptResult::Invalid(format!(
@@ -396,12 +396,12 @@ impl<S: Store> Worker<S> {
         };
         let number = delivery.attempts + 1;
         let spec = t.spec();
-        let ctx = context(&event, &delivery, number, &t.name, spec.config.needs());
         let at_ms = now_ms();
         let started = Instant::now();
+        let request = request(&event, &delivery, number, t, &spec).await;
         let result = spec
             .target
-            .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
+            .send(&self.client, request, spec.config.timeout)
             .await;
         let action = classify(&result);
         if let Action::Retry { reason, .. } = &action {
@@ -492,6 +492,32 @@ fn attempt_record(
     }
 }
 
+/// The request for one attempt: the template context (which parses the payload when a template
+/// reads it) and the target's rendering. For a large body that is done on a blocking thread,
+/// as ingest's parse is, so one big event never holds up the async threads on each attempt.
+async fn request(
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    target: &TargetRuntime,
+    spec: &Arc<TargetSpec>,
+) -> Result<Prepared, String> {
+    let build = {
+        let (spec, name) = (spec.clone(), target.name.clone());
+        move |event: &Event, delivery: &Delivery| {
+            let ctx = context(event, delivery, attempt, &name, spec.config.needs());
+            spec.target.prepare(&spec.templates, &ctx)
+        }
+    };
+    if event.raw.body.len() < HEAVY_BODY_BYTES {
+        return build(event, delivery);
+    }
+    let (event, delivery) = (event.clone(), delivery.clone());
+    tokio::task::spawn_blocking(move || build(&event, &delivery))
+        .await
+        .unwrap_or_else(|e| Err(format!("building the request failed: {e}")))
+}
+
 /// What templates see; documented in `templates/README.md`.
 pub fn context(
     event: &Event,
@@ -500,8 +526,7 @@ pub fn context(
     target: &str,
     needs: ContextNeeds,
 ) -> Context {
-    let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
-    ev.as_object_mut().map(|o| o.remove("message_index"));
+    let ev = serde_json::to_value(event).unwrap_or(Value::Null);
     let mut ctx = serde_json::Map::with_capacity(7);
     ctx.insert(
         "alert".into(),
