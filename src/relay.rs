@@ -8,10 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,6 +18,7 @@ use crate::config::Backend;
 use crate::config::Config;
 use crate::deliver::{TargetRuntime, TargetSpec, Worker};
 use crate::ingest::{DiskState, Ingest, Live};
+use crate::server::{serve, Limits};
 use crate::store::{AnyStore, PgStore, SledStore, Store, StoreError, TargetId};
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +197,7 @@ impl Relay {
                     grace: config.server.shutdown_grace,
                     header_timeout: config.server.header_timeout,
                     max_connections: 64,
+                    max_connections_per_address: 64,
                 };
                 admin_server = Some(tokio::spawn(serve(
                     admin_listener,
@@ -221,6 +219,7 @@ impl Relay {
             grace: config.server.shutdown_grace,
             header_timeout: config.server.header_timeout,
             max_connections: config.server.max_connections,
+            max_connections_per_address: config.server.max_connections_per_address,
         };
         let server = tokio::spawn(serve(listener, handler, stop_rx, limits));
         tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
@@ -457,69 +456,4 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 #[cfg(not(unix))]
 fn free_bytes(_: &std::path::Path) -> Option<u64> {
     None
-}
-
-/// What one listener allows its clients.
-struct Limits {
-    grace: Duration,
-    header_timeout: Duration,
-    max_connections: usize,
-}
-
-async fn serve<H, F>(
-    listener: TcpListener,
-    handler: H,
-    mut stop: watch::Receiver<bool>,
-    limits: Limits,
-) where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    loop {
-        // At the limit, stop accepting: new connections wait in the kernel's backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = stop.changed() => break,
-        };
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let response = handler(req);
-            async move { Ok::<_, std::convert::Infallible>(response.await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests still in flight after the grace period; closing their connections"
-        );
-    }
 }
