@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use form::parse_form;
+pub use form::{parse_form, MAX_FORM_PAIRS};
 pub(crate) use time::{format_time, parse_time};
 
 /// The kind of sender a source accepts.
