@@ -13,6 +13,17 @@ fn hook_target(url: &str) -> String {
     format!("\n[[targets]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n")
 }
 
+/// Posts the StatusGator v1 sample; it is accepted.
+async fn accept_one(relay: &hookrelay::Relay) {
+    let (status, answer) = post(
+        &url(relay, "/com.statusgator/v1"),
+        Some("application/x-www-form-urlencoded"),
+        fixture("statusgator-v1.form"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// An admin request with the given Host and Origin headers; status and JSON answer.
 async fn admin(
     base: &str,
@@ -52,13 +63,7 @@ async fn foreign_origins_and_hosts_are_refused_on_every_path() {
     let relay = spawn_relay(&config, dir.path()).await;
     let admin_addr = relay.admin_addr().unwrap();
     let base = format!("http://{admin_addr}");
-    let (status, _) = post(
-        &url(&relay, "/com.statusgator/v1"),
-        Some("application/x-www-form-urlencoded"),
-        fixture("statusgator-v1.form"),
-    )
-    .await;
-    assert_eq!(status, 200);
+    accept_one(&relay).await;
 
     // A cross-site form post: refused, and the target keeps sending.
     let evil = Some("https://evil.example");
@@ -150,13 +155,7 @@ async fn the_file_target_writes_a_file_only_its_owner_can_read() {
         "{SOURCES}\n[[targets]]\nname = \"outbox\"\nkind = \"file\"\npath = \"{{dir}}/out/outbox.jsonl\"\n"
     );
     let relay = spawn_relay(&config, dir.path()).await;
-    let (status, _) = post(
-        &url(&relay, "/com.statusgator/v1"),
-        Some("application/x-www-form-urlencoded"),
-        fixture("statusgator-v1.form"),
-    )
-    .await;
-    assert_eq!(status, 200);
+    accept_one(&relay).await;
     let out = dir.path().join("out/outbox.jsonl");
     assert!(wait_until(Duration::from_secs(10), || read_lines(&out).len() == 1).await);
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;

@@ -2,7 +2,6 @@
 //! names; how long a token must be; and the warnings for a relay reachable from outside with
 //! nothing guarding it.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use toml::Spanned;
@@ -41,22 +40,7 @@ impl Validator<'_> {
                 allowed_hosts: Vec::new(),
             });
         }
-        let listen = match &a.listen {
-            None => SocketAddr::from(([127, 0, 0, 1], 9090)),
-            Some(l) => match l.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    return self.err(
-                        Some(l.span()),
-                        "admin.listen",
-                        format!(
-                            "{:?} is not an address like \"127.0.0.1:9090\"",
-                            l.get_ref()
-                        ),
-                    )
-                }
-            },
-        };
+        let listen = self.listen(&a.listen, "admin.listen", 9090)?;
         let given = [
             a.token.is_some(),
             a.token_env.is_some(),

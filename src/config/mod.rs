@@ -373,6 +373,24 @@ impl Validator<'_> {
         }
     }
 
+    /// A listen address, by default `127.0.0.1:<port>`.
+    fn listen(&self, v: &Option<Spanned<String>>, key: &str, port: u16) -> Result<SocketAddr> {
+        let Some(l) = v else {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        };
+        match l.get_ref().parse() {
+            Ok(a) => Ok(a),
+            Err(_) => self.err(
+                Some(l.span()),
+                key,
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:{port}\"",
+                    l.get_ref()
+                ),
+            ),
+        }
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() || self.base == Path::new(".") {
@@ -402,23 +420,7 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config> {
-        let listen_text = raw.server.listen.as_ref();
-        let listen = match listen_text {
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            Some(l) => match l.get_ref().parse() {
-                Ok(a) => a,
-                Err(_) => {
-                    return self.err(
-                        Some(l.span()),
-                        "server.listen",
-                        format!(
-                            "{:?} is not an address like \"127.0.0.1:8080\"",
-                            l.get_ref()
-                        ),
-                    )
-                }
-            },
-        };
+        let listen = self.listen(&raw.server.listen, "server.listen", 8080)?;
         let server = ServerConfig {
             listen,
             max_body_bytes: self.int(
