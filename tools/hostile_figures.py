@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/hookrelay"
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/release/hookrelay")
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
 
@@ -114,7 +114,7 @@ path = "data/outbox.jsonl"
         tiny = '{"messages":[' + "{}," * 15999 + "{}]}"
         at_cap = '{"messages":[' + ",".join(
             '{"id":"m%d","type":"incident.trigger","data":{"incident":{"id":"P%d","trigger_summary_data":{"subject":"%s"}}}}'
-            % (i, i, "x" * 10_400) for i in range(100)) + "]}"
+            % (i, i, "x" * 10_200) for i in range(100)) + "]}"
         distinct = "service_name=S&current_status=down"
         i = 0
         while len(distinct) < (1 << 20) - 16:
