@@ -5,11 +5,12 @@
 use std::fmt;
 
 use crate::config::{Config, SourceConfig, TargetKind};
-use crate::deliver::{context, now_ms};
+use crate::deliver::{context, context_with, now_ms};
 use crate::ingest::prepare_alert;
 use crate::normalize::{normalize, Event, Received};
 use crate::rules::{routing, Routing};
 use crate::store::Delivery;
+use crate::targets::incident::{step, FireOn, Incident, Phase};
 use crate::targets::{Prepared, Target};
 
 pub struct DryRun {
@@ -20,6 +21,8 @@ pub struct DryRun {
 pub struct EventRun {
     pub event: Event,
     pub matched: Vec<String>,
+    /// Conditions that gave up (counted as no match), `rule: why`.
+    pub gave_up: Vec<String>,
     pub targets: Vec<TargetRun>,
 }
 
@@ -27,6 +30,9 @@ pub struct TargetRun {
     pub name: String,
     pub kind: &'static str,
     pub outcome: Outcome,
+    /// For a target that fires on incident changes: whether it would fire, for each state
+    /// the entity's incident could be in.
+    pub firing: Vec<String>,
 }
 
 pub enum Outcome {
@@ -86,16 +92,38 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
                 .targets
                 .iter()
                 .map(|t| {
+                    let mut firing = Vec::new();
                     let outcome = match routing(t, &event.source, &event.alert, &trace) {
                         Routing::Selected => {
-                            let delivery = Delivery::placeholder(
+                            let mut delivery = Delivery::placeholder(
                                 uuid::Uuid::parse_str(&event.id).unwrap_or_default(),
                                 0,
                             );
-                            let ctx = context(&event, &delivery, 1, &t.name, t.needs());
-                            match Target::new(t).prepare(&config.templates, &ctx) {
-                                Ok(p) => Outcome::Send(Box::new(p)),
-                                Err(e) => Outcome::Invalid(e),
+                            let target = Target::new(t);
+                            let ctx = match target.fire_on() {
+                                None => Some(context(&event, &delivery, 1, &t.name, t.needs())),
+                                Some(fire_on) => {
+                                    delivery.seq = 2;
+                                    let (lines, view) = decide(fire_on, &event, delivery.seq);
+                                    firing = lines;
+                                    view.map(|v| {
+                                        context_with(
+                                            &event,
+                                            &delivery,
+                                            1,
+                                            &t.name,
+                                            t.needs(),
+                                            Some(&v),
+                                        )
+                                    })
+                                }
+                            };
+                            match ctx.map(|ctx| target.prepare(&config.templates, &ctx)) {
+                                None => Outcome::NotRouted(
+                                    "fires for none of these incident states".into(),
+                                ),
+                                Some(Ok(p)) => Outcome::Send(Box::new(p)),
+                                Some(Err(e)) => Outcome::Invalid(e),
                             }
                         }
                         Routing::NotFromSource => Outcome::NotRouted(format!(
@@ -113,12 +141,14 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
                         name: t.name.clone(),
                         kind: kind_name(&t.kind),
                         outcome,
+                        firing,
                     }
                 })
                 .collect();
             EventRun {
                 event,
                 matched: trace.matched,
+                gave_up: trace.gave_up,
                 targets,
             }
         })
@@ -129,12 +159,55 @@ fn run(config: &Config, source: &SourceConfig, events: Vec<Event>) -> DryRun {
     }
 }
 
+/// Whether an incident target fires for `event`, for each state the entity's incident could be
+/// in (the real decision is made at delivery time, from the stored state); and the incident
+/// the request shows in the first state that fires.
+fn decide(
+    fire_on: &FireOn,
+    event: &Event,
+    seq: u64,
+) -> (
+    Vec<String>,
+    Option<crate::normalize::victorops::IncidentView>,
+) {
+    let mut lines = vec![format!("fires on: {}", fire_on.names().join(", "))];
+    let mut first = None;
+    for (label, prior) in [
+        ("with no open incident", None),
+        (
+            "with an open incident",
+            Some(Incident::assumed(Phase::Unacked, event)),
+        ),
+        (
+            "with an acknowledged incident",
+            Some(Incident::assumed(Phase::Acked, event)),
+        ),
+    ] {
+        let s = step(prior, event, seq);
+        let fires = fire_on.fires(s.change);
+        lines.push(format!(
+            "{label}: {} ({}): {}",
+            if fires { "fires" } else { "not sent" },
+            s.change.name(),
+            s.why
+        ));
+        if fires && first.is_none() {
+            first = Some((label, s.view));
+        }
+    }
+    if let Some((label, _)) = &first {
+        lines.push(format!("the request above is the one sent {label}"));
+    }
+    (lines, first.map(|(_, view)| view))
+}
+
 fn kind_name(kind: &TargetKind) -> &'static str {
     match kind {
         TargetKind::Webhook(_) => "webhook",
         TargetKind::File(_) => "file",
         TargetKind::Snowplow(_) => "snowplow",
         TargetKind::Statushub(_) => "statushub",
+        TargetKind::Victorops(_) => "victorops",
     }
 }
 
@@ -159,45 +232,57 @@ impl fmt::Display for DryRun {
             } else {
                 writeln!(f, "rules matched: {}", run.matched.join(", "))?;
             }
+            for why in &run.gave_up {
+                writeln!(f, "rule gave up (counted as no match): {why}")?;
+            }
             writeln!(f, "alert fields:")?;
             for (k, v) in &e.alert {
                 writeln!(f, "  {k} = {v:?}")?;
             }
             for t in &run.targets {
                 write!(f, "\ntarget {} ({}): ", t.name, t.kind)?;
-                let prepared = match &t.outcome {
-                    Outcome::NotRouted(why) => {
-                        writeln!(f, "not sent: {why}")?;
-                        continue;
-                    }
-                    Outcome::Invalid(why) => {
-                        writeln!(f, "cannot be sent (would be a dead letter): {why}")?;
-                        continue;
-                    }
-                    Outcome::Send(p) => p.as_ref(),
-                };
-                match prepared {
-                    Prepared::Skip(why) => writeln!(f, "skipped: {why}")?,
-                    Prepared::Line { path, line } => {
-                        writeln!(f, "append one line to {}", path.display())?;
-                        write!(f, "{}", String::from_utf8_lossy(line))?;
-                    }
-                    Prepared::Http {
-                        method,
-                        url,
-                        headers,
-                        body,
-                    } => {
-                        writeln!(f, "{method} {url}")?;
-                        for (k, v) in headers {
-                            writeln!(f, "{k}: {}", String::from_utf8_lossy(v.as_bytes()))?;
-                        }
-                        writeln!(f)?;
-                        writeln!(f, "{}", String::from_utf8_lossy(body))?;
+                write_outcome(f, &t.outcome)?;
+                if !t.firing.is_empty() {
+                    writeln!(
+                        f,
+                        "incident decision (made at delivery time, from the entity's stored incident):"
+                    )?;
+                    for line in &t.firing {
+                        writeln!(f, "  {line}")?;
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+fn write_outcome(f: &mut fmt::Formatter<'_>, outcome: &Outcome) -> fmt::Result {
+    let prepared = match outcome {
+        Outcome::NotRouted(why) => return writeln!(f, "not sent: {why}"),
+        Outcome::Invalid(why) => {
+            return writeln!(f, "cannot be sent (would be a dead letter): {why}")
+        }
+        Outcome::Send(p) => p.as_ref(),
+    };
+    match prepared {
+        Prepared::Skip(why) => writeln!(f, "skipped: {why}"),
+        Prepared::Line { path, line } => {
+            writeln!(f, "append one line to {}", path.display())?;
+            write!(f, "{}", String::from_utf8_lossy(line))
+        }
+        Prepared::Http {
+            method,
+            url,
+            headers,
+            body,
+        } => {
+            writeln!(f, "{method} {url}")?;
+            for (k, v) in headers {
+                writeln!(f, "{k}: {}", String::from_utf8_lossy(v.as_bytes()))?;
+            }
+            writeln!(f)?;
+            writeln!(f, "{}", String::from_utf8_lossy(body))
+        }
     }
 }

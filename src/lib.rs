@@ -8,13 +8,14 @@
 //!
 //! | module | stage |
 //! |---|---|
-//! | [`config`] | TOML → validated, typed configuration (templates compiled, URLs checked) |
+//! | [`config`] | TOML → validated, typed configuration (templates compiled, URLs checked, rules compiled) |
+//! | [`preflight`] | config checks that run the config once: JSON bodies rendered with the built-in samples |
 //! | `ingest` | HTTP server: routing by path, URL-token auth, body limits, error → status |
 //! | [`normalize`] | StatusGator v1/v2/v3 and PagerDuty V1/V2/V3 bodies → [`Event`] with its `alert` map |
 //! | [`rules`] | VictorOps-style rules (match, set, annotate, stop) and routing to targets |
 //! | [`store`] | the [`store::Store`] trait; sled (one instance: a write-ahead log synced per group and holding event bodies, ready index, per-key FIFOs, leases) and PostgreSQL (several instances: head rows, `SKIP LOCKED` claims, named leases, `NOTIFY`) behind [`store::AnyStore`] |
 //! | [`deliver`] | workers (`deliver_one`), classification (whether to retry) and [`deliver::RetryPolicy`] (when) |
-//! | `targets` | one file per target kind: `webhook`, `file`, `snowplow`, `statushub` |
+//! | `targets` | one file per target kind: `webhook` (with Standard Webhooks `signing`), `file`, `snowplow`, `statushub` (firing on `incident` changes), `victorops` |
 //! | [`template`] | Handlebars rendering with per-destination escaping |
 //! | [`admin`] | admin API on its own listener, Prometheus metrics |
 //! | [`relay`] | wiring, startup and graceful shutdown |
@@ -28,6 +29,7 @@ pub mod deliver;
 pub mod dry_run;
 mod ingest;
 pub mod normalize;
+pub mod preflight;
 pub mod relay;
 pub mod rules;
 pub mod samples;

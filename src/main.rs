@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use hookrelay::admin::client;
 use hookrelay::config::Backend;
 use hookrelay::normalize::SourceKind;
-use hookrelay::{samples, Config};
+use hookrelay::{preflight, samples, Config};
 
 /// A durable webhook relay for StatusGator and PagerDuty alert traffic.
 #[derive(Parser)]
@@ -74,9 +74,13 @@ enum Command {
     SendTest {
         /// Sample name, or `list`.
         sample: String,
-        /// Full URL to post to; defaults to the sample's source path on 127.0.0.1:8080.
+        /// Full URL to post to; by default the config's first source of the sample's kind,
+        /// at its `server.listen` (with its token when it has one).
         #[arg(long)]
         url: Option<String>,
+        /// Without --url: the config to read (default ./config.toml, else the built-in one).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -110,7 +114,7 @@ struct Window {
 
 #[derive(Subcommand)]
 enum EventsCommand {
-    /// List events, oldest first, with their delivery status.
+    /// List events, newest first, with their delivery status.
     List {
         #[arg(long)]
         source: Option<String>,
@@ -119,9 +123,9 @@ enum EventsCommand {
         /// pending, done or dead
         #[arg(long)]
         status: Option<String>,
-        /// Continue after this event id.
+        /// Continue with the events older than this event id (what `more:` prints).
         #[arg(long)]
-        after: Option<String>,
+        before: Option<String>,
         #[command(flatten)]
         window: Window,
     },
@@ -185,7 +189,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
-        Command::SendTest { sample, url } => send_test(&sample, url),
+        Command::SendTest {
+            sample,
+            url,
+            config,
+        } => send_test(&sample, url, config),
         Command::Status { admin } => admin_command(admin, client::Command::Status),
         Command::Events { command, admin } => admin_command(
             admin,
@@ -194,7 +202,7 @@ fn main() -> ExitCode {
                     source,
                     event_type,
                     status,
-                    after,
+                    before,
                     window,
                 } => client::Command::EventsList {
                     query: query(
@@ -202,7 +210,7 @@ fn main() -> ExitCode {
                             ("source", source),
                             ("type", event_type),
                             ("status", status),
-                            ("after", after),
+                            ("before", before),
                         ],
                         window,
                     ),
@@ -264,7 +272,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(path.as_deref())?;
+    let config = preflight::load(path.as_deref())?;
     init_logging();
     let runtime = tokio::runtime::Runtime::new()?;
     let sled_path =
@@ -287,7 +295,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             let reload = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = reload => match Config::load(path.as_deref()) {
+                // Fail-stop: no graceful stop, nothing more is acknowledged; the next start
+                // replays the log.
+                cause = relay.failed() => anyhow::bail!("the store stopped: {cause}"),
+                _ = reload => match preflight::load(path.as_deref()) {
                     Ok(new) => {
                         if let Err(e) = relay.reload(new) {
                             tracing::error!(error = %e, "reload refused");
@@ -349,7 +360,7 @@ async fn shutdown_signal() {
 }
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(path.as_deref())?;
+    let config = preflight::load(path.as_deref())?;
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }
@@ -438,7 +449,7 @@ fn accept_damage(path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn rules_test(payload: &Path, source: Option<&str>, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+    let config = preflight::load(config.as_deref())?;
     let body =
         std::fs::read(payload).with_context(|| format!("cannot read {}", payload.display()))?;
     let run = hookrelay::dry_run::dry_run(&config, source, &body).map_err(anyhow::Error::msg)?;
@@ -446,7 +457,7 @@ fn rules_test(payload: &Path, source: Option<&str>, config: Option<PathBuf>) -> 
     Ok(())
 }
 
-fn send_test(name: &str, url: Option<String>) -> anyhow::Result<()> {
+fn send_test(name: &str, url: Option<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
     if name == "list" {
         for s in samples::SAMPLES {
             println!("{:<30} {}", s.name, s.about);
@@ -456,13 +467,10 @@ fn send_test(name: &str, url: Option<String>) -> anyhow::Result<()> {
     let sample = samples::find(name).with_context(|| {
         format!("no sample named {name:?}; `hookrelay send-test list` shows them")
     })?;
-    let url = url.unwrap_or_else(|| {
-        let path = match sample.kind {
-            SourceKind::Statusgator => "/com.statusgator/v1",
-            SourceKind::Pagerduty => "/com.pagerduty/v1",
-        };
-        format!("http://127.0.0.1:8080{path}")
-    });
+    let url = match url {
+        Some(url) => url,
+        None => source_url(&Config::load(config.as_deref())?, sample.kind)?,
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let response = reqwest::Client::new()
@@ -478,4 +486,32 @@ fn send_test(name: &str, url: Option<String>) -> anyhow::Result<()> {
         anyhow::ensure!(status.is_success(), "the relay answered {status}");
         Ok(())
     })
+}
+
+/// Where a running relay with `config` takes `kind` webhooks: its first source of that kind,
+/// at `server.listen` (a wildcard address is reached on loopback), with the source's token.
+fn source_url(config: &Config, kind: SourceKind) -> anyhow::Result<String> {
+    let source = config
+        .sources
+        .iter()
+        .find(|s| s.kind == kind)
+        .with_context(|| {
+            format!(
+                "the config has no {} source; pass --url",
+                format!("{kind:?}").to_lowercase()
+            )
+        })?;
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut url = format!("http://{addr}{}", source.path);
+    if let Some(token) = &source.token {
+        url.push_str("?token=");
+        url.push_str(token);
+    }
+    Ok(url)
 }

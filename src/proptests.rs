@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use crate::config::rules::{compile_rules, RawRule};
 use crate::normalize::{normalize, parse_form, parse_time, Received, SourceKind};
-use crate::rules::{compile_rules, RawRule};
 use crate::template::{compile_vo_variables, Escape, Templates};
 
 fn received(kind: SourceKind, content_type: Option<String>, body: Vec<u8>) {
@@ -115,7 +115,7 @@ proptest! {
             let Ok(doc) = toml::from_str::<Doc>(&text) else { continue };
             if let Ok(rules) = compile_rules(&doc.rules, &[]) {
                 let mut alert: BTreeMap<String, String> = [("f".to_owned(), value.clone())].into();
-                let _ = rules.apply(&mut alert);
+                let _ = rules.apply(&mut alert, &serde_json::Value::Null);
             }
         }
     }
@@ -128,7 +128,7 @@ proptest! {
         let rules = compile_rules(&doc.rules, &[]).unwrap();
         for value in [&a, &b, &a.to_uppercase()] {
             let mut alert: BTreeMap<String, String> = [("f".to_owned(), value.clone())].into();
-            let matched = !rules.apply(&mut alert).matched.is_empty();
+            let matched = !rules.apply(&mut alert, &serde_json::Value::Null).matched.is_empty();
             prop_assert_eq!(matched, value.to_lowercase() == a.to_lowercase(), "pattern {:?} value {:?}", a, value);
         }
     }

@@ -47,6 +47,10 @@ pub enum RelayError {
     },
     #[error("the store did not close cleanly: {0}")]
     Close(#[source] StoreError),
+    /// The store stopped on a failure it cannot recover from while running (fail-stop): the
+    /// process must exit, and the next start replays the log.
+    #[error("the store stopped: {0}")]
+    StoreFailed(String),
 }
 
 /// A running relay. Dropping it without [`Relay::shutdown`] stops nothing gracefully.
@@ -57,6 +61,8 @@ pub struct Relay {
     fixed: Fixed,
     admin_addr: Option<SocketAddr>,
     admin_server: Option<tokio::task::JoinHandle<()>>,
+    /// The config in force, swapped on reload; the admin console's dry run reads it.
+    config: Arc<ArcSwap<Config>>,
     store: Arc<AnyStore>,
     targets: Vec<Arc<TargetRuntime>>,
     stop: watch::Sender<bool>,
@@ -82,6 +88,8 @@ impl Relay {
             // Kept in the config, so a reload that reads the file sees no change.
             config.admin.token = Some(token);
         }
+        let shared_config = Arc::new(ArcSwap::from_pointee(config));
+        let config = shared_config.load_full();
         let store_path = match &config.store.backend {
             Backend::Sled => config.store.path.display().to_string(),
             Backend::Postgres(pg) => crate::store::redact_url(&pg.url),
@@ -92,9 +100,13 @@ impl Relay {
         };
         let store = Arc::new(match &config.store.backend {
             Backend::Sled => {
-                std::fs::create_dir_all(&config.store.path)
-                    .map_err(|e| store_err(StoreError::Io(sled::Error::Io(e))))?;
-                AnyStore::Sled(SledStore::open(&config.store.path).map_err(store_err)?)
+                let log = crate::store::LogOptions {
+                    segment_bytes: config.store.log_segment_bytes,
+                    ..Default::default()
+                };
+                AnyStore::Sled(
+                    SledStore::open_with_log(&config.store.path, log).map_err(store_err)?,
+                )
             }
             Backend::Postgres(pg) => {
                 AnyStore::Postgres(PgStore::open(pg).await.map_err(store_err)?)
@@ -187,6 +199,7 @@ impl Relay {
                         config.admin.token.clone(),
                         &config.admin.allowed_hosts,
                     ),
+                    config: shared_config.clone(),
                     store_size: Box::new(move || sized.size_on_disk()),
                 });
                 let handler = move |req| {
@@ -228,6 +241,7 @@ impl Relay {
             ingest,
             fixed: Fixed::of(&config),
             admin_addr,
+            config: shared_config,
             store,
             targets,
             stop,
@@ -267,15 +281,24 @@ impl Relay {
             t.replace_spec(TargetSpec::new(new.clone(), config.templates.clone()));
         }
         self.ingest.live.store(Arc::new(Live {
-            sources: config.sources,
-            rules: config.rules,
+            sources: config.sources.clone(),
+            rules: config.rules.clone(),
         }));
+        self.config.store(Arc::new(config));
         tracing::info!(targets = self.targets.len(), "config reloaded");
         Ok(())
     }
 
     pub fn target_id(&self, name: &str) -> Option<TargetId> {
         self.targets.iter().find(|t| t.name == name).map(|t| t.id)
+    }
+
+    /// Resolves with the cause once the store has stopped on a failure it cannot recover from
+    /// while running; never for PostgreSQL. Whoever runs the relay then exits non-zero
+    /// without a graceful stop (nothing more can be acknowledged), and the next start
+    /// replays the log.
+    pub async fn failed(&self) -> String {
+        self.store.failed().await
     }
 
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
@@ -354,7 +377,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     let relay = Relay::start(config, listener).await?;
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        cause = relay.failed() => return Err(RelayError::StoreFailed(cause)),
+    }
     tracing::info!("shutting down");
     relay.shutdown().await.map_err(RelayError::Close)
 }
@@ -414,13 +440,11 @@ async fn housekeeping(
         }
         next_prune = tokio::time::Instant::now() + config.prune_interval;
         let now = crate::deliver::now_ms();
-        let mut after = None;
         loop {
             let step = crate::store::Prune {
                 done_before_ms: now.saturating_sub(config.retain_delivered.as_millis() as u64),
                 dead_before_ms: now.saturating_sub(config.retain_dead.as_millis() as u64),
                 now_ms: now,
-                after,
                 max_events: 1000,
             };
             match store.prune(step).await {
@@ -428,9 +452,8 @@ async fn housekeeping(
                     if p.events + p.dedup_keys > 0 {
                         tracing::info!(events = p.events, dedup_keys = p.dedup_keys, "pruned");
                     }
-                    match p.resume_after {
-                        Some(a) if !*stop.borrow() => after = Some(a),
-                        _ => break,
+                    if !p.more || *stop.borrow() {
+                        break;
                     }
                 }
                 Err(e) => {

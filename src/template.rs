@@ -2,7 +2,9 @@
 //!
 //! Where a value lands decides how it is escaped, so one registry exists per escape mode:
 //! percent-encoding for URLs (an event can then never add a path segment, query parameter or
-//! another host), JSON string escaping for JSON bodies, and none for headers and plain bodies.
+//! another host), JSON string escaping for JSON bodies, form encoding for form bodies, and none
+//! for headers and other bodies. A body's mode follows its Content-Type
+//! ([`Escape::for_content_type`]).
 //! Handlebars' own HTML escaping is never what a webhook wants. Strict mode makes a reference to
 //! a missing field an error instead of an empty string, so a typo fails loudly once rather than
 //! sending empty alerts forever.
@@ -21,6 +23,8 @@ use handlebars::{Handlebars, Helper, HelperDef, HelperResult, Output, RenderCont
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
+use crate::normalize::{classify_content_type, BodyType};
+
 /// The body template a `webhook` target uses when it sets neither `body` nor `template`.
 pub const DEFAULT_BODY: &str = include_str!("../templates/event.json.hbs");
 
@@ -35,7 +39,22 @@ const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 pub enum Escape {
     Url,
     Json,
+    /// `application/x-www-form-urlencoded` values: `+` for a space, everything but
+    /// alphanumerics and `*-._` percent-encoded, so no value can add or split a field.
+    Form,
     None,
+}
+
+impl Escape {
+    /// How values are escaped into a body with this Content-Type: JSON for `application/json`,
+    /// `text/json` and `+json` types, form encoding for forms, as they are for anything else.
+    pub fn for_content_type(content_type: Option<&str>) -> Escape {
+        match classify_content_type(content_type) {
+            Some(BodyType::Json) => Escape::Json,
+            Some(BodyType::Form) => Escape::Form,
+            _ => Escape::None,
+        }
+    }
 }
 
 /// The parts of a delivery's template context that cost work to build (parsing the sender's
@@ -85,6 +104,7 @@ pub struct TemplateRef {
 pub struct Templates {
     url: Handlebars<'static>,
     json: Handlebars<'static>,
+    form: Handlebars<'static>,
     plain: Handlebars<'static>,
 }
 
@@ -162,6 +182,10 @@ fn escape_url(s: &str) -> String {
     utf8_percent_encode(s, URL_VALUE).to_string()
 }
 
+fn escape_form(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 fn escape_json(s: &str) -> String {
     let quoted = serde_json::to_string(s).unwrap_or_default();
     quoted[1..quoted.len() - 1].to_owned()
@@ -172,6 +196,7 @@ impl Default for Templates {
         Templates {
             url: registry(escape_url, true),
             json: registry(escape_json, false),
+            form: registry(escape_form, false),
             plain: registry(handlebars::no_escape, false),
         }
     }
@@ -182,6 +207,7 @@ impl Templates {
         match escape {
             Escape::Url => &self.url,
             Escape::Json => &self.json,
+            Escape::Form => &self.form,
             Escape::None => &self.plain,
         }
     }
@@ -196,6 +222,7 @@ impl Templates {
         let reg = match escape {
             Escape::Url => &mut self.url,
             Escape::Json => &mut self.json,
+            Escape::Form => &mut self.form,
             Escape::None => &mut self.plain,
         };
         let source = compile_vo_variables(source)?;
@@ -378,6 +405,43 @@ mod tests {
         .unwrap();
         assert_eq!(out, r#"{"t":"say \"hi\"\n<b>","o":{"k":[1,"x"]}}"#);
         serde_json::from_str::<Value>(&out).unwrap();
+    }
+
+    /// Guards form bodies: a value can neither add a field nor split one. (Seen failing with
+    /// form bodies rendered unescaped.)
+    #[test]
+    fn form_values_are_form_encoded() {
+        let out = render(
+            Escape::Form,
+            "text={{a}}&n=${{ALERT.n}}",
+            json!({"a": "a&b=c d+e%", "vo": {"ALERT.n": "x=1&y"}}),
+        )
+        .unwrap();
+        assert_eq!(out, "text=a%26b%3Dc+d%2Be%25&n=x%3D1%26y");
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(out.as_bytes())
+            .into_owned()
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("text".into(), "a&b=c d+e%".into()),
+                ("n".into(), "x=1&y".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn escape_follows_the_content_type() {
+        for (ct, want) in [
+            (Some("application/json"), Escape::Json),
+            (Some("Application/JSON; charset=utf-8"), Escape::Json),
+            (Some("application/vnd.api+json"), Escape::Json),
+            (Some("application/x-www-form-urlencoded"), Escape::Form),
+            (Some("text/plain"), Escape::None),
+            (None, Escape::None),
+        ] {
+            assert_eq!(Escape::for_content_type(ct), want, "{ct:?}");
+        }
     }
 
     #[test]

@@ -176,18 +176,21 @@ async fn health_auth_metrics_and_events() {
     assert_eq!(status, 200);
     assert_eq!(list["events"].as_array().unwrap().len(), 1);
     let first = list["events"][0].clone();
+    // Newest first.
     assert_eq!(
         (first["title"].as_str(), first["status"].as_str()),
-        (Some("one"), Some("done"))
+        (Some("two"), Some("done"))
     );
-    let next = list["next"]
-        .as_str()
-        .expect("a cursor to the next page")
-        .to_owned();
-    assert_eq!(next, first["id"].as_str().unwrap());
-    let (_, page2) = admin(&relay, "GET", &format!("/events?after={next}")).await;
-    assert_eq!(page2["events"][0]["title"], "two");
+    assert_eq!(first["deliveries"][0]["target"], "hook");
+    let cursor = list["next"].as_str().expect("a cursor to the next page");
+    assert_eq!(cursor, first["id"].as_str().unwrap());
+    let (_, page2) = admin(&relay, "GET", &format!("/events?before={cursor}")).await;
+    assert_eq!(page2["events"][0]["title"], "one");
     assert_eq!(page2["next"], Value::Null);
+    let next = page2["events"][0]["id"].as_str().unwrap().to_owned();
+    let (_, newer) = admin(&relay, "GET", &format!("/events?after={next}")).await;
+    assert_eq!(newer["events"][0]["title"], "two");
+    assert_eq!(newer["events"].as_array().unwrap().len(), 1);
     let (_, none) = admin(&relay, "GET", "/events?source=pagerduty").await;
     assert_eq!(none["events"], json!([]));
     let (_, future) = admin(&relay, "GET", "/events?since=2999-01-01T00:00:00Z").await;
@@ -268,21 +271,23 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
         accept(&relay, m, msg).await;
     }
     // An attempt already in flight when the fifth failure suspended the target still finishes
-    // and is recorded; let those settle, then nothing may change while it is suspended.
+    // and is recorded; let those settle. While suspended, only probes are sent: one at a
+    // time, 200 ms then 400 ms apart, each counting only against a delivery that was due.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = attempts(&relay).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     let during = attempts(&relay).await;
-    assert_eq!(
-        before, during,
-        "no attempts while suspended; probes count against no delivery"
+    let probes: u32 = during.iter().sum::<u32>() - before.iter().sum::<u32>();
+    assert!(
+        probes <= 3,
+        "at most one probe per interval: {before:?} → {during:?}"
     );
     let total: u32 = before.iter().sum();
     assert!((5..=8).contains(&total), "{before:?}");
     assert_eq!(
-        &before[3..],
+        &during[3..],
         [0, 0],
-        "deliveries that arrived during the suspension were never tried"
+        "deliveries that arrived during the suspension, behind their keys' heads, were never tried"
     );
     let (_, m) = admin(&relay, "GET", "/metrics").await;
     assert_eq!(
@@ -309,14 +314,79 @@ async fn suspension_stops_attempts_and_the_probe_resumes_in_order() {
         })
         .await
     );
-    let waiting_before: Vec<u32> = before.iter().map(|b| b + 1).collect();
     // The receiver answered the last one a moment before its outcome is recorded.
-    wait_until_async(|| async { attempts(&relay).await == waiting_before }).await;
+    let delivered = wait_until_async(|| async {
+        let mut all = true;
+        for seq in 1..=5 {
+            let d = relay.store().delivery(seq).await.unwrap().unwrap();
+            all &= d.state == hookrelay::store::DeliveryState::Done;
+        }
+        all
+    })
+    .await;
+    assert!(delivered, "every delivery went through");
     let after = attempts(&relay).await;
     assert_eq!(
-        after, waiting_before,
-        "each delivery: its attempts before the outage, plus the one that went through"
+        &after[3..],
+        [1, 1],
+        "those that arrived during the suspension went through at their first attempt"
     );
+    relay.shutdown().await.unwrap();
+}
+
+/// A payload the receiver always refuses (500) must not hold its target suspended for good:
+/// probes take the target's keys in turn, so a good delivery behind another key resumes it,
+/// and the refused one spends its own retries and becomes a dead letter. Guards the probe's
+/// rotation and its counting of due tries: with a probe that always takes the earliest-due
+/// head and releases it unchanged on failure (as before), the good event is never sent.
+#[tokio::test]
+async fn a_poison_head_neither_holds_its_target_nor_escapes_its_retry_budget() {
+    let dir = tempdir();
+    let receiver = Receiver::scripted(Arc::new(|r: &Recorded, _| {
+        let status = if r.text().contains("poison") {
+            500
+        } else {
+            200
+        };
+        (status, vec![], String::new())
+    }))
+    .await;
+    let extra = "retry = { initial_delay = \"50ms\", jitter = 0.0, max_retries = 4 }\nsuspend_after = 2\nprobe_interval = \"100ms\"\nbody = '{{event.title}}'";
+    let relay = spawn_relay(
+        &with_admin_token(&target("t", &receiver.url("/t"), extra)),
+        dir.path(),
+    )
+    .await;
+    accept(&relay, "p", "poison").await;
+    let suspended = wait_until_async(|| async {
+        admin(&relay, "GET", "/targets").await.1["targets"][0]["state"] == "suspended"
+    })
+    .await;
+    assert!(suspended, "two failures in a row suspend the target");
+    // Later than the poison's next due time: the good event's head is due after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    accept(&relay, "g", "good").await;
+    let good = wait_until(Duration::from_secs(10), || {
+        receiver
+            .requests()
+            .iter()
+            .any(|r| r.status == 200 && r.text() == "good")
+    })
+    .await;
+    assert!(good, "a probe took the other key");
+    let dead = wait_until_async(|| async {
+        let d = relay.store().delivery(1).await.unwrap().unwrap();
+        d.state == hookrelay::store::DeliveryState::Dead
+    })
+    .await;
+    let poison = relay.store().delivery(1).await.unwrap().unwrap();
+    assert!(dead, "the refused payload became a dead letter: {poison:?}");
+    assert_eq!(poison.attempts, 5, "its first attempt and its 4 retries");
+    let active = wait_until_async(|| async {
+        admin(&relay, "GET", "/targets").await.1["targets"][0]["state"] == "active"
+    })
+    .await;
+    assert!(active, "nothing left refused: the target runs again");
     relay.shutdown().await.unwrap();
 }
 
@@ -440,6 +510,12 @@ async fn dead_letters_listed_and_replayed_by_target_and_time_range() {
     )
     .await;
     assert_eq!((status, r["replayed"].as_u64()), (200, Some(1)));
+    // A list (what the console's "replay all shown" sends): ids no longer dead are left alone.
+    let ids = format!("{},{}", dead[1]["id"], dead[0]["id"]);
+    let (status, r) = admin(&relay, "POST", &format!("/dead-letters/replay?ids={ids}")).await;
+    assert_eq!((status, r["replayed"].as_u64()), (200, Some(1)));
+    let (status, _) = admin(&relay, "POST", "/dead-letters/replay?ids=1,x").await;
+    assert_eq!(status, 400);
     let (status, _) = admin(&relay, "POST", "/dead-letters/replay").await;
     assert_eq!(status, 400, "a range replay names its target");
     let until = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
@@ -449,7 +525,7 @@ async fn dead_letters_listed_and_replayed_by_target_and_time_range() {
         .append_pair("until", &until)
         .finish();
     let (status, r) = admin(&relay, "POST", &format!("/dead-letters/replay?{q}")).await;
-    assert_eq!((status, r["replayed"].as_u64()), (200, Some(2)));
+    assert_eq!((status, r["replayed"].as_u64()), (200, Some(1)));
     let got = hook.wait_for(6, Duration::from_secs(5)).await;
     assert_eq!(got.iter().filter(|r| r.status == 200).count(), 3);
     assert!(wait_until_async(|| async { relay.store().stats().await.unwrap().done == 3 }).await);
@@ -720,5 +796,104 @@ async fn reload_applies_to_pending_deliveries_and_refuses_restart_only_changes()
     assert_eq!(status, 200);
     let got = new.wait_for(2, Duration::from_secs(5)).await;
     assert_eq!(got[1].text(), "second|ops", "new events get the new rules");
+    relay.shutdown().await.unwrap();
+}
+
+/// The console's page and files come without the token (they hold no data) and with a policy
+/// that allows no inline script; `/sources` and `/dry-run` need it. The dry run stores and
+/// sends nothing, hides the credentials in a target's request, names a source that does not
+/// exist, and refuses a body over `server.max_body_bytes`. Guards the routes the console
+/// relies on (seen failing with the page behind the token, with the dry run's body limit
+/// removed, and with the credentials left in).
+#[tokio::test]
+async fn console_files_sources_and_the_dry_run() {
+    let dir = tempdir();
+    let hook = Receiver::ok().await;
+    let url = hook
+        .url("/h?api_key=k3y-s3cret&team=ops")
+        .replace("http://", "http://relay:pa55-s3cret@");
+    let config = format!(
+        "{}\n[server]\nmax_body_bytes = 4096\n",
+        with_admin_token(&target(
+            "hook",
+            &url,
+            "headers = { Authorization = \"Bearer hdr-s3cret\", X-Team = \"ops\" }"
+        ))
+    );
+    let relay = spawn_relay(&config, dir.path()).await;
+    let base = format!("http://{}", relay.admin_addr().unwrap());
+
+    let page = client().get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert!(page.text().await.unwrap().contains("/console/app.js"));
+    let script = client()
+        .get(format!("{base}/console/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(status_of(&format!("{base}/console/nope.js")).await, 404);
+    assert_eq!(status_of(&format!("{base}/sources")).await, 401);
+
+    let (status, sources) = admin(&relay, "GET", "/sources").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sources["sources"][0],
+        json!({"name": "statusgator", "kind": "statusgator", "path": "/com.statusgator/v1"})
+    );
+
+    let dry_run = |q: &str, body: String| {
+        client()
+            .post(format!("{base}/dry-run{q}"))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    let resp = dry_run("?source=statusgator", sg_v3("api", "down", "tried"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(answer["source"], "statusgator");
+    let output = answer["output"].as_str().unwrap();
+    // The request as the target would get it, its credentials hidden.
+    let shown = format!(
+        "target hook (webhook): POST http://relay:%5Bhidden%5D@{}/h?api_key=%5Bhidden%5D&team=ops",
+        hook.addr
+    );
+    assert!(output.contains(&shown), "{output}");
+    assert!(
+        output.contains("authorization: [hidden]") && output.contains("x-team: ops"),
+        "{output}"
+    );
+    assert!(!output.contains("s3cret"), "{output}");
+    let resp = dry_run("?source=nope", sg_v3("api", "down", "x"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("no source named \\\"nope\\\""));
+    let resp = dry_run("", "x".repeat(5000)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        relay.store().stats().await.unwrap().events,
+        0,
+        "nothing stored"
+    );
+    assert_eq!(hook.count(), 0, "nothing sent");
     relay.shutdown().await.unwrap();
 }

@@ -84,6 +84,57 @@ fn check_config_names_file_line_and_key() {
     );
 }
 
+/// Guards the JSON body check: a body sent as JSON (no Content-Type header: the default) that
+/// renders invalid JSON for a built-in sample is an error naming file, line and key at
+/// `check-config` and at startup; the same body declared `text/plain` is fine. (Seen failing
+/// with `preflight::check` not called: check-config said OK and the relay started.)
+#[test]
+fn a_body_that_cannot_render_json_is_a_config_error() {
+    let dir = tempdir();
+    let path = dir.path().join("relay.toml");
+    let write = |headers: &str| {
+        std::fs::write(
+            &path,
+            format!("[admin]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{}\"\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n\n[[targets]]\nname = \"chat\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\n{headers}body = '{{\"text\": \"{{{{alert.entity_display_name}}}}\" \"n\": 1}}'\n", free_port()),
+        )
+        .unwrap()
+    };
+    write("");
+    let (ok, _, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!ok);
+    let want = format!(
+        "error: {}:14: targets[0].body: the body is sent as JSON but renders invalid JSON for the built-in sample statusgator-v1 (",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "{stderr:?} should start with {want:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("renders invalid JSON"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    write("headers = { \"Content-Type\" = \"text/plain\" }\n");
+    let (ok, stdout, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("config OK"), "{stdout}");
+}
+
 #[test]
 fn send_test_lists_and_rejects_unknown_samples() {
     let dir = tempdir();
@@ -107,6 +158,10 @@ fn send_test_lists_and_rejects_unknown_samples() {
     assert!(stderr.contains("no sample named \"nagios\""), "{stderr}");
 }
 
+/// Also guards `send-test` reading the config: the relay runs the shipped config on another
+/// port, with the StatusGator source on another path behind a token, and `send-test` without
+/// `--url` finds it through `./config.toml` and through `--config`. (Seen failing with the URL
+/// fixed to 127.0.0.1:8080 and the default paths.)
 #[tokio::test]
 async fn serve_then_send_test_then_sigterm() {
     let dir = tempdir();
@@ -117,35 +172,31 @@ async fn serve_then_send_test_then_sigterm() {
         &config,
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
             .unwrap()
-            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-            .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin_port}")),
+            .replace("127.0.0.1:8080", &format!("0.0.0.0:{port}"))
+            .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin_port}"))
+            .replace(
+                "path = \"/com.statusgator/v1\"\n# token = \"a-long-random-string-of-letters\"",
+                "path = \"/status/in\"\ntoken = \"sg-secret-1-long-enough\"",
+            ),
     )
     .unwrap();
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("/status/in"));
     let child = serve(&config, dir.path(), "warn,hookrelay=info");
     assert!(listening(port).await, "relay did not start listening");
 
     // Two events have different ordering keys, so the default four lanes may deliver them in
     // either order; each is awaited before the next is sent to check what each line holds.
     let outbox = dir.path().join("data/outbox.jsonl");
-    for (n, (sample, path, status, format)) in [
-        (
-            "statusgator-v3",
-            "/com.statusgator/v1",
-            "200 OK",
-            "statusgator.v3",
-        ),
-        (
-            "pagerduty-v3",
-            "/com.pagerduty/v1",
-            "202 Accepted",
-            "pagerduty.v3",
-        ),
+    for (n, (sample, status, format)) in [
+        ("statusgator-v3", "200 OK", "statusgator.v3"),
+        ("pagerduty-v3", "202 Accepted", "pagerduty.v3"),
     ]
     .into_iter()
     .enumerate()
     {
-        let url = format!("http://127.0.0.1:{port}{path}");
-        let (ok, stdout, stderr) = run(&["send-test", sample, "--url", &url], dir.path());
+        let (ok, stdout, stderr) = run(&["send-test", sample], dir.path());
         assert!(ok, "{stderr}");
         assert!(stdout.starts_with(status), "{stdout}");
         assert!(
@@ -191,8 +242,16 @@ async fn serve_then_send_test_then_sigterm() {
     );
     let child = serve(&config, dir.path(), "warn,hookrelay=info");
     assert!(listening(port).await, "relay did not start listening");
-    let url = format!("http://127.0.0.1:{port}/com.pagerduty/v1");
-    let (ok, stdout, stderr) = run(&["send-test", "pagerduty-v3", "--url", &url], dir.path());
+    let elsewhere = tempdir();
+    let (ok, stdout, stderr) = run(
+        &[
+            "send-test",
+            "pagerduty-v3",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        elsewhere.path(),
+    );
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), r#"202 Accepted {"status":"duplicate"}"#);
     sigterm(child).await;
@@ -350,6 +409,9 @@ set = { StatusHubfield = '9cc47ae1670bf9c1', host_name = 'pig-${{\1}}' }
         "  host_name = \"pig-208\"",
         "target statushub (statushub): POST https://hooks.statushub.io/hooks/victor_ops?token=9cc47ae1670bf9c1",
         "content-type: application/json",
+        "  with no open incident: fires (triggered): CRITICAL opens incident #2",
+        "  with an open incident: not sent (updated): a repeated CRITICAL while incident #1 is open",
+        "  the request above is the one sent with no open incident",
         "target snowplow (snowplow): POST http://127.0.0.1:9999/com.pagerduty/v1?p=srv&eid=",
         "{\"messages\":[{\"type\":\"incident.trigger\",\"id\":\"01BZYIL05THJDFF2Y08X9SVMTU\"",
         "target sg-only (file): not sent: receives only events a rule routes to it, and no rule did",
@@ -383,7 +445,11 @@ set = { StatusHubfield = '9cc47ae1670bf9c1', host_name = 'pig-${{\1}}' }
         dir.path(),
     );
     assert!(ok);
-    assert!(stdout.contains("target statushub (statushub): skipped: the URL needs ${{ALERT.StatusHubfield}}, which this event does not have"), "{stdout}");
+    // A ping is INFO: it never opens an incident, so StatusHub would not hear of it.
+    assert!(
+        stdout.contains("target statushub (statushub): not sent: fires for none of these incident states\nincident decision (made at delivery time, from the entity's stored incident):\n  fires on: triggered, acknowledged, resolved\n  with no open incident: not sent (no_incident): INFO never opens an incident\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(
             "target snowplow (snowplow): skipped: PagerDuty \"ping\" has no V1 equivalent"
@@ -487,6 +553,21 @@ async fn sighup_reloads_the_config_file_and_keeps_running_on_a_bad_one() {
     second.wait_for(2, Duration::from_secs(5)).await;
     assert_eq!(first.count(), 1);
 
+    // So is a body that cannot render JSON (checked with the built-in samples).
+    write(
+        &first.url("/one"),
+        "body = '{\"a\": {{{alert.entity_id}}}}'\n",
+    );
+    assert!(hup().success());
+    assert!(
+        logged("renders invalid JSON").await,
+        "{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(send("d").await.unwrap().status(), 200);
+    second.wait_for(3, Duration::from_secs(5)).await;
+    assert_eq!(first.count(), 1);
+
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -533,9 +614,7 @@ fn check_config_reports_an_unreachable_database_without_its_password() {
 
 #[tokio::test]
 async fn check_config_reaches_a_running_database() {
-    let Some(url) = fresh_database().await else {
-        return;
-    };
+    let url = fresh_database().await;
     let dir = tempdir();
     let path = dir.path().join("pg.toml");
     std::fs::write(

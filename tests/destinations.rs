@@ -453,6 +453,7 @@ async fn fan_out(
     Vec<Recorded>,
     Vec<Recorded>,
     hookrelay::Event,
+    u64,
     tempfile::TempDir,
 ) {
     let dir = tempdir();
@@ -460,7 +461,7 @@ async fn fan_out(
     let hub = Receiver::ok().await;
     let chat = Receiver::ok().await;
     let targets = format!(
-        "{}\n[[targets]]\nname = \"statushub\"\nkind = \"statushub\"\nurl = \"{}\"\n\n[[targets]]\nname = \"chat\"\nkind = \"webhook\"\nurl = \"{}\"\nheaders = {{ \"Content-Type\" = \"application/json\" }}\ntemplate = \"{}/templates/chat.json.hbs\"\n",
+        "{}\n[[targets]]\nname = \"statushub\"\nkind = \"statushub\"\nurl = \"{}\"\nfire_on = [\"triggered\", \"acknowledged\", \"resolved\", \"updated\", \"no_incident\"]\n\n[[targets]]\nname = \"chat\"\nkind = \"webhook\"\nurl = \"{}\"\nheaders = {{ \"Content-Type\" = \"application/json\" }}\ntemplate = \"{}/templates/chat.json.hbs\"\n",
         snowplow_target(&collector),
         hub.url("/hooks/victor_ops?token=${{ALERT.StatusHubfield}}"),
         chat.url("/chat/${{ALERT.monitoring_tool}}"),
@@ -474,29 +475,145 @@ async fn fan_out(
     let h = hub.wait_for(1, Duration::from_secs(5)).await;
     let t = chat.wait_for(1, Duration::from_secs(5)).await;
     let event = relay.store().event(id).await.unwrap().unwrap();
+    let hub_target = relay
+        .store()
+        .target_ids(&["statushub".into()])
+        .await
+        .unwrap()[0];
+    let hub_seq = relay
+        .store()
+        .deliveries_of(id)
+        .await
+        .unwrap()
+        .iter()
+        .find(|d| d.target == hub_target)
+        .unwrap()
+        .seq;
     relay.shutdown().await.unwrap();
-    (c, h, t, event, dir)
+    (c, h, t, event, hub_seq, dir)
 }
 
-/// The StatusHub body for `event`: the flat VictorOps map, written out key by key.
-fn expected_statushub_body(
-    event: &hookrelay::Event,
-    extra_alert: &[(&str, &str)],
-    derived: &[(&str, Value)],
-) -> String {
-    let mut alert: Vec<(String, Value)> = event
-        .alert
-        .iter()
-        .map(|(k, v)| (format!("ALERT.{k}"), json!(v)))
-        .collect();
-    for (k, v) in extra_alert {
-        alert.push((format!("ALERT.{k}"), json!(v)));
+/// The incident a StatusHub body states, as a test expects it: numbered by its delivery,
+/// opened by this one alert.
+struct Expected<'a> {
+    seq: u64,
+    phase: &'a str,
+    state: &'a str,
+    resolved_by: Option<&'a str>,
+}
+
+/// The StatusHub body for `event`, written out key by key in the capture's order
+/// (`INCIDENT.*`, `ALERT.*`, `STATE.*`), as `normalize::victorops` documents it.
+fn expected_statushub_body(event: &hookrelay::Event, inc: &Expected) -> String {
+    let at = chrono::DateTime::parse_from_rfc3339(&event.occurred_at)
+        .unwrap()
+        .timestamp_millis();
+    let rcv = chrono::DateTime::parse_from_rfc3339(&event.received_at)
+        .unwrap()
+        .timestamp_millis();
+    let a = |k: &str| json!(event.alert.get(k).cloned().unwrap_or_default());
+    let tool = a("monitoring_tool");
+    let n = inc.seq.to_string();
+    let resolved_at = inc.resolved_by.map(|_| at);
+    let mut all: Vec<(String, Value)> = [
+        ("INCIDENT.INCIDENT_ID", json!(n)),
+        ("INCIDENT.INCIDENT_NAME", json!(format!("#{n}"))),
+        ("INCIDENT.INCIDENT_TIMESTAMP", json!(at)),
+        ("INCIDENT.ENTITY_TYPE", json!("SERVICE")),
+        ("INCIDENT.ENTITY_SLUG", a("service_slug")),
+        ("INCIDENT.HOST", json!("")),
+        ("INCIDENT.SERVICE", a("entity_display_name")),
+        ("INCIDENT.CURRENT_PHASE", json!(inc.phase)),
+        ("INCIDENT.ANNOTATION_COUNT", json!(0)),
+        ("INCIDENT.ALERT_COUNT", json!(1)),
+        ("INCIDENT.ENTITY_STATE", json!(inc.state)),
+        ("INCIDENT.TEAMS_PAGED.0", json!("")),
+        ("INCIDENT.POLICIES_PAGED.0.IS_DISPLAYABLE", json!(false)),
+        ("INCIDENT.POLICIES_PAGED.0.POLICY.NAME", json!("")),
+        ("INCIDENT.POLICIES_PAGED.0.POLICY.SLUG", json!("")),
+        ("INCIDENT.POLICIES_PAGED.0.TEAM.NAME", json!("")),
+        ("INCIDENT.POLICIES_PAGED.0.TEAM.SLUG", json!("")),
+        ("INCIDENT.POLICIES_PAGED.0.ACKED_BY", json!("")),
+        ("INCIDENT.POLICIES_PAGED.0.ACKED_AT", json!(0)),
+        ("INCIDENT.MONITOR_TYPE", tool.clone()),
+        (
+            "INCIDENT.MONITOR_NAME",
+            event
+                .alert
+                .get("monitor_name")
+                .map_or(tool.clone(), |m| json!(m)),
+        ),
+        ("INCIDENT.USER", json!(inc.resolved_by.unwrap_or(""))),
+        ("INCIDENT.FIRST_ALERT_UUID", json!(event.id)),
+        ("INCIDENT.LATEST_ALERT_UUID", json!(event.id)),
+        ("INCIDENT.TAGS.0", json!(format!("incident{n}"))),
+        ("INCIDENT.TAGS.1", json!("routingdefault")),
+        ("INCIDENT.TAGS.2", json!("typesystemmessagenotify")),
+        ("INCIDENT.TAGS.3", json!("typeincidentnotify")),
+        ("INCIDENT.SEQUENCING.SEQUENCE", json!(inc.seq)),
+        ("INCIDENT.SEQUENCING.SERVICE_TIME", json!(at - at % 1000)),
+        ("INCIDENT.ROOM_ID", json!("*")),
+        ("INCIDENT.IS_MULTI_RESPONDER", json!(false)),
+        ("INCIDENT.IS_MUTED", json!(false)),
+        ("INCIDENT.ENTITY_DISPLAY_NAME", a("entity_display_name")),
+        ("INCIDENT.ENTITY_ID", a("entity_id")),
+        ("INCIDENT.ACK_DATA.ACKS_EXPECTED", json!(0)),
+        ("INCIDENT.ACK_DATA.ACKS_RECEIVED", json!(0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    all.extend(
+        event
+            .alert
+            .iter()
+            .map(|(k, v)| (format!("ALERT.{k}"), json!(v))),
+    );
+    for (k, v) in [
+        ("VO_ORGANIZATION_ID", json!(event.source)),
+        ("created_by", tool.clone()),
+        ("VO_UUID", json!(event.id)),
+        ("VO_ALERT_RCV_TIME", json!(rcv.to_string())),
+        ("alert_type", a("message_type")),
+        ("monitor_name", tool.clone()),
+        ("VO_MONITOR_TYPE", json!("")),
+    ] {
+        if !event.alert.contains_key(k) {
+            all.push((format!("ALERT.{k}"), v));
+        }
     }
-    let mut out = String::from("{");
-    let all: Vec<(String, Value)> = alert
+    all.extend(
+        [
+            ("STATE.ENTITY_ID", a("entity_id")),
+            ("STATE.ENTITY_SLUG", a("service_slug")),
+            ("STATE.HOST", json!("")),
+            ("STATE.SERVICE", a("entity_display_name")),
+            ("STATE.LAST_UUID", json!(event.id)),
+            ("STATE.CURRENT_ALERT_PHASE", json!(inc.phase)),
+            ("STATE.ACK_MSG", json!("")),
+            ("STATE.ACK_USER", json!("")),
+            ("STATE.ACK_TIMESTAMP", json!(0)),
+            ("STATE.CURRENT_STATE", json!(inc.state)),
+            ("STATE.STATE_START_TIME", json!(at)),
+            ("STATE.ALERT_COUNT", json!(1)),
+            ("STATE.LAST_TIMESTAMP", json!(at)),
+            ("STATE.INFO_URL", a("incident_url")),
+            ("STATE.NOTIFICATIONTYPE", json!("")),
+            ("STATE.VO_ALERT_TYPE", json!("SERVICE")),
+            ("STATE.INCIDENT_NAME", json!(n)),
+            ("STATE.INCIDENT_TIMESTAMP", json!(at)),
+            ("STATE.MONITOR_TYPE", tool),
+            ("STATE.TEAMS_PAGED.0", json!("")),
+            ("STATE.USERS_PAGED.0", json!("")),
+            ("STATE.ACKED_BY", Value::Null),
+            ("STATE.ACKED_AT", Value::Null),
+            ("STATE.RESOLVED_BY", json!(inc.resolved_by)),
+            ("STATE.RESOLVED_AT", json!(resolved_at)),
+        ]
         .into_iter()
-        .chain(derived.iter().map(|(k, v)| (k.to_string(), v.clone())))
-        .collect();
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let mut out = String::from("{");
     for (i, (k, v)) in all.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -507,77 +624,25 @@ fn expected_statushub_body(
     out
 }
 
-/// The `STATE.*`/`INCIDENT.*` part of a StatusHub body, as `normalize::victorops` documents it.
-fn derived(
-    entity: &str,
-    display: &str,
-    state: &str,
-    phase: &str,
-    tool: &str,
-    occurred_ms: i64,
-) -> Vec<(&'static str, Value)> {
-    let occurred = json!(occurred_ms);
-    vec![
-        ("STATE.ENTITY_ID", json!(entity)),
-        ("STATE.CURRENT_STATE", json!(state)),
-        ("STATE.CURRENT_ALERT_PHASE", json!(phase)),
-        ("STATE.SERVICE", json!(display)),
-        ("STATE.INCIDENT_NAME", json!(display)),
-        ("STATE.HOST", json!("")),
-        ("STATE.MONITOR_TYPE", json!(tool)),
-        ("STATE.ALERT_COUNT", json!(1)),
-        ("STATE.STATE_START_TIME", occurred.clone()),
-        ("STATE.LAST_TIMESTAMP", occurred.clone()),
-        ("STATE.INCIDENT_TIMESTAMP", occurred.clone()),
-        ("INCIDENT.INCIDENT_ID", json!(entity)),
-        ("INCIDENT.ENTITY_ID", json!(entity)),
-        ("INCIDENT.ENTITY_DISPLAY_NAME", json!(display)),
-        ("INCIDENT.SERVICE", json!(display)),
-        ("INCIDENT.HOST", json!("")),
-        ("INCIDENT.ENTITY_TYPE", json!("SERVICE")),
-        ("INCIDENT.ENTITY_STATE", json!(state)),
-        ("INCIDENT.CURRENT_PHASE", json!(phase)),
-        ("INCIDENT.MONITOR_TYPE", json!(tool)),
-        ("INCIDENT.ALERT_COUNT", json!(1)),
-        ("INCIDENT.INCIDENT_TIMESTAMP", occurred),
-    ]
-}
-
-fn received_ms(event: &hookrelay::Event) -> String {
-    chrono::DateTime::parse_from_rfc3339(&event.received_at)
-        .unwrap()
-        .timestamp_millis()
-        .to_string()
-}
-
 #[tokio::test]
 async fn a_statusgator_v3_event_fans_out_to_three_different_bodies() {
-    let (collector, hub, chat, event, _dir) =
+    let (collector, hub, chat, event, hub_seq, _dir) =
         fan_out("statusgator-v3-status-change.json", SG).await;
     assert_eq!(
         collector[0].text(),
         "service_name=OpenAI&favicon_url=https%3A%2F%2Ffavicons.statusgator.com%2Fopenai.png&status_page_url=https%3A%2F%2Fstatus.openai.com&home_page_url=https%3A%2F%2Fopenai.com&current_status=up&last_status=down&occurred_at=2025-07-17T02%3A20%3A45Z"
     );
     assert_eq!(hub[0].uri, "/hooks/victor_ops?token=d017698cd8a72c54");
-    let derived = derived(
-        "UIMPLWZg9D",
-        "OpenAI is up",
-        "OK",
-        "RESOLVED",
-        "StatusGator",
-        1_752_718_845_000,
-    );
-    let rcv = received_ms(&event);
-    let extra = [
-        ("VO_UUID", event.id.as_str()),
-        ("VO_ALERT_RCV_TIME", rcv.as_str()),
-        ("alert_type", "RECOVERY"),
-    ];
+    // An `up` with no open incident changes none: sent only because this target's fire_on
+    // has every change, as the one-alert incident the event describes.
     assert_eq!(event.alert["StatusHubfield"], "d017698cd8a72c54");
-    assert_eq!(
-        hub[0].text(),
-        expected_statushub_body(&event, &extra, &derived)
-    );
+    let expected = Expected {
+        seq: hub_seq,
+        phase: "RESOLVED",
+        state: "OK",
+        resolved_by: Some("StatusGator"),
+    };
+    assert_eq!(hub[0].text(), expected_statushub_body(&event, &expected));
     assert_eq!(chat[0].uri, "/chat/StatusGator");
     assert_eq!(
         chat[0].text(),
@@ -590,31 +655,20 @@ async fn a_statusgator_v3_event_fans_out_to_three_different_bodies() {
 
 #[tokio::test]
 async fn a_pagerduty_v3_event_fans_out_to_three_different_bodies() {
-    let (collector, hub, chat, event, _dir) =
+    let (collector, hub, chat, event, hub_seq, _dir) =
         fan_out("pagerduty-v3-incident-triggered.json", PD).await;
     assert_eq!(
         collector[0].text(),
         r#"{"messages":[{"type":"incident.trigger","id":"01BZYIL05THJDFF2Y08X9SVMTU","created_on":"2021-06-04T13:35:29.781Z","data":{"incident":{"id":"PFQZPSY","incident_number":9,"created_on":"2021-06-04T13:35:29.781Z","status":"triggered","html_url":"https://pig208.pagerduty.com/incidents/PFQZPSY","service":{"id":"PA2P440","name":"pig208","html_url":"https://pig208.pagerduty.com/services/PA2P440","deleted_at":null},"escalation_policy":{"id":"PY82TC6","name":"Default","deleted_at":null},"trigger_summary_data":{"subject":"Test Incident 3"},"last_status_change_on":"2021-06-04T13:35:29.781Z","last_status_change_by":{"id":"PJ0LVEB","name":"PIG 208","html_url":"https://pig208.pagerduty.com/users/PJ0LVEB"},"assigned_to":[{"at":"2021-06-04T13:35:29.781Z","object":{"id":"PJ0LVEB","name":"PIG 208","html_url":"https://pig208.pagerduty.com/users/PJ0LVEB","type":"user"}}]}}}]}"#
     );
     assert_eq!(hub[0].uri, "/hooks/victor_ops?token=9cc47ae1670bf9c1");
-    let derived = derived(
-        "PFQZPSY",
-        "Test Incident 3",
-        "CRITICAL",
-        "UNACKED",
-        "PagerDuty",
-        1_622_813_729_781,
-    );
-    let rcv = received_ms(&event);
-    let extra = [
-        ("VO_UUID", event.id.as_str()),
-        ("VO_ALERT_RCV_TIME", rcv.as_str()),
-        ("alert_type", "CRITICAL"),
-    ];
-    assert_eq!(
-        hub[0].text(),
-        expected_statushub_body(&event, &extra, &derived)
-    );
+    let expected = Expected {
+        seq: hub_seq,
+        phase: "UNACKED",
+        state: "CRITICAL",
+        resolved_by: None,
+    };
+    assert_eq!(hub[0].text(), expected_statushub_body(&event, &expected));
     assert_eq!(chat[0].uri, "/chat/PagerDuty");
     assert_eq!(
         chat[0].text(),

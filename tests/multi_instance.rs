@@ -104,9 +104,7 @@ fn token_in(text: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_lose_nothing_and_keep_order() {
-    let Some(db) = fresh_database().await else {
-        return;
-    };
+    let db = fresh_database().await;
     let dir = tempdir();
     // Each answer takes 20 ms, so a delivery sent by two instances at once would show as
     // two arrivals closer together than that.
@@ -268,9 +266,7 @@ async fn three_instances_one_killed_lose_nothing_and_keep_order() {
 /// the one that has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_pass_between_instances_only_when_they_expire() {
-    let Some(db) = fresh_database().await else {
-        return;
-    };
+    let db = fresh_database().await;
     let open = |name: &str, lease_ms: u64| {
         let db = db.clone();
         let name = name.to_owned();
@@ -356,9 +352,7 @@ async fn leases_pass_between_instances_only_when_they_expire() {
 /// API stops the other instance too; resuming starts both, and the paused work goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_through_one_instance_holds_them_all() {
-    let Some(db) = fresh_database().await else {
-        return;
-    };
+    let db = fresh_database().await;
     let dir = tempdir();
     let sink = Receiver::ok().await;
     let config = |name: &str| {

@@ -1,6 +1,7 @@
 //! The store contract: the invariants delivery relies on, through the `Store` trait, run
 //! against both backends: sled on a real directory and PostgreSQL on a real server (a fresh
-//! database per test; skipped with a notice when no server is configured).
+//! database per test; the server is started if none is configured, see
+//! `common::test_database_url`).
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::sync::Arc;
 use common::tempdir;
 use hookrelay::normalize::{normalize, Event, Received, SourceKind};
 use hookrelay::store::{
-    AnyStore, Attempt, Claim, EventOutcome, IngestBatch, NewDelivery, NewEvent, Next, PgOptions,
-    PgStore, SledStore, Store,
+    AnyStore, Attempt, Claim, EventOutcome, EventQuery, EventStatus, IngestBatch, NewDelivery,
+    NewEvent, Next, PgOptions, PgStore, SledStore, Store,
 };
 
 /// Where a test's store lives; `open` may be called again to reopen it.
@@ -25,8 +26,8 @@ impl Fixture {
         Fixture::Sled(tempdir())
     }
 
-    async fn postgres() -> Option<Fixture> {
-        common::fresh_database().await.map(Fixture::Postgres)
+    async fn postgres() -> Fixture {
+        Fixture::Postgres(common::fresh_database().await)
     }
 
     async fn open(&self) -> AnyStore {
@@ -58,9 +59,7 @@ macro_rules! contract {
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                if let Some(f) = super::Fixture::postgres().await {
-                    super::$case(f).await
-                }
+                super::$case(super::Fixture::postgres().await).await
             })*
         }
     };
@@ -75,6 +74,8 @@ contract!(
     dedup_keys_expire_after_their_window,
     pruning_removes_finished_events_and_expired_dedup_keys_only,
     operator_views_replay_and_redeliver,
+    the_event_log_pages_newest_first_filters_and_keeps_to_its_budget,
+    key_state_is_written_with_its_finish_only,
 );
 
 fn event(monitor: &str, n: usize) -> Event {
@@ -253,6 +254,65 @@ async fn a_stale_finish_is_ignored(fx: Fixture) {
     store.close().await.unwrap();
 }
 
+/// A key's state value (the `statushub` target's incident record) is written in the same
+/// atomic write as a finish, and only when that finish applies; it is per target and key, a
+/// `None` deletes it, and it survives a reopen. Fails when a backend writes it apart from the
+/// finish's stale check, or drops it.
+async fn key_state_is_written_with_its_finish_only(fx: Fixture) {
+    let v = |s: &str| Some(s.as_bytes().to_vec());
+    let t = {
+        let store = fx.open().await;
+        let t = store.target_ids(&["t".into(), "u".into()]).await.unwrap();
+        store
+            .ingest(batch(&[event("A", 1), event("A", 2)], &t, 1_000))
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), None);
+        let Claim::Due(d) = store.claim(t[0], 1_000).await.unwrap() else {
+            panic!()
+        };
+        store
+            .finish_with_key_state(&d, attempt(1), Next::Done, v("open"))
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), v("open"));
+        assert_eq!(
+            store.key_state(t[1], "A").await.unwrap(),
+            None,
+            "per target"
+        );
+        assert_eq!(store.key_state(t[0], "B").await.unwrap(), None, "per key");
+        // The same claim reported again does not apply: neither does its value.
+        store
+            .finish_with_key_state(&d, attempt(1), Next::Done, v("stale"))
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), v("open"));
+        let Claim::Due(next) = store.claim(t[0], 1_000).await.unwrap() else {
+            panic!()
+        };
+        assert_ne!(next.seq, d.seq, "the key's next delivery");
+        store
+            .finish_with_key_state(&next, attempt(1), Next::Skipped, None)
+            .await
+            .unwrap();
+        assert_eq!(store.key_state(t[0], "A").await.unwrap(), None, "deleted");
+        let Claim::Due(other) = store.claim(t[1], 1_000).await.unwrap() else {
+            panic!()
+        };
+        store
+            .finish_with_key_state(&other, attempt(1), Next::Dead, v("kept"))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        t
+    };
+    let store = fx.open().await;
+    assert_eq!(store.key_state(t[1], "A").await.unwrap(), v("kept"));
+    assert_eq!(store.key_state(t[0], "A").await.unwrap(), None);
+    store.close().await.unwrap();
+}
+
 async fn reopening_keeps_ids_sequences_and_leases_nothing(fx: Fixture) {
     let (t, first_seq) = {
         let store = fx.open().await;
@@ -388,12 +448,11 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
             done_before_ms: far,
             dead_before_ms: 0,
             now_ms: 4_000,
-            after: None,
             max_events: 100,
         })
         .await
         .unwrap();
-    assert_eq!((p.events, p.dedup_keys, p.resume_after), (1, 0, None));
+    assert_eq!((p.events, p.dedup_keys, p.more), (1, 0, false));
     assert!(store.event(id(&events[0])).await.unwrap().is_none());
     assert!(store
         .deliveries_of(id(&events[0]))
@@ -408,7 +467,6 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
             done_before_ms: far,
             dead_before_ms: far,
             now_ms: 6_000,
-            after: None,
             max_events: 100,
         })
         .await
@@ -432,21 +490,19 @@ async fn pruning_removes_finished_events_and_expired_dedup_keys_only(fx: Fixture
     // Bounded steps resume where they stopped.
     let more: Vec<Event> = (0..5).map(|i| event(&format!("x{i}"), 10 + i)).collect();
     store.ingest(batch(&more, &[], 7_000)).await.unwrap();
-    let step = |after| Prune {
+    let step = Prune {
         done_before_ms: far,
         dead_before_ms: far,
         now_ms: 6_000,
-        after,
         max_events: 2,
     };
     let mut total = 0;
-    let mut after = None;
     for _ in 0..10 {
-        let p = store.prune(step(after)).await.unwrap();
+        let p = store.prune(step).await.unwrap();
+        assert!(p.events <= 2, "at most max_events per call");
         total += p.events;
-        match p.resume_after {
-            Some(a) => after = Some(a),
-            None => break,
+        if !p.more {
+            break;
         }
     }
     assert_eq!(total, 5, "events with no deliveries are finished");
@@ -605,7 +661,6 @@ fn prune_all_finished() -> hookrelay::store::Prune {
         done_before_ms: u64::MAX / 2,
         dead_before_ms: u64::MAX / 2,
         now_ms: 2_000,
-        after: None,
         max_events: 1000,
     }
 }
@@ -615,7 +670,6 @@ fn small_segments() -> hookrelay::store::LogOptions {
     hookrelay::store::LogOptions {
         segment_bytes: 4096,
         compact_every: std::time::Duration::from_millis(50),
-        ..Default::default()
     }
 }
 
@@ -738,5 +792,190 @@ async fn sled_log_compaction_frees_segments_kept_by_a_few_events() {
         claimed += 1;
     }
     assert_eq!(claimed, kept.len());
+    store.close().await.unwrap();
+}
+
+/// The event log (`GET /events`, the console): newest first, pages that join up, the source,
+/// type and status filters, an id range, and the budget: a call looks at no more than
+/// `max_examined` events and says where to go on. Guards each of these; seen failing with the
+/// scan in id order, with the budget not counted (a filtered page then scans everything), and
+/// with the status filter ignored.
+async fn the_event_log_pages_newest_first_filters_and_keeps_to_its_budget(fx: Fixture) {
+    let store = fx.open().await;
+    let t = store.target_ids(&["t".into()]).await.unwrap()[0];
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let mut e = event(&format!("m{n}"), n);
+        if n % 2 == 1 {
+            e.source = "other".into();
+        }
+        if n % 3 == 0 {
+            e.event_type = "ping".into();
+        }
+        store
+            .ingest(batch(&[e.clone()], &[t], 1_000))
+            .await
+            .unwrap();
+        ids.push(uuid::Uuid::parse_str(&e.id).unwrap());
+    }
+    // Event 3 ends dead, event 5 done; the rest stay pending.
+    let mut claimed = Vec::new();
+    for _ in 0..10 {
+        let Claim::Due(d) = store.claim(t, 2_000).await.unwrap() else {
+            panic!("every key is due")
+        };
+        claimed.push(d);
+    }
+    for d in claimed {
+        if d.event_id == ids[3] {
+            store.finish(&d, attempt(1), Next::Dead).await.unwrap();
+        } else if d.event_id == ids[5] {
+            store.finish(&d, attempt(1), Next::Done).await.unwrap();
+        } else {
+            store.release(d.seq);
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.sort();
+    newest_first.reverse();
+    let all = EventQuery {
+        limit: 50,
+        max_examined: 1_000,
+        ..EventQuery::default()
+    };
+    let page_ids = |p: &hookrelay::store::EventPage| -> Vec<uuid::Uuid> {
+        p.events
+            .iter()
+            .map(|l| uuid::Uuid::parse_str(&l.event.id).unwrap())
+            .collect()
+    };
+
+    let whole = store.event_log(all.clone()).await.unwrap();
+    assert_eq!(page_ids(&whole), newest_first);
+    assert_eq!((whole.examined, whole.resume), (10, None));
+    let three = whole
+        .events
+        .iter()
+        .find(|l| l.event.id == ids[3].to_string())
+        .unwrap();
+    assert_eq!(three.deliveries.len(), 1);
+    assert_eq!(EventStatus::of(&three.deliveries), EventStatus::Dead);
+
+    // Pages of three join up into the whole, the last says nothing is left.
+    let mut joined = Vec::new();
+    let mut before = None;
+    loop {
+        let p = store
+            .event_log(EventQuery {
+                limit: 3,
+                before,
+                ..all.clone()
+            })
+            .await
+            .unwrap();
+        joined.extend(page_ids(&p));
+        match p.resume {
+            Some(r) => {
+                assert_eq!(Some(&r), joined.last(), "resumes below the last shown");
+                before = Some(r);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(joined, newest_first);
+
+    // Filters.
+    let by = |q: EventQuery| async { page_ids(&store.event_log(q).await.unwrap()) };
+    let sg: Vec<_> = newest_first
+        .iter()
+        .filter(|id| ids.iter().position(|x| x == *id).unwrap() % 2 == 0)
+        .copied()
+        .collect();
+    assert_eq!(
+        by(EventQuery {
+            source: Some("sg".into()),
+            ..all.clone()
+        })
+        .await,
+        sg
+    );
+    let pings: Vec<_> = newest_first
+        .iter()
+        .filter(|id| ids.iter().position(|x| x == *id).unwrap() % 3 == 0)
+        .copied()
+        .collect();
+    assert_eq!(
+        by(EventQuery {
+            event_type: Some("ping".into()),
+            ..all.clone()
+        })
+        .await,
+        pings
+    );
+    assert_eq!(
+        by(EventQuery {
+            status: Some(EventStatus::Dead),
+            ..all.clone()
+        })
+        .await,
+        [ids[3]]
+    );
+    assert_eq!(
+        by(EventQuery {
+            status: Some(EventStatus::Done),
+            ..all.clone()
+        })
+        .await,
+        [ids[5]]
+    );
+    assert_eq!(
+        by(EventQuery {
+            status: Some(EventStatus::Pending),
+            source: Some("other".into()),
+            ..all.clone()
+        })
+        .await,
+        [ids[9], ids[7], ids[1]]
+    );
+    // An id range: after (exclusive) and before (exclusive).
+    let (low, high) = (newest_first[7], newest_first[2]);
+    assert_eq!(
+        by(EventQuery {
+            after: Some(low),
+            before: Some(high),
+            ..all.clone()
+        })
+        .await,
+        newest_first[3..7]
+    );
+    assert_eq!(
+        by(EventQuery {
+            after: Some(high),
+            before: Some(low),
+            ..all.clone()
+        })
+        .await,
+        Vec::<uuid::Uuid>::new()
+    );
+
+    // The budget: the dead event is the 7th newest; a call that may look at four stops at
+    // the fourth, empty-handed, and the next goes on from there.
+    let dead = EventQuery {
+        status: Some(EventStatus::Dead),
+        max_examined: 4,
+        ..all.clone()
+    };
+    let first = store.event_log(dead.clone()).await.unwrap();
+    assert!(first.events.is_empty());
+    assert_eq!((first.examined, first.resume), (4, Some(newest_first[3])));
+    let second = store
+        .event_log(EventQuery {
+            before: first.resume,
+            ..dead
+        })
+        .await
+        .unwrap();
+    assert_eq!(page_ids(&second), [ids[3]]);
+    assert_eq!((second.examined, second.resume), (4, Some(newest_first[7])));
     store.close().await.unwrap();
 }

@@ -187,7 +187,7 @@ fn events_table(v: &Value) -> String {
         rows.collect(),
     );
     if let Some(next) = v["next"].as_str() {
-        let _ = writeln!(out, "more: --after {next}");
+        let _ = writeln!(out, "more: --before {next}");
     }
     out
 }

@@ -12,7 +12,9 @@
 //!   or a host in `admin.allowed_hosts` (the name a TLS proxy in front serves it under). So a
 //!   page the admin listener serves can still call it, and no other page can.
 //! - With a token configured, `Authorization: Bearer <token>` (compared in constant time) on
-//!   everything but `/healthz` and `/readyz`, which probes call without one.
+//!   everything but `/healthz` and `/readyz`, which probes call without one, and the console's
+//!   page (`/`) and files (`/console/...`), which hold no data: a browser cannot send a header
+//!   when it opens a page, so the page asks for the token and sends it with each call.
 
 use hyper::header::{AUTHORIZATION, HOST, ORIGIN};
 use hyper::Request;
@@ -75,7 +77,7 @@ impl Guard {
             }
         }
         if let Some(token) = &self.token {
-            if !matches!(req.uri().path(), "/healthz" | "/readyz") {
+            if needs_token(req.uri().path()) {
                 let given = header(req, AUTHORIZATION)
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .unwrap_or("");
@@ -94,6 +96,11 @@ impl Guard {
             || name.ends_with(".localhost")
             || self.allowed_hosts.contains(&name)
     }
+}
+
+/// Everything but the probes and the console's page and files.
+fn needs_token(path: &str) -> bool {
+    !(matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/console/"))
 }
 
 fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
@@ -177,12 +184,20 @@ mod tests {
     #[test]
     fn token_everywhere_but_the_probes() {
         let g = Guard::new(Some("a-token-of-16-chars".into()), &[]);
-        let mut r = req(Some("127.0.0.1"), None, "/console");
+        let mut r = req(Some("127.0.0.1"), None, "/events");
         assert_eq!(g.check(&r), Err(Refusal::Token));
         r.headers_mut()
             .insert(AUTHORIZATION, "Bearer a-token-of-16-chars".parse().unwrap());
         assert_eq!(g.check(&r), Ok(()));
         assert_eq!(g.check(&req(None, None, "/healthz")), Ok(()));
         assert_eq!(g.check(&req(None, None, "/readyz")), Ok(()));
+        assert_eq!(g.check(&req(None, None, "/")), Ok(()));
+        assert_eq!(g.check(&req(None, None, "/console/app.js")), Ok(()));
+        assert_eq!(g.check(&req(None, None, "/consoles")), Err(Refusal::Token));
+        // The page is still refused to a foreign Host or Origin.
+        assert_eq!(
+            g.check(&req(Some("attacker.example"), None, "/")),
+            Err(Refusal::Host)
+        );
     }
 }

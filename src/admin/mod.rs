@@ -3,28 +3,34 @@
 //! an operator needs (pause and resume a target, replay dead letters, redeliver an event).
 //!
 //! Every request, whatever its path, first passes [`guard::Guard`]: a foreign `Origin` or `Host`
-//! is refused, and with a token configured every endpoint but `/healthz` and `/readyz` needs
+//! is refused, and with a token configured every endpoint but `/healthz`, `/readyz` and the
+//! console's page and files (which hold no data; see [`console`]) needs
 //! `Authorization: Bearer <admin.token>`; without a token the listener may only be on loopback
 //! (checked when the config is loaded). Secrets (tokens, signing secrets) are never part of any
 //! answer, nor are the store's error texts.
 
 pub mod client;
+mod console;
 pub mod guard;
 pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::config::Config;
 use crate::deliver::{now_ms, TargetRuntime};
 use crate::ingest::ordering_key;
 use crate::normalize::{format_time, parse_time, Event};
-use crate::store::{Delivery, DeliveryState, NewDelivery, Store, StoreError, TargetMode};
+use crate::store::{
+    Delivery, DeliveryState, EventQuery, EventStatus, NewDelivery, Store, StoreError, TargetMode,
+};
 use metrics::{IngestMetrics, TargetGauges};
 
 pub struct Admin<S> {
@@ -33,6 +39,8 @@ pub struct Admin<S> {
     pub metrics: Arc<IngestMetrics>,
     /// Origin, Host and token: checked before any route.
     pub guard: guard::Guard,
+    /// The config in force (swapped on reload): sources and the dry run.
+    pub config: Arc<ArcSwap<Config>>,
     /// Reports the store's size on disk for `/metrics`.
     pub store_size: Box<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -42,6 +50,7 @@ enum AdminError {
     Refused(guard::Refusal),
     NotFound(String),
     BadRequest(String),
+    TooLarge(usize),
     MethodNotAllowed,
     Store(StoreError),
 }
@@ -74,13 +83,19 @@ fn time(ms: u64) -> Value {
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 
+/// Events one `GET /events` looks at, matching or not (see `EventQuery::max_examined`): with a
+/// million stored, a page of 50 costs about as much as the filter lets it, up to this.
+const EXAMINE_PER_REQUEST: usize = 2_000;
+
+/// Titles in lists are cut to this many characters; the event itself has the whole.
+const TITLE_CHARS: usize = 300;
+
 impl<S: Store> Admin<S> {
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         // Before anything else, for every path: routes added later are covered too.
-        let checked = self.guard.check(&req).map_err(AdminError::Refused);
-        let answer = match checked {
-            Ok(()) => self.route(&req).await,
-            Err(e) => Err(e),
+        let answer = match self.guard.check(&req) {
+            Ok(()) => self.route(req).await,
+            Err(refused) => Err(AdminError::Refused(refused)),
         };
         match answer {
             Ok(r) => r,
@@ -102,6 +117,10 @@ impl<S: Store> Admin<S> {
                         (StatusCode::NOT_FOUND, format!("{what} not found"))
                     }
                     AdminError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+                    AdminError::TooLarge(limit) => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is over {limit} bytes (server.max_body_bytes)"),
+                    ),
                     AdminError::MethodNotAllowed => (
                         StatusCode::METHOD_NOT_ALLOWED,
                         "method not allowed here".to_owned(),
@@ -128,14 +147,23 @@ impl<S: Store> Admin<S> {
         }
     }
 
-    async fn route<B>(&self, req: &Request<B>) -> Answer {
-        let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    async fn route(&self, req: Request<hyper::body::Incoming>) -> Answer {
+        let (req, body) = req.into_parts();
+        let path: Vec<&str> = req.uri.path().trim_matches('/').split('/').collect();
         let query: HashMap<String, String> =
-            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes())
                 .into_owned()
                 .collect();
-        let method = req.method().clone();
+        let method = req.method.clone();
+        let get = method == Method::GET;
+        let post = method == Method::POST;
         match path.as_slice() {
+            // The console's page and files: no data, so no token (the page asks for it).
+            [""] if get => return Ok(console::page()),
+            ["console", file] if get => {
+                return console::file(file)
+                    .ok_or_else(|| AdminError::NotFound(format!("/console/{file}")))
+            }
             ["healthz"] => return ok(json!({"status": "ok"})),
             ["readyz"] => {
                 // Anyone may probe: the answer says only whether, never the store's error.
@@ -152,10 +180,10 @@ impl<S: Store> Admin<S> {
             }
             _ => {}
         }
-        let get = method == Method::GET;
-        let post = method == Method::POST;
         match path.as_slice() {
             ["metrics"] if get => self.metrics().await,
+            ["sources"] if get => ok(console::sources(&self.config.load())),
+            ["dry-run"] if post => self.dry_run(query.get("source"), body).await,
             ["targets"] if get => self.list_targets().await,
             ["targets", name, action @ ("pause" | "resume")] if post => {
                 self.pause_resume(name, action).await
@@ -168,6 +196,10 @@ impl<S: Store> Admin<S> {
             ["dead-letters", seq] if get => self.show_dead(seq).await,
             ["dead-letters", seq, "replay"] if post => self.replay_one(seq).await,
             ["metrics"]
+            | [""]
+            | ["console", _]
+            | ["sources"]
+            | ["dry-run"]
             | ["targets"]
             | ["targets", _, "pause" | "resume"]
             | ["events"]
@@ -177,7 +209,7 @@ impl<S: Store> Admin<S> {
             | ["dead-letters", _]
             | ["dead-letters", _, "replay"] => Err(AdminError::MethodNotAllowed),
             _ => Err(AdminError::NotFound(
-                format!("{} ", req.uri().path()).trim().to_owned(),
+                format!("{} ", req.uri.path()).trim().to_owned(),
             )),
         }
     }
@@ -237,6 +269,7 @@ impl<S: Store> Admin<S> {
             "oldest_pending_age_seconds": oldest.map(|o| now_ms().saturating_sub(o) / 1000),
             "dead_letters": counts.dead,
             "last_error": t.last_error(),
+            "last_hour": t.history.last_hour(now_ms()),
         }))
     }
 
@@ -265,70 +298,88 @@ impl<S: Store> Admin<S> {
         ok(self.target_json(t).await?)
     }
 
-    async fn event_status(&self, e: &Event) -> Result<&'static str, AdminError> {
-        let id = uuid::Uuid::parse_str(&e.id)
-            .map_err(|_| AdminError::BadRequest("bad event id".into()))?;
-        let ds = self.store.deliveries_of(id).await?;
-        Ok(if ds.iter().any(|d| d.state == DeliveryState::Pending) {
-            "pending"
-        } else if ds.iter().any(|d| d.state == DeliveryState::Dead) {
-            "dead"
-        } else {
-            "done"
-        })
-    }
-
+    /// `GET /events`: newest first, a page at a time; `next` is the `before` of the next page.
+    /// One request looks at [`EXAMINE_PER_REQUEST`] events at most, so a page can come back
+    /// short (even empty) with a `next` to continue from.
     async fn list_events(&self, q: &HashMap<String, String>) -> Answer {
-        let limit = limit(q)?;
+        let id = |name: &str| {
+            q.get(name)
+                .map(|v| {
+                    uuid::Uuid::parse_str(v).map_err(|_| {
+                        AdminError::BadRequest(format!("{name}: {v:?} is not an event id"))
+                    })
+                })
+                .transpose()
+        };
         let since = q.get("since").map(|s| parse_ms(s, "since")).transpose()?;
         let until = q.get("until").map(|s| parse_ms(s, "until")).transpose()?;
-        let mut after =
-            match (q.get("after"), since) {
-                (Some(a), _) => Some(uuid::Uuid::parse_str(a).map_err(|_| {
-                    AdminError::BadRequest(format!("after: {a:?} is not an event id"))
-                })?),
-                // The smallest UUIDv7 of that millisecond: events are keyed in time order.
-                (None, Some(ms)) => Some(uuid::Uuid::from_u128(
-                    (u128::from(ms) << 80).saturating_sub(1),
-                )),
-                (None, None) => None,
-            };
-        let mut out = Vec::new();
-        let mut next = None;
-        'pages: loop {
-            let page = self.store.events_page(after, 200).await?;
-            if page.is_empty() {
-                break;
+        // Ids are UUIDv7, whose first 48 bits are the millisecond: this is the smallest id of
+        // a millisecond, so a time range is an id range.
+        let first_id = |ms: u64| uuid::Uuid::from_u128(u128::from(ms.min((1 << 48) - 1)) << 80);
+        let before = [id("before")?, until.map(first_id)]
+            .into_iter()
+            .flatten()
+            .min();
+        let after = [
+            id("after")?,
+            since.map(|ms| uuid::Uuid::from_u128(first_id(ms).as_u128().saturating_sub(1))),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let status = match q.get("status").map(String::as_str) {
+            None | Some("") => None,
+            Some("pending") => Some(EventStatus::Pending),
+            Some("dead") => Some(EventStatus::Dead),
+            Some("done") => Some(EventStatus::Done),
+            Some(other) => {
+                return Err(AdminError::BadRequest(format!(
+                    "status: {other:?} is not pending, dead or done"
+                )))
             }
-            for e in page {
-                after = uuid::Uuid::parse_str(&e.id).ok();
-                let received =
-                    parse_time(&e.received_at).map_or(0, |t| t.timestamp_millis() as u64);
-                if until.is_some_and(|u| received >= u) {
-                    break 'pages;
-                }
-                if q.get("source").is_some_and(|s| *s != e.source)
-                    || q.get("type").is_some_and(|t| *t != e.event_type)
-                {
-                    continue;
-                }
-                let status = self.event_status(&e).await?;
-                if q.get("status").is_some_and(|s| s != status) {
-                    continue;
-                }
-                if out.len() == limit {
-                    next = out
-                        .last()
-                        .and_then(|v: &Value| v["id"].as_str().map(str::to_owned));
-                    break 'pages;
-                }
-                out.push(json!({
+        };
+        let filter = |name: &str| q.get(name).filter(|v| !v.is_empty()).cloned();
+        let page = self
+            .store
+            .event_log(EventQuery {
+                before,
+                after,
+                source: filter("source"),
+                event_type: filter("type"),
+                status,
+                limit: limit(q)?,
+                max_examined: EXAMINE_PER_REQUEST,
+            })
+            .await?;
+        let events: Vec<Value> = page
+            .events
+            .iter()
+            .map(|l| {
+                let e = &l.event;
+                let deliveries: Vec<Value> = l
+                    .deliveries
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "id": d.seq, "target": self.target_name(d.target), "state": d.state,
+                            "attempts": d.attempts, "last_status": d.last_status,
+                        })
+                    })
+                    .collect();
+                json!({
                     "id": e.id, "source": e.source, "type": e.event_type, "format": e.format,
-                    "received_at": e.received_at, "occurred_at": e.occurred_at, "title": e.title, "status": status,
-                }));
-            }
-        }
-        ok(json!({ "events": out, "next": next }))
+                    "received_at": e.received_at, "occurred_at": e.occurred_at,
+                    "title": clip(&e.title, TITLE_CHARS), "event_status": e.status,
+                    "service": e.service.name, "status": EventStatus::of(&l.deliveries),
+                    "deliveries": deliveries,
+                })
+            })
+            .collect();
+        ok(json!({
+            "events": events,
+            "next": page.resume.map(|id| id.to_string()),
+            "examined": page.examined,
+        }))
     }
 
     async fn delivery_json(&self, d: &Delivery) -> Result<Value, AdminError> {
@@ -436,9 +487,13 @@ impl<S: Store> Admin<S> {
                 .dead_letters_between(t.id, since, until, limit - out.len())
                 .await?
             {
+                let event = self.store.event(d.event_id).await?.map(|e| {
+                    json!({"source": e.source, "type": e.event_type, "title": clip(&e.title, TITLE_CHARS)})
+                });
                 out.push(json!({
                     "id": d.seq, "event_id": d.event_id.to_string(), "target": t.name, "attempts": d.attempts,
                     "dead_at": time(d.updated_ms), "last_status": d.last_status, "last_error": d.last_error,
+                    "event": event,
                 }));
             }
         }
@@ -475,9 +530,13 @@ impl<S: Store> Admin<S> {
     }
 
     async fn replay_range(&self, q: &HashMap<String, String>) -> Answer {
+        if let Some(ids) = q.get("ids") {
+            return self.replay_listed(ids).await;
+        }
         if !q.contains_key("target") {
             return Err(AdminError::BadRequest(
-                "replaying a range needs target= (and optionally since= and until=)".into(),
+                "replaying a range needs target= (and optionally since= and until=), or ids="
+                    .into(),
             ));
         }
         let (targets, since, until) = self.dead_filter(q).await?;
@@ -490,6 +549,39 @@ impl<S: Store> Admin<S> {
             .map(|d| d.seq)
             .collect();
         self.replay(seqs, &[t.id]).await
+    }
+
+    /// `ids=1,2,3`: these dead letters (the console's "replay all shown"); ids that are not
+    /// dead letters are left alone.
+    async fn replay_listed(&self, ids: &str) -> Answer {
+        let seqs = ids
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| AdminError::BadRequest(format!("ids: {s:?} is not a delivery id")))
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
+        if seqs.len() > MAX_LIMIT {
+            return Err(AdminError::BadRequest(format!(
+                "ids: at most {MAX_LIMIT} at once"
+            )));
+        }
+        let mut targets = Vec::new();
+        for seq in &seqs {
+            if let Some(d) = self.store.delivery(*seq).await? {
+                targets.push(d.target);
+            }
+        }
+        self.replay(seqs, &targets).await
+    }
+}
+
+/// At most `n` characters of `s`, with an ellipsis when cut.
+fn clip(s: &str, n: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(n) {
+        Some((end, _)) => format!("{}…", &s[..end]).into(),
+        None => s.into(),
     }
 }
 

@@ -7,7 +7,10 @@
 //! directory of the config file; for the built-in default, the working directory.
 
 mod exposure;
+mod outbound;
 mod raw;
+pub mod rules;
+mod webhook;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,9 +25,11 @@ use toml::Spanned;
 
 use crate::deliver::RetryPolicy;
 use crate::normalize::SourceKind;
-use crate::rules::{compile_condition, compile_rules, Condition, Rules};
-use crate::targets::{DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
-use crate::template::{ContextNeeds, Escape, TemplateRef, Templates, DEFAULT_BODY};
+use crate::targets::incident::FireOn;
+use crate::targets::signing::SigningKeys;
+use crate::targets::{VictoropsSpec, DEFAULT_KEY_FIELD, PLATFORMS, STATUSHUB_DEFAULT_URL};
+use crate::template::{ContextNeeds, Escape, TemplateRef, Templates};
+use rules::{compile_condition, compile_rules, Condition, Rules};
 
 /// The `config.toml` shipped at the repository root, built into the binary so the relay runs
 /// with no file at all.
@@ -90,6 +95,8 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// How long a request waits for its write before answering 503.
     pub write_timeout: Duration,
+    /// The embedded store's write-ahead log begins a new segment past this size.
+    pub log_segment_bytes: u64,
     pub backend: Backend,
 }
 
@@ -153,6 +160,7 @@ impl TargetConfig {
                 payload: true,
                 ..ContextNeeds::NONE
             },
+            TargetKind::Victorops(spec) => spec.needs,
         }
     }
 }
@@ -171,8 +179,10 @@ pub enum TargetKind {
     Webhook(WebhookSpec),
     File(FileSpec),
     Snowplow(SnowplowSpec),
-    /// A webhook with StatusHub's defaults.
+    /// A webhook with StatusHub's defaults, firing on incident changes (`fire_on`).
     Statushub(WebhookSpec),
+    /// Alerts to a VictorOps REST endpoint integration.
+    Victorops(VictoropsSpec),
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +204,32 @@ pub struct WebhookSpec {
     pub body: TemplateRef,
     /// What of the template context its templates read.
     pub needs: ContextNeeds,
+    /// Standard Webhooks signing secrets (`signing_secrets`); empty: unsigned.
+    pub signing: SigningKeys,
+    /// For a `statushub` target: which incident changes fire (`fire_on`).
+    pub fire_on: Option<FireOn>,
+    /// Set when the body must be JSON (its Content-Type says so): where the body was written,
+    /// for the check that renders it with the built-in samples (`crate::preflight`).
+    pub json_body: Option<Origin>,
+}
+
+/// Where in the config a value was written, for errors found after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+}
+
+impl Origin {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +299,23 @@ impl Config {
     /// Parses and validates config text; `file` names it in errors, `base` anchors relative
     /// paths.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let v = Validator { file, text, base };
+        Config::parse_with_env(text, file, base, &|var| std::env::var(var).ok())
+    }
+
+    /// [`Config::parse`] with `env` standing in for the environment that `*_env` keys read
+    /// (the documentation's examples are checked with placeholders).
+    pub fn parse_with_env(
+        text: &str,
+        file: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let v = Validator {
+            file,
+            text,
+            base,
+            env,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
             line: e.span().map(|s| v.line_of(s.start)),
@@ -278,6 +330,7 @@ struct Validator<'a> {
     file: &'a str,
     text: &'a str,
     base: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -361,9 +414,9 @@ impl Validator<'_> {
                 format!("set either {} or {}, not both", last(key), last(env_key)),
             ),
             (Some(t), None) => Ok(Some(t.get_ref().clone())),
-            (None, Some(var)) => match std::env::var(var.get_ref()) {
-                Ok(t) => Ok(Some(t)),
-                Err(_) => self.err(
+            (None, Some(var)) => match (self.env)(var.get_ref()) {
+                Some(t) => Ok(Some(t)),
+                None => self.err(
                     Some(var.span()),
                     env_key,
                     format!("environment variable {} is not set", var.get_ref()),
@@ -503,6 +556,12 @@ impl Validator<'_> {
                 "store.write_timeout",
                 Duration::from_secs(4),
             )?,
+            log_segment_bytes: self.int(
+                &raw.store.log_segment_bytes,
+                "store.log_segment_bytes",
+                4096..=1 << 30,
+                64 << 20,
+            )? as u64,
             // Set once the targets' timeouts are known: the lease must outlast them.
             backend: Backend::Sled,
         };
@@ -592,13 +651,13 @@ impl Validator<'_> {
             let routing_key = s.routing_key.as_ref().map(|r| r.get_ref().clone());
             let secrets = match (&s.secrets, &s.secrets_env) {
                 (Some(list), None) => list.get_ref().clone(),
-                (None, Some(var)) => match std::env::var(var.get_ref()) {
-                    Ok(v) => v
+                (None, Some(var)) => match (self.env)(var.get_ref()) {
+                    Some(v) => v
                         .split(',')
                         .map(|s| s.trim().to_owned())
                         .filter(|s| !s.is_empty())
                         .collect(),
-                    Err(_) => {
+                    None => {
                         return self.err(
                             Some(var.span()),
                             &key("secrets_env"),
@@ -805,10 +864,7 @@ impl Validator<'_> {
             initial_delay: self.duration(&r.initial_delay, &k("initial_delay"), d.initial_delay)?,
             multiplier: r.multiplier.as_ref().map_or(d.multiplier, |m| *m.get_ref()),
             jitter: r.jitter.as_ref().map_or(d.jitter, |j| *j.get_ref()),
-            max_delay: match &r.max_delay {
-                None => None,
-                some => Some(self.duration(some, &k("max_delay"), Duration::ZERO)?),
-            },
+            max_delay: self.duration(&r.max_delay, &k("max_delay"), d.max_delay)?,
             retry_after_max: self.duration(
                 &r.retry_after_max,
                 &k("retry_after_max"),
@@ -859,14 +915,15 @@ impl Validator<'_> {
         let name = self.name(&t.name, &key("name"), names)?;
         let kind_name = t.kind.get_ref().as_str();
         let allowed: &[&str] = match kind_name {
-            "webhook" => &["url", "method", "headers", "body", "template", "body_escape"],
+            "webhook" => &["url", "method", "headers", "body", "template", "body_escape", "signing_secrets", "signing_secrets_env"],
             "file" => &["path"],
             "snowplow" => &["collector", "app_id", "platform", "max_body_bytes"],
-            "statushub" => &["url", "key_field", "headers", "body", "template", "body_escape"],
-            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\", \"file\", \"snowplow\" or \"statushub\"")),
+            "statushub" => &["url", "key_field", "headers", "body", "template", "body_escape", "fire_on", "signing_secrets", "signing_secrets_env"],
+            "victorops" => &["url", "url_env"],
+            other => return self.err(Some(t.kind.span()), &key("kind"), format!("unknown kind {other:?}: expected \"webhook\", \"file\", \"snowplow\", \"statushub\" or \"victorops\"")),
         };
         let span_of = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span());
-        let specific: [(&str, bool, Option<std::ops::Range<usize>>); 12] = [
+        let specific: [(&str, bool, Option<std::ops::Range<usize>>); 16] = [
             ("url", t.url.is_some(), span_of(&t.url)),
             ("method", t.method.is_some(), span_of(&t.method)),
             (
@@ -894,6 +951,22 @@ impl Validator<'_> {
                 t.max_body_bytes.as_ref().map(|v| v.span()),
             ),
             ("key_field", t.key_field.is_some(), span_of(&t.key_field)),
+            ("url_env", t.url_env.is_some(), span_of(&t.url_env)),
+            (
+                "fire_on",
+                t.fire_on.is_some(),
+                t.fire_on.as_ref().map(|v| v.span()),
+            ),
+            (
+                "signing_secrets",
+                t.signing_secrets.is_some(),
+                t.signing_secrets.as_ref().map(|v| v.span()),
+            ),
+            (
+                "signing_secrets_env",
+                t.signing_secrets_env.is_some(),
+                span_of(&t.signing_secrets_env),
+            ),
         ];
         for (k, present, span) in specific {
             if present && !allowed.contains(&k) {
@@ -922,6 +995,7 @@ impl Validator<'_> {
                 TargetKind::Statushub(self.webhook(i, &name, t, templates, Some(url))?)
             }
             "snowplow" => TargetKind::Snowplow(self.snowplow(i, t)?),
+            "victorops" => TargetKind::Victorops(self.victorops(i, &name, t, templates)?),
             _ => match &t.path {
                 Some(p) if !p.get_ref().is_empty() => TargetKind::File(FileSpec {
                     path: self.path(p.get_ref()),
@@ -935,6 +1009,9 @@ impl Validator<'_> {
                 }
             },
         };
+        if kind_name == "statushub" {
+            self.statushub_ordering_key(i, t)?;
+        }
         let ordering_key = match &t.ordering_key {
             None => OrderingKey::AlertField("entity_id".into()),
             Some(src) => match alert_field(src.get_ref()) {
@@ -1015,137 +1092,6 @@ impl Validator<'_> {
         })
     }
 
-    /// A webhook spec; `default_url` makes it a StatusHub hook (URL and body defaults).
-    fn webhook(
-        &self,
-        i: usize,
-        name: &str,
-        t: &RawTarget,
-        templates: &mut Templates,
-        default_url: Option<String>,
-    ) -> Result<WebhookSpec> {
-        let key = |k: &str| format!("targets[{i}].{k}");
-        let statushub = default_url.is_some();
-        let default_url = default_url.map(|u| Spanned::new(t.kind.span(), u));
-        let Some(url) = t.url.as_ref().or(default_url.as_ref()) else {
-            return self.err(
-                Some(t.name.span()),
-                &key("url"),
-                "a \"webhook\" target needs a url",
-            );
-        };
-        let origin = self.origin(url, &key("url"))?;
-        let url_ref = templates
-            .register(Escape::Url, &format!("{name}/url"), url.get_ref())
-            .or_else(|e| self.err(Some(url.span()), &key("url"), format!("bad template: {e}")))?;
-        let method = match &t.method {
-            None => reqwest::Method::POST,
-            Some(m) => {
-                match reqwest::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        return self.err(
-                            Some(m.span()),
-                            &key("method"),
-                            format!("{:?} is not an HTTP method", m.get_ref()),
-                        )
-                    }
-                }
-            }
-        };
-        let mut headers = Vec::new();
-        let mut content_type = None;
-        for (h, v) in t.headers.iter().flatten() {
-            let hk = format!("targets[{i}].headers.{h}");
-            let Ok(hname) = reqwest::header::HeaderName::from_bytes(h.as_bytes()) else {
-                return self.err(
-                    Some(v.span()),
-                    &hk,
-                    format!("{h:?} is not a valid header name"),
-                );
-            };
-            if hname == reqwest::header::CONTENT_TYPE {
-                content_type = Some(v.get_ref().to_ascii_lowercase());
-            }
-            let r = templates
-                .register(Escape::None, &format!("{name}/header/{h}"), v.get_ref())
-                .or_else(|e| self.err(Some(v.span()), &hk, format!("bad template: {e}")))?;
-            headers.push((hname, r));
-        }
-        let (body_src, body_span, body_key) = match (&t.body, &t.template) {
-            (Some(b), Some(_)) => {
-                return self.err(
-                    Some(b.span()),
-                    &key("body"),
-                    "set either body or template, not both",
-                )
-            }
-            (Some(b), None) => (b.get_ref().clone(), Some(b.span()), key("body")),
-            (None, Some(p)) => match std::fs::read_to_string(self.path(p.get_ref())) {
-                Ok(s) => (s, Some(p.span()), key("template")),
-                Err(e) => {
-                    return self.err(
-                        Some(p.span()),
-                        &key("template"),
-                        format!("cannot read {}: {e}", self.path(p.get_ref()).display()),
-                    )
-                }
-            },
-            (None, None) => {
-                if content_type.is_none() {
-                    let r = templates
-                        .register(
-                            Escape::None,
-                            &format!("{name}/header/content-type"),
-                            "application/json",
-                        )
-                        .expect("a constant template compiles");
-                    headers.push((reqwest::header::CONTENT_TYPE, r));
-                    content_type = Some("application/json".into());
-                }
-                let default = if statushub {
-                    crate::targets::STATUSHUB_BODY
-                } else {
-                    DEFAULT_BODY
-                };
-                (default.to_owned(), None, key("body"))
-            }
-        };
-        let escape = match t.body_escape.as_ref().map(|e| e.get_ref().as_str()) {
-            None if content_type.as_deref().is_some_and(|c| c.contains("json")) => Escape::Json,
-            None | Some("none") => Escape::None,
-            Some("json") => Escape::Json,
-            Some(other) => {
-                let span = t.body_escape.as_ref().map(|e| e.span());
-                return self.err(
-                    span,
-                    &key("body_escape"),
-                    format!("unknown escape {other:?}: expected \"json\" or \"none\""),
-                );
-            }
-        };
-        let body = templates
-            .register(escape, &format!("{name}/body"), &body_src)
-            .or_else(|e| self.err(body_span.clone(), &body_key, format!("bad template: {e}")))?;
-        let header_sources = t
-            .headers
-            .iter()
-            .flatten()
-            .map(|(_, v)| v.get_ref().as_str());
-        let sources: Vec<&str> = [url.get_ref().as_str(), body_src.as_str()]
-            .into_iter()
-            .chain(header_sources)
-            .collect();
-        Ok(WebhookSpec {
-            method,
-            url: url_ref,
-            origin,
-            headers,
-            body,
-            needs: ContextNeeds::of_templates(&sources),
-        })
-    }
-
     fn snowplow(&self, i: usize, t: &RawTarget) -> Result<SnowplowSpec> {
         let key = |k: &str| format!("targets[{i}].{k}");
         let Some(collector) = &t.collector else {
@@ -1198,42 +1144,6 @@ impl Validator<'_> {
                 1_000_000,
             )? as usize,
         })
-    }
-
-    /// The scheme, host and port of a URL template. They must be written out literally: an
-    /// event may fill in the path and query, never choose where the request goes.
-    fn origin(&self, url: &Spanned<String>, key: &str) -> Result<(String, String, u16)> {
-        let text = url.get_ref();
-        let Some((scheme, rest)) = text.split_once("://") else {
-            return self.err(
-                Some(url.span()),
-                key,
-                format!("{text:?} must start with http:// or https://"),
-            );
-        };
-        if scheme != "http" && scheme != "https" {
-            return self.err(
-                Some(url.span()),
-                key,
-                format!("scheme {scheme:?} is not http or https"),
-            );
-        }
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if authority.contains('{') || authority.contains('}') {
-            return self.err(Some(url.span()), key, "the host and port must be written out, not templated (an event must not choose where a request goes)");
-        }
-        match reqwest::Url::parse(&format!("{scheme}://{authority}/")) {
-            Ok(u) if u.host_str().is_some() => Ok((
-                u.scheme().to_owned(),
-                u.host_str().unwrap_or_default().to_owned(),
-                u.port_or_known_default().unwrap_or(0),
-            )),
-            _ => self.err(
-                Some(url.span()),
-                key,
-                format!("{authority:?} is not a valid host"),
-            ),
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::rules::{RawCondition, RawRule};
+use super::rules::{RawCondition, RawRule};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +64,7 @@ pub(super) struct RawStore {
     pub disk_budget: Option<Spanned<i64>>,
     pub min_free_bytes: Option<Spanned<i64>>,
     pub write_timeout: Option<Spanned<String>>,
+    pub log_segment_bytes: Option<Spanned<i64>>,
     pub backend: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
     pub url_env: Option<Spanned<String>>,
@@ -136,4 +137,8 @@ pub(super) struct RawTarget {
     pub key_field: Option<Spanned<String>>,
     pub suspend_after: Option<Spanned<i64>>,
     pub probe_interval: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub fire_on: Option<Spanned<Vec<String>>>,
+    pub signing_secrets: Option<Spanned<Vec<String>>>,
+    pub signing_secrets_env: Option<Spanned<String>>,
 }

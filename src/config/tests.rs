@@ -45,7 +45,14 @@ fn commented_examples_are_valid_when_uncommented() {
     let names: Vec<&str> = c.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,
-        ["outbox", "snowplow", "statushub", "chat", "archive"]
+        [
+            "outbox",
+            "snowplow",
+            "statushub",
+            "chat",
+            "archive",
+            "victorops"
+        ]
     );
     assert!(matches!(c.targets[1].kind, TargetKind::Snowplow(_)));
     assert!(matches!(c.targets[2].kind, TargetKind::Statushub(_)));
@@ -57,7 +64,7 @@ fn commented_examples_are_valid_when_uncommented() {
     assert_eq!(chat.filter.len(), 1);
     let archive = &c.targets[4];
     assert_eq!(archive.retry.max_retries, 40);
-    assert_eq!(archive.retry.max_delay, Some(Duration::from_secs(6 * 3600)));
+    assert_eq!(archive.retry.max_delay, Duration::from_secs(6 * 3600));
     assert_eq!(
         archive.retry.jitter, 0.1,
         "keys a target does not set come from [retry]"
@@ -138,7 +145,7 @@ fn target_errors() {
     let t = |body: &str| error(&format!("{SOURCE}[[targets]]\nname = \"t\"\n{body}"));
     assert_eq!(
         t("kind = \"sms\"\n"),
-        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\" or \"statushub\""
+        "test.toml:7: targets[0].kind: unknown kind \"sms\": expected \"webhook\", \"file\", \"snowplow\", \"statushub\" or \"victorops\""
     );
     assert_eq!(
         t("kind = \"webhook\"\n"),
@@ -221,10 +228,61 @@ fn destination_target_errors() {
         t("kind = \"file\"\npath = \"x\"\nfilter = [{ field = \"a\", regex = \"[\" }]\n")
             .starts_with("test.toml:9: targets[0].filter[0].regex: bad regex")
     );
+    assert_eq!(
+        t("kind = \"file\"\npath = \"x\"\nfilter = [{ field = \"payload.a\", wildcard = \"b\" }]\n"),
+        "test.toml:9: targets[0].filter[0].field: a filter reads alert fields; copy the payload field into one with a rule's set"
+    );
     let e = error(&format!(
         "{SOURCE}[[rules]]\nfield = \"a\"\nwildcard = \"b\"\nroute = [\"nowhere\"]\n"
     ));
     assert_eq!(e, "test.toml:8: rules[0].route: unknown target \"nowhere\"");
+}
+
+/// Guards the body escape decision: no Content-Type header means a JSON body (and the header
+/// is added), a form Content-Type means form encoding, `body_escape` overrides, an empty body
+/// gets no header. (Seen failing with the default header removed.)
+#[test]
+fn body_escape_follows_the_content_type() {
+    let spec = |extra: &str| {
+        let c = parse(&format!(
+            "{SOURCE}[[targets]]\nname = \"t\"\nkind = \"webhook\"\nurl = \"http://h/x\"\n{extra}"
+        ))
+        .unwrap();
+        let TargetKind::Webhook(spec) = &c.targets[0].kind else {
+            panic!("a webhook")
+        };
+        let content_type: Vec<String> = spec
+            .headers
+            .iter()
+            .filter(|(h, _)| h == reqwest::header::CONTENT_TYPE)
+            .map(|(_, t)| {
+                c.templates
+                    .render(t, &crate::template::Context::from(serde_json::json!({})))
+                    .unwrap()
+            })
+            .collect();
+        (content_type, spec.json_body.is_some())
+    };
+    assert_eq!(
+        spec("body = '{}'\n"),
+        (vec!["application/json".to_owned()], true)
+    );
+    assert_eq!(spec(""), (vec!["application/json".to_owned()], true));
+    assert_eq!(spec("body = \"\"\n"), (vec![], false));
+    assert_eq!(
+        spec("headers = { \"Content-Type\" = \"application/x-www-form-urlencoded\" }\nbody = 'a={{alert.x}}'\n"),
+        (vec!["application/x-www-form-urlencoded".to_owned()], false)
+    );
+    assert_eq!(
+        spec(
+            "headers = { \"Content-Type\" = \"text/plain\" }\nbody = 'x'\nbody_escape = \"json\"\n"
+        ),
+        (vec!["text/plain".to_owned()], true)
+    );
+    assert!(error(&format!(
+        "{SOURCE}[[targets]]\nname = \"t\"\nkind = \"webhook\"\nurl = \"http://h/x\"\nbody_escape = \"xml\"\n"
+    ))
+    .ends_with("unknown escape \"xml\": expected \"json\", \"form\" or \"none\""));
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! coordinate with each other.
 
 mod classify;
+mod history;
+mod incident;
 mod policy;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
 pub use classify::{classify, parse_retry_after, Action};
+pub use history::{History, LastHour};
 pub use policy::RetryPolicy;
 
 use crate::admin::metrics::TargetMetrics;
@@ -43,6 +46,8 @@ pub struct TargetRuntime {
     /// none is lost.
     pub notify: Notify,
     pub metrics: TargetMetrics,
+    /// The last hour of outcomes, per minute, for the console's chart.
+    pub history: History,
     /// Mirrors the persisted state; lanes read it before every claim.
     mode: Mutex<TargetState>,
     consecutive_failures: AtomicU32,
@@ -76,6 +81,7 @@ impl TargetRuntime {
             spec: ArcSwap::from_pointee(spec),
             notify: Notify::new(),
             metrics: TargetMetrics::default(),
+            history: History::default(),
             mode: Mutex::new(state.unwrap_or(TargetState {
                 mode: TargetMode::Active,
                 since_ms: now_ms(),
@@ -218,57 +224,23 @@ impl<S: Store> Worker<S> {
             }
             Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
         };
-        let event = match self.store.event(delivery.event_id).await {
-            Ok(e) => e,
-            Err(e) => {
-                self.store.release(delivery.seq);
-                return Err(e);
-            }
-        };
-        let number = delivery.attempts + 1;
-        let spec = target.spec();
-        let at_ms = now_ms();
-        let started = Instant::now();
-        let result = match &event {
-            Some(event) => {
-                let request = request(event, &delivery, number, target, &spec).await;
-                spec.target
-                    .send(&self.client, request, spec.config.timeout)
-                    .await
-            }
-            None => AttemptResult::Invalid(format!(
-                "event {} is missing from the store",
-                delivery.event_id
-            )),
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let action = classify(&result);
-        let next = match &action {
-            Action::Done => Next::Done,
-            Action::Retry { retry_after, .. } => {
-                match spec.config.retry.delay(
-                    number - delivery.retry_base,
-                    fastrand::f64(),
-                    *retry_after,
-                ) {
-                    Some(delay) => Next::Retry {
-                        due_ms: now_ms() + delay.as_millis() as u64,
-                    },
-                    None => Next::Dead,
-                }
-            }
-            Action::Permanent { .. } => Next::Dead,
-            Action::Skip { .. } => Next::Skipped,
-        };
-        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        let error = attempt.error.clone();
-        self.store.finish(&delivery, attempt, next).await?;
-        self.account(&action, next, latency_ms, event.as_ref())
+        let event = self.event_of(&delivery).await?;
+        let tried = self.attempt(&delivery, event.as_ref()).await?;
+        let (next, error, number) = (tried.next, tried.record.error.clone(), tried.record.number);
+        incident::finish(
+            self.store.as_ref(),
+            &delivery,
+            tried.record,
+            next,
+            tried.state,
+        )
+        .await?;
+        self.account(&tried.action, next, tried.latency_ms, event.as_ref())
             .await;
         let seq = delivery.seq;
         let outcome = match next {
             Next::Done => {
-                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms, "delivered");
+                tracing::debug!(target_name = %target.name, seq, attempt = number, latency_ms = tried.latency_ms, "delivered");
                 Outcome::Delivered(seq)
             }
             Next::Retry { due_ms } => {
@@ -287,27 +259,117 @@ impl<S: Store> Worker<S> {
         Ok(outcome)
     }
 
+    /// The claimed delivery's event; the claim is released when it cannot be read, so the
+    /// delivery is due again as it was.
+    async fn event_of(&self, delivery: &Delivery) -> Result<Option<Event>, StoreError> {
+        match self.store.event(delivery.event_id).await {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                self.store.release(delivery.seq);
+                Err(e)
+            }
+        }
+    }
+
+    /// One attempt at `delivery`: rendered, sent and classified, and what follows from it by
+    /// the target's retry policy.
+    /// Fails only when the store cannot be read (an incident target's record); the claim is
+    /// then released.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Event>,
+    ) -> Result<Tried, StoreError> {
+        let number = delivery.attempts + 1;
+        let spec = self.target.spec();
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let (result, state) = match event {
+            Some(event) => {
+                let attempted = incident::attempt(
+                    self.store.as_ref(),
+                    &self.client,
+                    &spec,
+                    &self.target.name,
+                    event,
+                    delivery,
+                    number,
+                )
+                .await;
+                match attempted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.store.release(delivery.seq);
+                        return Err(e);
+                    }
+                }
+            }
+            None => (
+                AttemptResult::Invalid(format!(
+                    "event {} is missing from the store",
+                    delivery.event_id
+                )),
+                incident::Record::None,
+            ),
+        };
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let action = classify(&result);
+        let next = match &action {
+            Action::Done => Next::Done,
+            Action::Retry { retry_after, .. } => {
+                let retry = number.saturating_sub(delivery.retry_base);
+                match spec
+                    .config
+                    .retry
+                    .delay(retry, fastrand::f64(), *retry_after)
+                {
+                    // Saturating: a policy whose delays overflow waits for ever rather than
+                    // wrapping into the past.
+                    Some(delay) => Next::Retry {
+                        due_ms: now_ms()
+                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                    },
+                    None => Next::Dead,
+                }
+            }
+            Action::Permanent { .. } => Next::Dead,
+            Action::Skip { .. } => Next::Skipped,
+        };
+        let record = attempt_record(number, at_ms, latency_ms, &result, &action);
+        Ok(Tried {
+            action,
+            next,
+            record,
+            latency_ms,
+            state,
+        })
+    }
+
     /// Metrics, last error, and the consecutive-failure count that suspends a target. Only
     /// failures worth retrying count: a 4xx means the target is up and answering.
     async fn account(&self, action: &Action, next: Next, latency_ms: u64, event: Option<&Event>) {
         let t = &self.target;
         let m = &t.metrics;
         m.attempt_seconds.observe(latency_ms as f64 / 1000.0);
+        let now = now_ms();
         match next {
             Next::Done => {
                 m.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some(received) =
-                    event.and_then(|e| crate::normalize::parse_time(&e.received_at))
-                {
-                    let lag_ms = now_ms().saturating_sub(received.timestamp_millis().max(0) as u64);
+                let lag_ms = event
+                    .and_then(|e| crate::normalize::parse_time(&e.received_at))
+                    .map(|received| now.saturating_sub(received.timestamp_millis().max(0) as u64));
+                if let Some(lag_ms) = lag_ms {
                     m.lag_seconds.observe(lag_ms as f64 / 1000.0);
                 }
+                t.history.delivered(now, lag_ms);
             }
             Next::Retry { .. } => {
                 m.retried.fetch_add(1, Ordering::Relaxed);
+                t.history.failed(now);
             }
             Next::Dead => {
                 m.dead.fetch_add(1, Ordering::Relaxed);
+                t.history.failed(now);
             }
             Next::Skipped => {
                 m.skipped.fetch_add(1, Ordering::Relaxed);
@@ -343,9 +405,15 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    /// While the target is suspended: tries its head delivery again, with backoff, without
-    /// counting failed tries against any delivery. The first answer that is not worth a retry
-    /// (success, or a permanent error: the target is answering) is recorded and resumes it.
+    /// While the target is suspended: tries one head delivery at a time, with backoff, going
+    /// round the target's ordering keys; the first answer that is not worth a retry (success,
+    /// or a permanent error: the target is answering) is recorded and resumes it.
+    ///
+    /// A failed try counts as one of the delivery's retries when the delivery was due by its
+    /// own schedule, and is recorded like any attempt: a payload the receiver always refuses
+    /// runs out of retries and becomes a dead letter, so it never holds the target suspended
+    /// for good. A try before the delivery is due does not count, so no delivery's retries run
+    /// faster than its schedule, however long the target is down.
     pub async fn probe(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         use backon::BackoffBuilder;
         let t = &self.target;
@@ -355,13 +423,14 @@ impl<S: Store> Worker<S> {
             .with_factor(2.0)
             .without_max_times()
             .build();
+        let mut after = 0;
         while t.mode() == TargetMode::Suspended && !*stop.borrow() {
             let wait = delays.next().unwrap_or(Duration::from_secs(300));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => break,
             }
-            match self.probe_once().await {
+            match self.probe_once(&mut after).await {
                 Ok(true) => {
                     if let Err(e) = t
                         .set_mode(
@@ -382,43 +451,38 @@ impl<S: Store> Worker<S> {
         t.probe_running.store(false, Ordering::Release);
     }
 
-    /// One probe; `true` when the target answered.
-    async fn probe_once(&self) -> Result<bool, StoreError> {
+    /// One probe of the head after `after` (in sequence order, going round); `true` when the
+    /// target answered.
+    async fn probe_once(&self, after: &mut Seq) -> Result<bool, StoreError> {
         let t = &self.target;
-        let delivery = match self.store.claim(t.id, u64::MAX).await? {
+        let delivery = match self.store.claim_probe(t.id, *after).await? {
             Claim::Due(d) => d,
             // Nothing waits: resume, and let the next delivery show whether it is back.
             _ => return Ok(true),
         };
-        let Some(event) = self.store.event(delivery.event_id).await? else {
-            self.store.release(delivery.seq);
-            return Ok(true);
-        };
-        let number = delivery.attempts + 1;
-        let spec = t.spec();
-        let at_ms = now_ms();
-        let started = Instant::now();
-        let request = request(&event, &delivery, number, t, &spec).await;
-        let result = spec
-            .target
-            .send(&self.client, request, spec.config.timeout)
-            .await;
-        let action = classify(&result);
-        if let Action::Retry { reason, .. } = &action {
-            tracing::info!(target_name = %t.name, error = %reason, "probe failed; target stays suspended");
-            self.store.release(delivery.seq);
-            return Ok(false);
+        *after = delivery.seq;
+        let due = delivery.due_ms <= now_ms();
+        let event = self.event_of(&delivery).await?;
+        let tried = self.attempt(&delivery, event.as_ref()).await?;
+        if let Action::Retry { reason, .. } = &tried.action {
+            tracing::info!(target_name = %t.name, seq = delivery.seq, counted = due, error = %reason, "probe failed; target stays suspended");
+            if !due {
+                self.store.release(delivery.seq);
+                return Ok(false);
+            }
         }
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let next = match &action {
-            Action::Done => Next::Done,
-            Action::Skip { .. } => Next::Skipped,
-            _ => Next::Dead,
-        };
-        let attempt = attempt_record(number, at_ms, latency_ms, &result, &action);
-        self.store.finish(&delivery, attempt, next).await?;
-        self.account(&action, next, latency_ms, Some(&event)).await;
-        Ok(true)
+        let answered = !matches!(tried.action, Action::Retry { .. });
+        incident::finish(
+            self.store.as_ref(),
+            &delivery,
+            tried.record,
+            tried.next,
+            tried.state,
+        )
+        .await?;
+        self.account(&tried.action, tried.next, tried.latency_ms, event.as_ref())
+            .await;
+        Ok(answered)
     }
 
     /// Runs one lane until `stop` turns true; checked between deliveries only, so an attempt
@@ -462,6 +526,16 @@ impl<S: Store> Worker<S> {
     }
 }
 
+/// What one attempt came to.
+struct Tried {
+    action: Action,
+    next: Next,
+    record: Attempt,
+    latency_ms: u64,
+    /// An incident target's record to store with the outcome.
+    state: incident::Record,
+}
+
 /// The record of one attempt: what came back, and the reason when it was not a success.
 fn attempt_record(
     number: u32,
@@ -495,25 +569,27 @@ fn attempt_record(
 /// The request for one attempt: the template context (which parses the payload when a template
 /// reads it) and the target's rendering. For a large body that is done on a blocking thread,
 /// as ingest's parse is, so one big event never holds up the async threads on each attempt.
-async fn request(
+pub(crate) async fn request(
+    spec: &Arc<TargetSpec>,
+    target: &str,
     event: &Event,
     delivery: &Delivery,
     attempt: u32,
-    target: &TargetRuntime,
-    spec: &Arc<TargetSpec>,
+    incident: Option<&victorops::IncidentView>,
 ) -> Result<Prepared, String> {
     let build = {
-        let (spec, name) = (spec.clone(), target.name.clone());
-        move |event: &Event, delivery: &Delivery| {
-            let ctx = context(event, delivery, attempt, &name, spec.config.needs());
+        let (spec, target) = (spec.clone(), target.to_owned());
+        move |event: &Event, delivery: &Delivery, incident: Option<&victorops::IncidentView>| {
+            let needs = spec.config.needs();
+            let ctx = context_with(event, delivery, attempt, &target, needs, incident);
             spec.target.prepare(&spec.templates, &ctx)
         }
     };
     if event.raw.body.len() < HEAVY_BODY_BYTES {
-        return build(event, delivery);
+        return build(event, delivery, incident);
     }
-    let (event, delivery) = (event.clone(), delivery.clone());
-    tokio::task::spawn_blocking(move || build(&event, &delivery))
+    let (event, delivery, incident) = (event.clone(), delivery.clone(), incident.cloned());
+    tokio::task::spawn_blocking(move || build(&event, &delivery, incident.as_ref()))
         .await
         .unwrap_or_else(|e| Err(format!("building the request failed: {e}")))
 }
@@ -526,7 +602,23 @@ pub fn context(
     target: &str,
     needs: ContextNeeds,
 ) -> Context {
-    let ev = serde_json::to_value(event).unwrap_or(Value::Null);
+    context_with(event, delivery, attempt, target, needs, None)
+}
+
+/// [`context`], with the VictorOps `STATE.*`/`INCIDENT.*` variables filled from `incident`
+/// (the entity's incident as a `statushub` target keeps it) instead of from the alert alone.
+pub fn context_with(
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    target: &str,
+    needs: ContextNeeds,
+    incident: Option<&victorops::IncidentView>,
+) -> Context {
+    let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let Some(o) = ev.as_object_mut() {
+        o.remove("matched_rules");
+    }
     let mut ctx = serde_json::Map::with_capacity(7);
     ctx.insert(
         "alert".into(),
@@ -538,7 +630,18 @@ pub fn context(
     );
     ctx.insert("event".into(), ev);
     if needs.vo {
-        ctx.insert("vo".into(), Value::Object(victorops::namespaces(event)));
+        let single;
+        let view = match incident {
+            Some(v) => v,
+            None => {
+                single = victorops::IncidentView::of_alert(event, delivery.seq);
+                &single
+            }
+        };
+        ctx.insert(
+            "vo".into(),
+            Value::Object(victorops::namespaces(event, view)),
+        );
     }
     if needs.payload {
         ctx.insert("payload".into(), event.payload());

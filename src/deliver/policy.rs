@@ -13,11 +13,16 @@ pub struct RetryPolicy {
     pub multiplier: f64,
     /// Fraction of each delay added or removed at random, in `[0, 1)`.
     pub jitter: f64,
-    /// Upper bound of one delay; none by default, so the schedule spans the full 24 days.
-    pub max_delay: Option<Duration>,
+    /// Upper bound of one delay. The default is the default schedule's own last step
+    /// (2 s × 2¹⁹, about 12 days), so the schedule spans StatusGator's 24 days; a policy
+    /// with a larger multiplier or more retries is held to it instead of waiting for years.
+    pub max_delay: Duration,
     /// A receiver's `Retry-After` is honoured up to this long.
     pub retry_after_max: Duration,
 }
+
+/// The default [`RetryPolicy::max_delay`]: the last step of the default schedule.
+pub const MAX_DELAY: Duration = Duration::from_secs(1 << 20);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -26,7 +31,7 @@ impl Default for RetryPolicy {
             initial_delay: Duration::from_secs(2),
             multiplier: 2.0,
             jitter: 0.1,
-            max_delay: None,
+            max_delay: MAX_DELAY,
             retry_after_max: Duration::from_secs(3600),
         }
     }
@@ -39,25 +44,27 @@ impl RetryPolicy {
         if retry == 0 || retry > self.max_retries {
             return None;
         }
-        let secs = self.initial_delay.as_secs_f64() * self.multiplier.powi(retry as i32 - 1);
-        let mut d = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
-        if let Some(max) = self.max_delay {
-            d = d.min(max);
-        }
-        Some(d)
+        let exponent = i32::try_from(retry - 1).unwrap_or(i32::MAX);
+        let secs = self.initial_delay.as_secs_f64() * self.multiplier.powi(exponent);
+        // Overflow (an infinite or huge product) saturates to the cap.
+        let d = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+        Some(d.min(self.max_delay))
     }
 
     /// The delay before retry number `retry`, with jitter drawn from `unit` (a value in
-    /// `[0, 1)`; 0.5 means none). A `Retry-After` from the receiver replaces the computed
-    /// delay, clamped to `retry_after_max`: the receiver knows best when it will be back, but
-    /// may not park a delivery forever.
+    /// `[0, 1)`; 0.5 means none). A `Retry-After` from the receiver can make the retry later,
+    /// up to `retry_after_max` (it may not park a delivery for ever), but never sooner than the
+    /// schedule: a receiver answering `Retry-After: 0` must not burn every retry in seconds.
     pub fn delay(&self, retry: u32, unit: f64, retry_after: Option<Duration>) -> Option<Duration> {
         let base = self.base_delay(retry)?;
-        if let Some(ra) = retry_after {
-            return Some(ra.min(self.retry_after_max));
-        }
         let factor = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        Some(Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base))
+        let scheduled = Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+            .unwrap_or(base)
+            .min(self.max_delay);
+        Some(match retry_after {
+            Some(ra) => ra.min(self.retry_after_max).max(scheduled),
+            None => scheduled,
+        })
     }
 }
 
@@ -105,9 +112,39 @@ mod tests {
     #[test]
     fn max_delay_caps_each_step() {
         let p = RetryPolicy {
-            max_delay: Some(Duration::from_secs(60)),
+            max_delay: Duration::from_secs(60),
             ..RetryPolicy::default()
         };
         assert_eq!(p.base_delay(10), Some(Duration::from_secs(60)));
+        assert_eq!(p.delay(10, 0.999, None), Some(Duration::from_secs(60)));
+    }
+
+    /// A policy whose delays overflow (a huge multiplier, thousands of retries) waits the cap,
+    /// never a wrapped-around delay in the past.
+    #[test]
+    fn delays_saturate_at_the_cap() {
+        let p = RetryPolicy {
+            multiplier: 1e300,
+            max_retries: u32::MAX,
+            ..RetryPolicy::default()
+        };
+        for retry in [2, 3, 1_000, u32::MAX] {
+            assert_eq!(p.base_delay(retry), Some(MAX_DELAY), "retry {retry}");
+            assert_eq!(p.delay(retry, 0.999, None), Some(MAX_DELAY));
+        }
+    }
+
+    /// `Retry-After` can delay a retry past the schedule, never bring it sooner.
+    #[test]
+    fn retry_after_never_shortens_the_schedule() {
+        let p = RetryPolicy::default();
+        for retry in 1..=20 {
+            let d = p.delay(retry, 0.5, Some(Duration::ZERO)).unwrap();
+            assert_eq!(Some(d), p.base_delay(retry), "retry {retry}");
+        }
+        let total: Duration = (1..=20)
+            .map(|r| p.delay(r, 0.5, Some(Duration::ZERO)).unwrap())
+            .sum();
+        assert!(total > Duration::from_secs(20 * 86_400), "{total:?}");
     }
 }

@@ -350,7 +350,8 @@ pub(crate) fn ordering_key(target: &TargetRuntime, spec: &TargetSpec, event: &Ev
     key
 }
 
-/// Source-level fields, then the rules, then VictorOps' field limits.
+/// Source-level fields, then the rules (the names of those that matched are kept on the
+/// event), then VictorOps' field limits.
 pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Rules) -> Trace {
     if let Some(rk) = &source.routing_key {
         event
@@ -358,8 +359,16 @@ pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Ru
             .entry("routing_key".into())
             .or_insert_with(|| rk.clone());
     }
-    let trace = rules.apply(&mut event.alert);
+    // Rules see values within VictorOps' limits, and leave them within.
     victorops::clamp_fields(&mut event.alert);
+    let payload = if rules.needs_payload() {
+        event.payload()
+    } else {
+        serde_json::Value::Null
+    };
+    let trace = rules.apply(&mut event.alert, &payload);
+    victorops::clamp_fields(&mut event.alert);
+    event.matched_rules.clone_from(&trace.matched);
     trace
 }
 

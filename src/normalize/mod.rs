@@ -13,10 +13,10 @@
 //! | StatusGator `warn`, `maintenance` | `WARNING` | `WARNING` |
 //! | StatusGator `up` | `RECOVERY` | `OK` |
 //! | StatusGator early warning signal | `WARNING` | `WARNING` |
-//! | PagerDuty incident `triggered` | `CRITICAL` | `CRITICAL` |
-//! | PagerDuty incident `acknowledged` | `ACKNOWLEDGEMENT` | `ACKNOWLEDGEMENT` |
-//! | PagerDuty incident `resolved` | `RECOVERY` | `OK` |
-//! | anything else (`unknown`, pings, notes, service events, …) | `INFO` | `INFO` |
+//! | PagerDuty `incident.triggered`, `incident.unacknowledged`, `incident.reopened` (V1/V2 `incident.trigger`, `incident.unacknowledge`) | `CRITICAL` | `CRITICAL` |
+//! | PagerDuty `incident.acknowledged` (V1/V2 `incident.acknowledge`) | `ACKNOWLEDGEMENT` | `ACKNOWLEDGEMENT` |
+//! | PagerDuty `incident.resolved` (V1/V2 `incident.resolve`) | `RECOVERY` | `OK` |
+//! | every other PagerDuty type (priority changes, escalations, reassignments, notes, responders, pings, service events, …) and StatusGator `unknown` | `INFO` | `INFO` |
 
 mod form;
 mod pagerduty;
@@ -71,6 +71,10 @@ pub struct Event {
     pub query: BTreeMap<String, String>,
     /// Flat fields in VictorOps vocabulary; what rules read and write.
     pub alert: BTreeMap<String, String>,
+    /// Names of the rules that matched at ingest, in order: what the console shows. Not part
+    /// of what templates see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_rules: Vec<String>,
     /// The request exactly as received (for a PagerDuty V1/V2 `messages` batch, the one
     /// message's JSON text, byte for byte as it stood in the request). Stored beside the event
     /// rather than inside its JSON, so the bytes are kept verbatim and never escaped.
@@ -300,6 +304,7 @@ impl Parsed {
             components: self.components,
             query: received.query.clone(),
             alert,
+            matched_rules: Vec::new(),
             raw: Raw {
                 content_type: received.content_type.map(str::to_owned),
                 // A slice shares the request's buffer: no copy until the store encodes it.
@@ -312,13 +317,13 @@ impl Parsed {
     }
 }
 
-/// VictorOps `message_type` and `entity_state` for a source status (see the module table).
+/// VictorOps `message_type` and `entity_state` for a StatusGator status (see the module
+/// table; PagerDuty maps its event types in `pagerduty`).
 pub(crate) fn message_type_for(status: &str) -> (&'static str, &'static str) {
     match status {
-        "down" | "triggered" => ("CRITICAL", "CRITICAL"),
+        "down" => ("CRITICAL", "CRITICAL"),
         "warn" | "maintenance" => ("WARNING", "WARNING"),
-        "acknowledged" => ("ACKNOWLEDGEMENT", "ACKNOWLEDGEMENT"),
-        "up" | "resolved" => ("RECOVERY", "OK"),
+        "up" => ("RECOVERY", "OK"),
         _ => ("INFO", "INFO"),
     }
 }

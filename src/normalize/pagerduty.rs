@@ -20,8 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
-    digest, message_type_for, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError,
-    Parsed, Service,
+    digest, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError, Parsed, Service,
 };
 
 pub(crate) fn parse(
@@ -215,6 +214,21 @@ fn legacy(m: &Value, dedup_key: String) -> Parsed {
     out
 }
 
+/// VictorOps `message_type` and `entity_state` of a PagerDuty event type (V3 `incident.*`,
+/// V1/V2 `incident.*` in the imperative). Only the events that change an incident's state map
+/// to anything but `INFO`: a priority change, an escalation, a note or a reassignment of a
+/// triggered incident is not a new trigger (the incident's `status` would say `triggered`).
+fn message_type_for(event_type: &str) -> (&'static str, &'static str) {
+    match event_type.strip_prefix("incident.").unwrap_or_default() {
+        "triggered" | "trigger" | "unacknowledged" | "unacknowledge" | "reopened" => {
+            ("CRITICAL", "CRITICAL")
+        }
+        "acknowledged" | "acknowledge" => ("ACKNOWLEDGEMENT", "ACKNOWLEDGEMENT"),
+        "resolved" | "resolve" => ("RECOVERY", "OK"),
+        _ => ("INFO", "INFO"),
+    }
+}
+
 /// A V2/V3 reference (`{id, summary, html_url, …}`) or a V1 service object as a [`Service`].
 fn reference_service(s: &Value) -> Service {
     Service {
@@ -232,7 +246,7 @@ fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
         Some(n) => format!("Incident #{n}"),
         None => format!("PagerDuty {}", p.event_type),
     });
-    let (message_type, entity_state) = message_type_for(status.as_deref().unwrap_or(""));
+    let (message_type, entity_state) = message_type_for(&p.event_type);
     let entity_id = p.entity_id.unwrap_or_else(|| dedup_key.clone());
     let mut alert = BTreeMap::new();
     alert.insert("entity_id".into(), entity_id);
@@ -293,6 +307,56 @@ mod tests {
         assert_eq!(p[0].event_type, "incident.teleported");
         assert_eq!(p[0].dedup_key, "E1");
         assert_eq!(p[0].alert["message_type"], "INFO");
+    }
+
+    /// Guards the mapping by event type: with the incident's `status` instead, the priority
+    /// change and escalation of a triggered incident read as CRITICAL.
+    #[test]
+    fn only_state_changes_map_to_anything_but_info() {
+        let mapped: Vec<(String, String)> = [
+            ("incident.triggered", "triggered"),
+            ("incident.acknowledged", "acknowledged"),
+            ("incident.unacknowledged", "triggered"),
+            ("incident.resolved", "resolved"),
+            ("incident.reopened", "triggered"),
+            ("incident.priority_updated", "triggered"),
+            ("incident.escalated", "triggered"),
+            ("incident.annotated", "acknowledged"),
+            ("incident.delegated", "triggered"),
+            ("service.updated", ""),
+        ]
+        .iter()
+        .map(|(t, status)| {
+            let body = format!(
+                r#"{{"event":{{"id":"E","event_type":"{t}","data":{{"id":"P","type":"incident","status":"{status}"}}}}}}"#
+            );
+            let p = parse(&body, None, 100).unwrap().remove(0);
+            (t.to_string(), p.alert["message_type"].clone())
+        })
+        .collect();
+        let want = [
+            "CRITICAL",
+            "ACKNOWLEDGEMENT",
+            "CRITICAL",
+            "RECOVERY",
+            "CRITICAL",
+            "INFO",
+            "INFO",
+            "INFO",
+            "INFO",
+            "INFO",
+        ];
+        for ((t, got), want) in mapped.iter().zip(want) {
+            assert_eq!(got, want, "{t}");
+        }
+        let v1 = parse(
+            r#"{"messages":[{"type":"incident.resolve","data":{"incident":{"id":"P","status":"resolved"}}},{"type":"incident.assign","data":{"incident":{"id":"P","status":"triggered"}}}]}"#,
+            None,
+            100,
+        )
+        .unwrap();
+        assert_eq!(v1[0].alert["message_type"], "RECOVERY");
+        assert_eq!(v1[1].alert["message_type"], "INFO");
     }
 
     #[test]

@@ -6,99 +6,38 @@
 //!
 //! - Rules run top to bottom; rules bound to a routing key run last (in their own order), so they
 //!   see the `routing_key` other rules produced. A matching rule with `stop = true` ends it.
-//! - A condition matches one alert field. A **wildcard** (the default) must match the whole value,
-//!   `*` standing for any run of characters, case-insensitively: `*.mydomain.tld` matches
-//!   `www.mydomain.tld` but not `mydomain.tld`. A **regex** must match the whole value too (Java
-//!   `matches()` semantics; write `.*` at the ends to find a substring; `(?si)` works); at most
-//!   128 characters; matching is linear-time. A field the alert lacks never matches.
+//! - A condition matches one field: an alert field, or a path into the sender's payload
+//!   (`payload.event.data.title`, `payload.component_status_changes.0.name`; see [`lookup`]).
+//!   A **wildcard** (the default) must match the whole value, `*` standing for any run of
+//!   characters, case-insensitively: `*.mydomain.tld` matches `www.mydomain.tld` but not
+//!   `mydomain.tld`. A **regex** must match the whole value too (Java `matches()` semantics;
+//!   write `.*` at the ends to find a substring; `(?si)` works); at most 128 characters. A
+//!   pattern the `regex` crate accepts runs in linear time; one that needs look-around or
+//!   back-references runs on a backtracking engine with a step limit, and only on values of
+//!   at most 1,024 characters (see `config::rules`); a match it cannot decide counts as no match
+//!   and is logged. A field the alert lacks never matches.
 //! - `and` adds a second condition; `routing_key` adds a wildcard condition on the
 //!   `routing_key` field and moves the rule to the end.
 //! - `set` writes fields (creating them if needed). Values expand `${{field}}` (another alert
-//!   field, as it was when the rule matched) and `${{\1}}`… (the primary condition's capture
-//!   groups; for a wildcard, each `*` is a group, earlier stars taking as little as they can).
-//!   A missing field expands to nothing.
+//!   field as it was when the rule matched, or its new value when this rule sets it too),
+//!   `${{payload.path}}` and `${{\1}}`… (the primary condition's capture groups; for a
+//!   wildcard, each `*` is a group, earlier stars taking as little as they can). A missing
+//!   field expands to nothing.
 //! - `annotations` add VictorOps annotation fields: `vo_annotate.u.<label>` (url),
 //!   `vo_annotate.s.<label>` (note), `vo_annotate.i.<label>` (image), at most 1124 characters.
+//!   Their values expand like `set` values, seeing everything the rule sets.
 //! - `route` sends the event to the named targets, in addition to the targets that take every
 //!   event from its source.
 
-mod config;
-
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use regex::Regex;
+use serde_json::Value;
 
-pub(crate) use config::{compile_condition, compile_rules, RawCondition, RawRule};
-
+use crate::config::rules::{Condition, Expansion, FieldRef, Part, Rule, BACKTRACKING_MAX_INPUT};
+pub use crate::config::rules::{Rules, PAYLOAD_PREFIX};
 use crate::config::{Receive, TargetConfig};
-
-#[derive(Debug, Clone)]
-pub struct Condition {
-    pub field: String,
-    /// What the user wrote, for messages.
-    pub pattern: String,
-    regex: Regex,
-}
-
-impl Condition {
-    /// The capture groups (group 0 first) when the field's value matches.
-    fn captures(&self, alert: &BTreeMap<String, String>) -> Option<Vec<String>> {
-        let value = alert.get(&self.field)?;
-        let caps = self.regex.captures(value)?;
-        Some(
-            caps.iter()
-                .map(|m| m.map_or_else(String::new, |m| m.as_str().to_owned()))
-                .collect(),
-        )
-    }
-
-    pub fn matches(&self, alert: &BTreeMap<String, String>) -> bool {
-        alert
-            .get(&self.field)
-            .is_some_and(|v| self.regex.is_match(v))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Field(String),
-    Capture(usize),
-}
-
-/// A value with `${{field}}` and `${{\N}}` references, parsed once.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Expansion(Vec<Part>);
-
-impl Expansion {
-    fn expand(&self, alert: &BTreeMap<String, String>, captures: &[String]) -> String {
-        let mut out = String::new();
-        for part in &self.0 {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Field(f) => out.push_str(alert.get(f).map_or("", String::as_str)),
-                Part::Capture(i) => out.push_str(captures.get(*i).map_or("", String::as_str)),
-            }
-        }
-        out
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    when: Condition,
-    and: Option<Condition>,
-    routing_key: Option<Condition>,
-    set: Vec<(String, Expansion)>,
-    annotations: Vec<(String, Expansion)>,
-    pub route: Vec<String>,
-    stop: bool,
-}
-
-/// Rules in the order they run.
-#[derive(Debug, Clone, Default)]
-pub struct Rules(Vec<Rule>);
+use crate::normalize::victorops::{field_limit, PAYLOAD_VALUE_LIMIT};
 
 /// What the rules did to one event.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -107,37 +46,207 @@ pub struct Trace {
     pub matched: Vec<String>,
     /// Targets the matching rules routed the event to.
     pub routes: Vec<String>,
+    /// Conditions that could not be decided (a backtracking pattern over its limits), each
+    /// counted as no match: `rule: why`.
+    pub gave_up: Vec<String>,
 }
 
-const ANNOTATION_LIMIT: usize = 1124;
+/// A field's value for matching and expansion: an alert field, or a payload path's value
+/// (strings as they are, numbers and booleans as text, objects and arrays as compact JSON;
+/// `null` and missing paths have none), cut to the longest VictorOps field.
+pub fn lookup<'a>(
+    field: &FieldRef,
+    alert: &'a BTreeMap<String, String>,
+    payload: &'a Value,
+) -> Option<Cow<'a, str>> {
+    match field {
+        FieldRef::Alert(name) => alert.get(name).map(|v| Cow::Borrowed(v.as_str())),
+        FieldRef::Payload(path) => {
+            let mut at = payload;
+            for segment in path {
+                at = match at {
+                    Value::Object(map) => map.get(segment)?,
+                    Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+                    _ => return None,
+                };
+            }
+            let text = match at {
+                Value::Null => return None,
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                Value::Bool(_) | Value::Number(_) => Cow::Owned(at.to_string()),
+                other => Cow::Owned(serde_json::to_string(other).unwrap_or_default()),
+            };
+            Some(match text.char_indices().nth(PAYLOAD_VALUE_LIMIT) {
+                Some((cut, _)) => Cow::Owned(text[..cut].to_owned()),
+                None => text,
+            })
+        }
+    }
+}
+
+/// Why a condition could not be decided.
+struct GaveUp(String);
+
+impl Condition {
+    /// Whether the field's value matches, with its capture groups (group 0 first) when
+    /// `groups` asks for them (else none: deciding alone is cheaper).
+    fn captures(
+        &self,
+        alert: &BTreeMap<String, String>,
+        payload: &Value,
+        groups: bool,
+    ) -> Result<Option<Vec<String>>, GaveUp> {
+        let Some(value) = lookup(&self.source, alert, payload) else {
+            return Ok(None);
+        };
+        let m = &self.matcher;
+        if m.backtracking
+            && value.len() > BACKTRACKING_MAX_INPUT
+            && value.chars().count() > BACKTRACKING_MAX_INPUT
+        {
+            return Err(GaveUp(format!(
+                "{} is longer than the {BACKTRACKING_MAX_INPUT} characters a backtracking \
+                 pattern is tried on",
+                self.field
+            )));
+        }
+        if !groups {
+            return match m.regex.is_match(value.as_ref()) {
+                Ok(hit) => Ok(hit.then(Vec::new)),
+                Err(e) => Err(GaveUp(format!(
+                    "{} against {:?}: {e}",
+                    self.field, self.pattern
+                ))),
+            };
+        }
+        match m.regex.captures(value.as_ref()) {
+            Ok(c) => Ok(c.map(|c| {
+                c.iter()
+                    .map(|g| g.map_or_else(String::new, |g| g.as_str().to_owned()))
+                    .collect()
+            })),
+            Err(e) => Err(GaveUp(format!(
+                "{} against {:?}: {e}",
+                self.field, self.pattern
+            ))),
+        }
+    }
+
+    fn decide(&self, alert: &BTreeMap<String, String>, payload: &Value) -> Result<bool, GaveUp> {
+        self.captures(alert, payload, false).map(|c| c.is_some())
+    }
+
+    /// Whether the alert field matches; an undecidable match is no match.
+    pub fn matches(&self, alert: &BTreeMap<String, String>) -> bool {
+        self.decide(alert, &Value::Null).unwrap_or(false)
+    }
+}
+
+impl Expansion {
+    /// The value, with `set` the fields this rule has set so far.
+    fn expand(
+        &self,
+        alert: &BTreeMap<String, String>,
+        set: &[(&str, String)],
+        payload: &Value,
+        captures: &[String],
+    ) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            part.expand_into(&mut out, alert, set, payload, captures);
+        }
+        out
+    }
+}
+
+impl Part {
+    fn expand_into(
+        &self,
+        out: &mut String,
+        alert: &BTreeMap<String, String>,
+        set: &[(&str, String)],
+        payload: &Value,
+        captures: &[String],
+    ) {
+        match self {
+            Part::Text(t) => out.push_str(t),
+            Part::Capture(i) => out.push_str(captures.get(*i).map_or("", String::as_str)),
+            // A field this rule already set reads its new value.
+            Part::Field(FieldRef::Alert(name)) => match set.iter().find(|(f, _)| f == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(alert.get(name).map_or("", String::as_str)),
+            },
+            Part::Field(path) => {
+                if let Some(v) = lookup(path, alert, payload) {
+                    out.push_str(&v);
+                }
+            }
+        }
+    }
+}
+
+impl Rule {
+    /// Whether every condition holds; the captures of the primary one.
+    fn check(
+        &self,
+        alert: &BTreeMap<String, String>,
+        payload: &Value,
+    ) -> Result<Option<Vec<String>>, GaveUp> {
+        let Some(captures) = self.when.captures(alert, payload, self.uses_captures)? else {
+            return Ok(None);
+        };
+        for c in [&self.and, &self.routing_key].into_iter().flatten() {
+            if !c.decide(alert, payload)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(captures))
+    }
+}
 
 impl Rules {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.rules.is_empty()
     }
 
-    pub fn apply(&self, alert: &mut BTreeMap<String, String>) -> Trace {
+    /// Whether [`Rules::apply`] needs the sender's payload.
+    pub fn needs_payload(&self) -> bool {
+        self.needs_payload
+    }
+
+    /// Runs the rules over `alert`. `payload` is the sender's payload, read by `payload.`
+    /// paths (`Value::Null` when [`Rules::needs_payload`] is false).
+    pub fn apply(&self, alert: &mut BTreeMap<String, String>, payload: &Value) -> Trace {
         let mut trace = Trace::default();
-        for rule in &self.0 {
-            let Some(captures) = rule.when.captures(alert) else {
-                continue;
+        for rule in &self.rules {
+            let captures = match rule.check(alert, payload) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(GaveUp(why)) => {
+                    tracing::warn!(rule = %rule.name, reason = %why, "rule condition gave up; counted as no match");
+                    trace.gave_up.push(format!("{}: {why}", rule.name));
+                    continue;
+                }
             };
-            if rule.and.as_ref().is_some_and(|c| !c.matches(alert))
-                || rule.routing_key.as_ref().is_some_and(|c| !c.matches(alert))
-            {
-                continue;
-            }
-            let snapshot = alert.clone();
+            // Values are computed against the alert as it was, except that a field this rule
+            // sets reads its new value (`set` is ordered so it is there first).
+            let mut set: Vec<(&str, String)> = Vec::with_capacity(rule.set.len());
             for (field, value) in &rule.set {
-                alert.insert(field.clone(), value.expand(&snapshot, &captures));
+                let v = value.expand(alert, &set, payload, &captures);
+                set.push((field, v));
             }
+            let mut annotations = Vec::with_capacity(rule.annotations.len());
             for (field, value) in &rule.annotations {
-                let mut v = value.expand(&snapshot, &captures);
-                if let Some((cut, _)) = v.char_indices().nth(ANNOTATION_LIMIT) {
+                let mut v = value.expand(alert, &set, payload, &captures);
+                if let Some((cut, _)) = v.char_indices().nth(field_limit(field)) {
                     v.truncate(cut);
                 }
-                alert.insert(field.clone(), v);
+                annotations.push((field.clone(), v));
             }
+            for (field, v) in set {
+                alert.insert(field.to_owned(), v);
+            }
+            alert.extend(annotations);
             trace.matched.push(rule.name.clone());
             for t in &rule.route {
                 if !trace.routes.contains(t) {

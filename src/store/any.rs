@@ -1,8 +1,9 @@
 //! The configured backend behind one type, so the relay is not generic over its store.
 
 use super::{
-    Attempt, Claim, Delivery, EventOutcome, IngestBatch, NewDelivery, Next, PgStore, Prune, Pruned,
-    Seq, SledStore, Stats, Store, StoreError, TargetCounts, TargetId, TargetState,
+    Attempt, Claim, Delivery, EventOutcome, EventPage, EventQuery, IngestBatch, NewDelivery, Next,
+    PgStore, Prune, Pruned, Seq, SledStore, Stats, Store, StoreError, TargetCounts, TargetId,
+    TargetState,
 };
 use crate::normalize::Event;
 
@@ -31,6 +32,15 @@ impl AnyStore {
         each!(self, s => s.close().await)
     }
 
+    /// Resolves with the cause if the store stops on a failure it cannot recover from while
+    /// running (the embedded store's fail-stop); never for PostgreSQL.
+    pub async fn failed(&self) -> String {
+        match self {
+            AnyStore::Sled(s) => s.failed().await,
+            AnyStore::Postgres(_) => std::future::pending().await,
+        }
+    }
+
     /// Whether other relay instances may write to the same store.
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyStore::Postgres(_))
@@ -47,11 +57,26 @@ impl Store for AnyStore {
     async fn claim(&self, target: TargetId, now_ms: u64) -> Result<Claim, StoreError> {
         each!(self, s => s.claim(target, now_ms).await)
     }
+    async fn claim_probe(&self, target: TargetId, after: Seq) -> Result<Claim, StoreError> {
+        each!(self, s => s.claim_probe(target, after).await)
+    }
     async fn finish(&self, d: &Delivery, attempt: Attempt, next: Next) -> Result<(), StoreError> {
         each!(self, s => s.finish(d, attempt, next).await)
     }
     fn release(&self, seq: Seq) {
         each!(self, s => s.release(seq))
+    }
+    async fn key_state(&self, target: TargetId, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        each!(self, s => s.key_state(target, key).await)
+    }
+    async fn finish_with_key_state(
+        &self,
+        d: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.finish_with_key_state(d, attempt, next, state).await)
     }
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
         each!(self, s => s.event(id).await)
@@ -96,6 +121,9 @@ impl Store for AnyStore {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         each!(self, s => s.events_page(after, limit).await)
+    }
+    async fn event_log(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        each!(self, s => s.event_log(query).await)
     }
     async fn dead_letters_between(
         &self,

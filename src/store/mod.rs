@@ -8,20 +8,17 @@
 
 mod any;
 mod codec;
-mod keys;
-mod overlay;
+mod event_log;
 mod postgres;
-mod sled_store;
-mod wal;
+mod sled;
 
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::sled::{LogOptions, Manifest, SledStore};
 pub use any::AnyStore;
-pub use keys::clamp_ordering_key;
 pub use postgres::{check_connection, redact_url, PgOptions, PgStore, Waker};
-pub use sled_store::{LogOptions, Manifest, SledStore};
 
 use crate::normalize::Event;
 
@@ -31,10 +28,24 @@ pub type TargetId = u32;
 /// commit in the other order. Per-key order follows the commits, never the numbers alone.
 pub type Seq = u64;
 
-#[derive(Debug, thiserror::Error)]
+/// Ordering keys are cut to this many bytes (VictorOps caps `entity_id` at 512 characters).
+pub const MAX_ORDERING_KEY: usize = 512;
+
+/// Cuts an ordering key to [`MAX_ORDERING_KEY`] bytes on a character boundary.
+pub fn clamp_ordering_key(key: &mut String) {
+    if key.len() > MAX_ORDERING_KEY {
+        let mut end = MAX_ORDERING_KEY;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O error: {0}")]
-    Io(#[from] sled::Error),
+    Io(#[from] ::sled::Error),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
     #[error("store record is damaged: {0}")]
@@ -43,6 +54,20 @@ pub enum StoreError {
     Closed,
     #[error("the store did not complete a write within {0} ms")]
     Stalled(u128),
+    /// The store stopped on a failure it cannot recover from while running (a failed log
+    /// sync, a failed write to sled after the log made it durable): nothing more is written
+    /// until the relay restarts and replays the log.
+    #[error("the store stopped after a failure ({0}); the relay must restart")]
+    Failed(String),
+    #[error(
+        "the store at {path} is of format {found}, which this build does not know (it knows \
+         format {known}); it was written by another build of hookrelay"
+    )]
+    Format {
+        path: String,
+        found: String,
+        known: u64,
+    },
     #[error(
         "the store at {path} is missing data it acknowledged: its manifest records deliveries up \
          to #{recorded}, but the database now ends at #{found}. It was damaged (truncated, \
@@ -145,19 +170,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery that does not exist yet, for rendering templates before one does (ordering
-    /// keys at ingest, dry runs).
-    pub fn placeholder(event_id: uuid::Uuid, target: TargetId) -> Delivery {
+    /// A new pending delivery, due at once.
+    pub fn new(
+        seq: Seq,
+        event_id: uuid::Uuid,
+        target: TargetId,
+        ordering_key: String,
+        now_ms: u64,
+    ) -> Delivery {
         Delivery {
-            seq: 0,
+            seq,
             event_id,
             target,
-            ordering_key: String::new(),
+            ordering_key,
             state: DeliveryState::Pending,
             attempts: 0,
-            due_ms: 0,
-            created_ms: 0,
-            updated_ms: 0,
+            due_ms: now_ms,
+            created_ms: now_ms,
+            updated_ms: now_ms,
             last_status: None,
             last_error: None,
             response_excerpt: None,
@@ -165,6 +195,12 @@ impl Delivery {
             last_at_ms: 0,
             last_latency_ms: 0,
         }
+    }
+
+    /// A delivery that does not exist yet, for rendering templates before one does (ordering
+    /// keys at ingest, dry runs).
+    pub fn placeholder(event_id: uuid::Uuid, target: TargetId) -> Delivery {
+        Delivery::new(0, event_id, target, String::new(), 0)
     }
 
     /// The last attempt, from the record alone; `None` where the store keeps it apart.
@@ -203,7 +239,7 @@ pub struct Prune {
     pub done_before_ms: u64,
     pub dead_before_ms: u64,
     pub now_ms: u64,
-    pub after: Option<uuid::Uuid>,
+    /// At most this many events (and dedup keys) are looked at per call.
     pub max_events: usize,
 }
 
@@ -211,8 +247,8 @@ pub struct Prune {
 pub struct Pruned {
     pub events: usize,
     pub dedup_keys: usize,
-    /// Where the scan stopped; `None` when it reached the retention boundary.
-    pub resume_after: Option<uuid::Uuid>,
+    /// The call stopped at its limit: more may be due; calling again goes on from there.
+    pub more: bool,
 }
 
 /// Counters kept with every write, so reading them never scans the queue.
@@ -250,6 +286,51 @@ pub enum Claim {
     Empty,
 }
 
+/// An event's deliveries summed up: pending while any is, else dead when any is, else done
+/// (an event routed to no target is done).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Pending,
+    Dead,
+    Done,
+}
+
+/// A page of the event log, newest first: events with ids between `after` and `before` (both
+/// exclusive) that pass the filters. Ids are UUIDv7, so id order is time order and a time
+/// range is an id range.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub before: Option<uuid::Uuid>,
+    pub after: Option<uuid::Uuid>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub status: Option<EventStatus>,
+    pub limit: usize,
+    /// Events one call may look at, matching or not: what bounds its cost whatever the
+    /// filters. The caller continues from [`EventPage::resume`].
+    pub max_examined: usize,
+}
+
+/// A stored event with its deliveries.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub event: Event,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    /// Newest first.
+    pub events: Vec<LoggedEvent>,
+    /// Events looked at.
+    pub examined: usize,
+    /// The `before` of the next call when the call stopped before the end of its range (the
+    /// page was full, or `max_examined` events were looked at); `None` when nothing in the
+    /// range is left to look at.
+    pub resume: Option<uuid::Uuid>,
+}
+
 /// Counts, for tests and operators. These scan; keep them off hot paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -280,6 +361,15 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
+    /// Leases the first head of `target` after `after` in sequence order, going round to the
+    /// first after the last, whatever its due time and that no one else holds: a suspended
+    /// target's probe takes its keys in turn.
+    fn claim_probe(
+        &self,
+        target: TargetId,
+        after: Seq,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
     /// Records an attempt and what follows from it, durably, then drops the lease.
     fn finish(
         &self,
@@ -290,6 +380,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops a lease without recording anything: the delivery is due again as it was.
     fn release(&self, seq: Seq);
+
+    /// The small value kept for one `(target, ordering key)`, if any: the `statushub`
+    /// target's incident state. Written only by [`Store::finish_with_key_state`], so it
+    /// changes only when a delivery of that key ends, and (only heads being claimable) it is
+    /// read and written by one delivery of the key at a time.
+    fn key_state(
+        &self,
+        target: TargetId,
+        ordering_key: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// [`Store::finish`], and in the same atomic write the value of the delivery's
+    /// `(target, ordering key)`: `Some` sets it, `None` removes it. When the finish does not
+    /// apply (the attempt was already recorded, or the lease passed to another instance),
+    /// neither is written.
+    fn finish_with_key_state(
+        &self,
+        delivery: &Delivery,
+        attempt: Attempt,
+        next: Next,
+        state: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn event(
         &self,
@@ -349,6 +461,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
+    /// A page of the event log, newest first, with each event's deliveries. Looks at no more
+    /// than `query.max_examined` events.
+    fn event_log(
+        &self,
+        query: EventQuery,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+
     /// Dead letters of a target that died within `[since_ms, until_ms)`, oldest first.
     fn dead_letters_between(
         &self,
@@ -369,8 +488,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes, oldest first and at most `max_events` events per call: events whose
     /// deliveries all finished (done or skipped before `done_before_ms`, dead before
     /// `dead_before_ms`), with their deliveries, attempts and index entries; and dedup keys
-    /// that expired before `now_ms`. Pending deliveries are never touched. `after` continues a
-    /// previous call.
+    /// that expired before `now_ms`. Pending deliveries are never touched. A call that reports
+    /// `more` is continued by the next.
     fn prune(&self, limits: Prune) -> impl Future<Output = Result<Pruned, StoreError>> + Send;
 
     /// New deliveries of a stored event.

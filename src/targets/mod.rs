@@ -5,8 +5,11 @@
 //! (judging is `deliver::classify`'s job).
 
 mod file;
+pub mod incident;
+pub mod signing;
 mod snowplow;
 mod statushub;
+mod victorops;
 mod webhook;
 
 use std::time::{Duration, SystemTime};
@@ -17,6 +20,7 @@ pub use snowplow::PLATFORMS;
 pub use statushub::{
     DEFAULT_BODY as STATUSHUB_BODY, DEFAULT_KEY_FIELD, DEFAULT_URL as STATUSHUB_DEFAULT_URL,
 };
+pub use victorops::{VictoropsSpec, REST_PATH as VICTOROPS_REST_PATH};
 
 use crate::config::{TargetConfig, TargetKind};
 use crate::deliver::parse_retry_after;
@@ -68,6 +72,7 @@ pub enum Target {
     Webhook(webhook::Webhook),
     File(file::FileTarget),
     Snowplow(snowplow::Snowplow),
+    Victorops(victorops::Victorops),
 }
 
 impl Target {
@@ -78,6 +83,17 @@ impl Target {
             }
             TargetKind::File(spec) => Target::File(file::FileTarget::new(spec.path.clone())),
             TargetKind::Snowplow(spec) => Target::Snowplow(snowplow::Snowplow::new(spec.clone())),
+            TargetKind::Victorops(spec) => {
+                Target::Victorops(victorops::Victorops::new(spec.clone()))
+            }
+        }
+    }
+
+    /// For a target that fires on incident changes (`statushub`), which changes fire.
+    pub fn fire_on(&self) -> Option<&incident::FireOn> {
+        match self {
+            Target::Webhook(w) => w.fire_on(),
+            _ => None,
         }
     }
 
@@ -88,6 +104,7 @@ impl Target {
             Target::Webhook(w) => w.prepare(templates, ctx),
             Target::File(f) => Ok(f.prepare(ctx.data())),
             Target::Snowplow(s) => s.prepare(ctx.data()),
+            Target::Victorops(v) => v.prepare(templates, ctx),
         }
     }
 

@@ -327,30 +327,47 @@ kind = "pagerduty"
 path = "/com.pagerduty/v1"
 "#;
 
-/// The server the PostgreSQL tests use, from `HOOKRELAY_TEST_DATABASE_URL` (a URL ending in
-/// a database name, e.g. `postgres://postgres@127.0.0.1:55432/postgres`; `.ci/postgres`
-/// starts one). Without it those tests pass without running and say so once on stderr.
-pub fn test_database_url() -> Option<String> {
-    match std::env::var("HOOKRELAY_TEST_DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                use std::io::Write;
-                // Straight to the file descriptor: the test harness captures eprintln!.
-                let _ = std::io::stderr().write_all(
-                    b"\nNOTICE: HOOKRELAY_TEST_DATABASE_URL is not set: PostgreSQL store tests \
-                      are SKIPPED. Run `eval \"$(bash .ci/postgres)\"` first to run them.\n",
-                );
-            });
-            None
+/// The server the PostgreSQL tests use: `HOOKRELAY_TEST_DATABASE_URL` (a URL ending in a
+/// database name, e.g. `postgres://postgres@127.0.0.1:55432/postgres`) when set; otherwise
+/// the one `.ci/postgres` starts on loopback (installing PostgreSQL from Debian's packages
+/// when it is missing). A test that needs it fails with the reason when neither works: it
+/// never passes without running.
+pub fn test_database_url() -> String {
+    static URL: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let found = URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("HOOKRELAY_TEST_DATABASE_URL") {
+            if !url.trim().is_empty() {
+                return Ok(url);
+            }
         }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export HOOKRELAY_TEST_DATABASE_URL="))
+        {
+            Some(url) if out.status.success() => Ok(url.trim().to_owned()),
+            _ => Err(format!(
+                "no PostgreSQL for the tests: HOOKRELAY_TEST_DATABASE_URL is not set and {script} \
+                 failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    });
+    match found {
+        Ok(url) => url.clone(),
+        Err(why) => panic!("{why}"),
     }
 }
 
 /// A new, empty database on the test server; its URL.
-pub async fn fresh_database() -> Option<String> {
-    let admin = test_database_url()?;
+pub async fn fresh_database() -> String {
+    let admin = test_database_url();
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
         .expect("the test PostgreSQL server answers");
@@ -363,5 +380,5 @@ pub async fn fresh_database() -> Option<String> {
     drop(client);
     let _ = conn.await;
     let base = admin.rsplit_once('/').expect("URL ends in a database").0;
-    Some(format!("{base}/{name}"))
+    format!("{base}/{name}")
 }
