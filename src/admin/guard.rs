@@ -17,7 +17,7 @@
 //!   when it opens a page, so the page asks for the token and sends it with each call.
 
 use hyper::header::{AUTHORIZATION, HOST, ORIGIN};
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use subtle::ConstantTimeEq;
 
 /// What the guard holds; built once from the admin config.
@@ -36,6 +36,31 @@ pub enum Refusal {
     Origin,
     /// Missing or wrong bearer token (401 `unauthorized`).
     Token,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Token => StatusCode::UNAUTHORIZED,
+            Refusal::Host | Refusal::Origin => StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Token => "missing or wrong bearer token",
+            Refusal::Host => "this Host is not the relay's: add it to admin.allowed_hosts",
+            Refusal::Origin => "requests from other sites' pages are refused",
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Token => "unauthorized",
+            Refusal::Host => "host_not_allowed",
+            Refusal::Origin => "origin_not_allowed",
+        }
+    }
 }
 
 impl Guard {

@@ -101,18 +101,7 @@ impl<S: Store> Admin<S> {
             Ok(r) => r,
             Err(e) => {
                 let (status, message) = match &e {
-                    AdminError::Refused(guard::Refusal::Token) => (
-                        StatusCode::UNAUTHORIZED,
-                        "missing or wrong bearer token".to_owned(),
-                    ),
-                    AdminError::Refused(guard::Refusal::Host) => (
-                        StatusCode::FORBIDDEN,
-                        "this Host is not the relay's: add it to admin.allowed_hosts".to_owned(),
-                    ),
-                    AdminError::Refused(guard::Refusal::Origin) => (
-                        StatusCode::FORBIDDEN,
-                        "requests from other sites' pages are refused".to_owned(),
-                    ),
+                    AdminError::Refused(r) => (r.status(), r.message().to_owned()),
                     AdminError::NotFound(what) => {
                         (StatusCode::NOT_FOUND, format!("{what} not found"))
                     }
@@ -131,11 +120,7 @@ impl<S: Store> Admin<S> {
                 };
                 let mut body = json!({ "error": message });
                 if let AdminError::Refused(r) = &e {
-                    body["code"] = json!(match r {
-                        guard::Refusal::Token => "unauthorized",
-                        guard::Refusal::Host => "host_not_allowed",
-                        guard::Refusal::Origin => "origin_not_allowed",
-                    });
+                    body["code"] = json!(r.code());
                 }
                 let mut resp = json_response(status, &body);
                 if matches!(e, AdminError::Refused(guard::Refusal::Token)) {

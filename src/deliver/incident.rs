@@ -31,11 +31,11 @@
 //! - a retry writes no record: the retry decides again from the same record, and the key's
 //!   later alerts wait behind it.
 
-use super::{request, Next};
-use crate::normalize::Event;
+use super::{context_with, Next};
+use crate::normalize::{victorops, Event, HEAVY_BODY_BYTES};
 use crate::store::{Attempt, Delivery, Store, StoreError};
 use crate::targets::incident::{self, Incident};
-use crate::targets::AttemptResult;
+use crate::targets::{AttemptResult, Prepared};
 
 use super::TargetSpec;
 use std::sync::Arc;
@@ -115,4 +115,32 @@ pub(super) async fn finish<S: Store>(
         }
         _ => store.finish(delivery, attempt, next).await,
     }
+}
+
+/// The request for one attempt: the template context (which parses the payload when a template
+/// reads it) and the target's rendering. For a large body that is done on a blocking thread,
+/// as ingest's parse is, so one big event never holds up the async threads on each attempt.
+async fn request(
+    spec: &Arc<TargetSpec>,
+    target: &str,
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    incident: Option<&victorops::IncidentView>,
+) -> Result<Prepared, String> {
+    let build = {
+        let (spec, target) = (spec.clone(), target.to_owned());
+        move |event: &Event, delivery: &Delivery, incident: Option<&victorops::IncidentView>| {
+            let needs = spec.config.needs();
+            let ctx = context_with(event, delivery, attempt, &target, needs, incident);
+            spec.target.prepare(&spec.templates, &ctx)
+        }
+    };
+    if event.raw.body.len() < HEAVY_BODY_BYTES {
+        return build(event, delivery, incident);
+    }
+    let (event, delivery, incident) = (event.clone(), delivery.clone(), incident.cloned());
+    tokio::task::spawn_blocking(move || build(&event, &delivery, incident.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(format!("building the request failed: {e}")))
 }

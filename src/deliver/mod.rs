@@ -26,11 +26,11 @@ use crate::admin::metrics::TargetMetrics;
 use crate::config::TargetConfig;
 use arc_swap::ArcSwap;
 
-use crate::normalize::{victorops, Event, HEAVY_BODY_BYTES};
+use crate::normalize::{victorops, Event};
 use crate::store::{
     Attempt, Claim, Delivery, Next, Seq, Store, StoreError, TargetId, TargetMode, TargetState,
 };
-use crate::targets::{AttemptResult, Prepared, Target};
+use crate::targets::{AttemptResult, Target};
 use crate::template::Templates;
 use crate::template::{Context, ContextNeeds};
 
@@ -564,34 +564,6 @@ fn attempt_record(
         error,
         response_excerpt,
     }
-}
-
-/// The request for one attempt: the template context (which parses the payload when a template
-/// reads it) and the target's rendering. For a large body that is done on a blocking thread,
-/// as ingest's parse is, so one big event never holds up the async threads on each attempt.
-pub(crate) async fn request(
-    spec: &Arc<TargetSpec>,
-    target: &str,
-    event: &Event,
-    delivery: &Delivery,
-    attempt: u32,
-    incident: Option<&victorops::IncidentView>,
-) -> Result<Prepared, String> {
-    let build = {
-        let (spec, target) = (spec.clone(), target.to_owned());
-        move |event: &Event, delivery: &Delivery, incident: Option<&victorops::IncidentView>| {
-            let needs = spec.config.needs();
-            let ctx = context_with(event, delivery, attempt, &target, needs, incident);
-            spec.target.prepare(&spec.templates, &ctx)
-        }
-    };
-    if event.raw.body.len() < HEAVY_BODY_BYTES {
-        return build(event, delivery, incident);
-    }
-    let (event, delivery, incident) = (event.clone(), delivery.clone(), incident.cloned());
-    tokio::task::spawn_blocking(move || build(&event, &delivery, incident.as_ref()))
-        .await
-        .unwrap_or_else(|e| Err(format!("building the request failed: {e}")))
 }
 
 /// What templates see; documented in `templates/README.md`.
