@@ -686,7 +686,6 @@ pub fn context_with(
 ) -> Context {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
     if let Some(o) = ev.as_object_mut() {
-        o.remove("message_index");
         o.remove("matched_rules");
     }
     let mut ctx = serde_json::Map::with_capacity(7);
