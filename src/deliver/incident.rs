@@ -44,13 +44,14 @@
 
 use super::keyrecord::{KeyRecord, Unsent};
 use super::{context_with, Next};
-use crate::normalize::Event;
+use crate::normalize::{Event, HEAVY_BODY_BYTES};
 use crate::store::{Attempt, Delivery, Seq, Store, StoreError};
 use crate::targets::incident::{self, Change, Incident, Phase};
 use crate::targets::AttemptResult;
 use crate::template::Context;
 
 use super::TargetSpec;
+use std::sync::Arc;
 
 /// The key record to store with an attempt's outcome: `on_done` when it was delivered,
 /// `otherwise` when not; `None` leaves the stored record as it is.
@@ -200,20 +201,16 @@ pub(super) async fn record_of<S: Store>(
 pub(super) async fn attempt<S: Store>(
     store: &S,
     client: &reqwest::Client,
-    spec: &TargetSpec,
+    spec: &Arc<TargetSpec>,
     target: &str,
     event: &Event,
     delivery: &Delivery,
     number: u32,
 ) -> Result<(AttemptResult, Record), StoreError> {
     let rec = record_of(store, spec, target, delivery).await?;
-    let decision = decide(spec, target, event, delivery, number, &rec, &[]);
+    let decision = decide_off_thread(spec, target, event, delivery, number, &rec, &[]).await;
     let result = match decision.send {
-        Ok(ctx) => {
-            spec.target
-                .send(client, &spec.templates, &ctx, spec.config.timeout)
-                .await
-        }
+        Ok(ctx) => send(client, spec, ctx, is_heavy(event)).await,
         Err(reason) => AttemptResult::Skipped(reason),
     };
     Ok((result, decision.record))
@@ -235,4 +232,56 @@ pub(super) async fn finish<S: Store>(
         }
         None => store.finish(delivery, attempt, next).await,
     }
+}
+
+/// Whether building `event`'s request (its template context parses the payload when a
+/// template reads it, and the rendering) is left to a blocking thread, as ingest's parse of
+/// such a body is, so one big event never holds up the async threads on each attempt.
+pub(super) fn is_heavy(event: &Event) -> bool {
+    event.raw.body.len() >= HEAVY_BODY_BYTES
+}
+
+/// [`decide`], on a blocking thread when the event [`is_heavy`].
+pub(super) async fn decide_off_thread(
+    spec: &Arc<TargetSpec>,
+    target: &str,
+    event: &Event,
+    delivery: &Delivery,
+    number: u32,
+    rec: &KeyRecord,
+    superseded: &[(Event, Seq)],
+) -> Decision {
+    if !is_heavy(event) {
+        return decide(spec, target, event, delivery, number, rec, superseded);
+    }
+    let (spec, target, event) = (spec.clone(), target.to_owned(), event.clone());
+    let (delivery, rec, superseded) = (delivery.clone(), rec.clone(), superseded.to_vec());
+    tokio::task::spawn_blocking(move || {
+        decide(&spec, &target, &event, &delivery, number, &rec, &superseded)
+    })
+    .await
+    .unwrap_or_else(|e| Decision {
+        send: Err(format!("building the request failed: {e}")),
+        record: Record::default(),
+    })
+}
+
+/// Renders the request from `ctx` (on a blocking thread when `heavy`) and sends it.
+pub(super) async fn send(
+    client: &reqwest::Client,
+    spec: &Arc<TargetSpec>,
+    ctx: Context,
+    heavy: bool,
+) -> AttemptResult {
+    let prepared = if heavy {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || spec.target.prepare(&spec.templates, &ctx))
+            .await
+            .unwrap_or_else(|e| Err(format!("building the request failed: {e}")))
+    } else {
+        spec.target.prepare(&spec.templates, &ctx)
+    };
+    spec.target
+        .send(client, prepared, spec.config.timeout)
+        .await
 }

@@ -385,7 +385,7 @@ impl<S: Store> Worker<S> {
                 record: Default::default(),
             },
             (Some((event, older)), None) => {
-                incident::decide(&spec, &t.name, event, &kept, number, &rec, older)
+                incident::decide_off_thread(&spec, &t.name, event, &kept, number, &rec, older).await
             }
         };
         let at_ms = now_ms();
@@ -410,9 +410,8 @@ impl<S: Store> Worker<S> {
                     d.insert("superseded".into(), superseded.len().into());
                     d.insert("flapped".into(), flapped.into());
                 }
-                spec.target
-                    .send(&self.client, &spec.templates, &ctx, spec.config.timeout)
-                    .await
+                let heavy = event.is_some_and(|(e, _)| incident::is_heavy(e));
+                incident::send(&self.client, &spec, ctx, heavy).await
             }
             (Ok(_), None) => unreachable!("no event, nothing to send"),
         };
