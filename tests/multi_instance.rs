@@ -1,7 +1,7 @@
 //! Several relay processes on one PostgreSQL database: the scale-out setup. Each test makes
-//! its own database on the server named by `HOOKRELAY_TEST_DATABASE_URL` and passes without
-//! running (saying so on stderr) when there is none. Run with `-- --nocapture` to see the
-//! summary lines.
+//! its own database on the test server (`common::test_database_url`: the one
+//! `HOOKRELAY_TEST_DATABASE_URL` names, else the one `.ci/postgres` starts) and fails with the
+//! reason when there is none. Run with `-- --nocapture` to see the summary lines.
 
 mod common;
 
