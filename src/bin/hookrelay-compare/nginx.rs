@@ -77,7 +77,7 @@ impl Nginx {
         let mut nginx = Nginx { child, port, dir };
         let started = Instant::now();
         // Up when it answers and both workers are there (their CPU is what is measured).
-        while procs::answers(port).is_err() || procs::tree(nginx.child.id()).len() < 3 {
+        while procs::answers(port).is_err() || tree(nginx.child.id()).len() < 3 {
             if let Some(status) = nginx.child.try_wait()? {
                 let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
                 anyhow::bail!("nginx exited ({status}):\n{log}");
@@ -93,11 +93,37 @@ impl Nginx {
 
     /// The master and its workers.
     pub fn pids(&self) -> Vec<u32> {
-        procs::tree(self.child.id())
+        tree(self.child.id())
     }
 
     pub fn stop(mut self) {
         procs::signal(self.child.id(), "QUIT");
         let _ = self.child.wait();
     }
+}
+
+/// `pid` and every process descended from it.
+fn tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.file_name().to_str()?.parse().ok()?;
+            Some((p, procs::stat_fields(p).get(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    found
 }

@@ -1,7 +1,6 @@
 //! The figures of each run and the report: a markdown table with every figure of issue 15
 //! for nginx and hookrelay and their ratio, the details of each run, and one JSON line.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -116,18 +115,6 @@ pub struct Report<'a> {
     pub backlog: Option<Backlog>,
 }
 
-pub fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
-}
-
 /// "1 target", "5 targets".
 pub fn targets(n: usize) -> String {
     match n {
@@ -157,156 +144,158 @@ fn us(x: f64) -> String {
     format!("{x:.1} µs")
 }
 
-/// A ratio `relay ÷ base`: rates plain (0.28), costs as a multiple (12.2×).
-fn ratio(relay: f64, base: Option<f64>, cost: bool) -> String {
-    match base {
-        Some(b) if b > 0.0 && cost => format!("{:.1}×", relay / b),
-        Some(b) if b > 0.0 => format!("{:.2}", relay / b),
-        _ => "–".into(),
+fn verdict(text: &str, met: bool) -> String {
+    match met {
+        true => format!("{text}: met"),
+        false => format!("{text}: **missed**"),
     }
 }
 
-/// "met" or "missed" against a goal, or "–" when there is nothing to compare.
-fn goal(text: &str, met: Option<bool>) -> String {
-    match met {
-        Some(true) => format!("{text}: met"),
-        Some(false) => format!("{text}: **missed**"),
-        None => format!("{text}: –"),
+/// One figure of a run: how it is read and shown.
+struct Figure {
+    get: fn(&Measured) -> f64,
+    show: fn(f64) -> String,
+    /// A cost (latency, CPU): its ratio reads as a multiple (12.2×), a rate's as a fraction.
+    cost: bool,
+}
+
+impl Figure {
+    const fn rate(get: fn(&Measured) -> f64) -> Figure {
+        Figure {
+            get,
+            show: count,
+            cost: false,
+        }
+    }
+
+    const fn cost(get: fn(&Measured) -> f64, show: fn(f64) -> String) -> Figure {
+        Figure {
+            get,
+            show,
+            cost: true,
+        }
     }
 }
+
+const ACKED: Figure = Figure::rate(|m| m.acked_per_s);
+const END_TO_END: Figure = Figure::rate(|m| m.end_to_end_per_s);
+const P50: Figure = Figure::cost(|m| m.ack_p50_ms, ms);
+const P99: Figure = Figure::cost(|m| m.ack_p99_ms, ms);
+const CPU: Figure = Figure::cost(|m| m.cpu_us_per_request, us);
+
+/// A goal of issue 15: its text, and whether it is met given the ratio to nginx (if any) and
+/// the relay's value.
+type Goal = (&'static str, fn(Option<f64>, f64) -> Option<bool>);
 
 impl Report<'_> {
+    /// A row of the table: the relay's `value` of figure `f` against nginx's.
+    fn row(&self, label: &str, f: &Figure, value: f64, goal: Option<Goal>) -> String {
+        let base = self.nginx.as_ref().map(f.get);
+        let ratio = base.filter(|b| *b > 0.0).map(|b| value / b);
+        let goal = goal.map_or(String::new(), |(text, met)| match met(ratio, value) {
+            Some(met) => verdict(text, met),
+            None => format!("{text}: –"),
+        });
+        format!(
+            "| {label} | {} | {} | {} | {goal} |",
+            base.map_or("not installed".into(), f.show),
+            (f.show)(value),
+            match ratio {
+                Some(r) if f.cost => format!("{r:.1}×"),
+                Some(r) => format!("{r:.2}"),
+                None => "–".into(),
+            }
+        )
+    }
+
     fn table(&self) -> Vec<String> {
-        let n = self.nginx.as_ref();
-        let base = |f: fn(&Measured) -> f64| n.map(f);
-        let nginx_cell = |f: fn(&Measured) -> f64, show: fn(f64) -> String| {
-            n.map_or("not installed".into(), |m| show(f(m)))
-        };
         let mut rows = vec![
             "| figure | nginx proxy | hookrelay | ratio | goal (issue 15) |".to_owned(),
             "|---|---|---|---|---|".to_owned(),
         ];
         let (_, one) = &self.relays[0];
-        let rate_ratio = |r: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map(|b| r / b);
-        rows.push(format!(
-            "| requests acknowledged/s while loaded | {} | {} | {} | {} |",
-            nginx_cell(|m| m.acked_per_s, count),
-            count(one.acked_per_s),
-            ratio(one.acked_per_s, base(|m| m.acked_per_s), false),
-            goal(
-                "≥ 0.5",
-                rate_ratio(one.acked_per_s, base(|m| m.acked_per_s)).map(|r| r >= 0.5)
+        for (label, f, goal) in [
+            (
+                "requests acknowledged/s while loaded",
+                &ACKED,
+                Some::<Goal>(("≥ 0.5", |r, _| r.map(|r| r >= 0.5))),
             ),
-        ));
-        rows.push(format!(
-            "| end to end/s: acknowledged ÷ (load time + time until the last reached the sink) | {} | {} | {} | {} |",
-            nginx_cell(|m| m.end_to_end_per_s, count),
-            count(one.end_to_end_per_s),
-            ratio(one.end_to_end_per_s, base(|m| m.end_to_end_per_s), false),
-            goal("≥ 0.35 (stretch 0.5)", rate_ratio(one.end_to_end_per_s, base(|m| m.end_to_end_per_s)).map(|r| r >= 0.35)),
-        ));
-        rows.push(format!(
-            "| ack p50 | {} | {} | {} | |",
-            nginx_cell(|m| m.ack_p50_ms, ms),
-            ms(one.ack_p50_ms),
-            ratio(one.ack_p50_ms, base(|m| m.ack_p50_ms), true),
-        ));
-        rows.push(format!(
-            "| ack p99 | {} | {} | {} | {} |",
-            nginx_cell(|m| m.ack_p99_ms, ms),
-            ms(one.ack_p99_ms),
-            ratio(one.ack_p99_ms, base(|m| m.ack_p99_ms), true),
-            goal("≤ 5 ms", Some(one.ack_p99_ms <= 5.0)),
-        ));
-        rows.push(format!(
-            "| CPU per request / per event (user+system of the server's processes) | {} | {} | {} | {} |",
-            nginx_cell(|m| m.cpu_us_per_request, us),
-            us(one.cpu_us_per_request),
-            ratio(one.cpu_us_per_request, base(|m| m.cpu_us_per_request), true),
-            goal("≤ 3×", rate_ratio(one.cpu_us_per_request, base(|m| m.cpu_us_per_request)).map(|r| r <= 3.0)),
-        ));
+            (
+                "end to end/s: acknowledged ÷ (load time + time until the last reached the sink)",
+                &END_TO_END,
+                Some(("≥ 0.35 (stretch 0.5)", |r, _| r.map(|r| r >= 0.35))),
+            ),
+            ("ack p50", &P50, None),
+            ("ack p99", &P99, Some(("≤ 5 ms", |_, v| Some(v <= 5.0)))),
+            (
+                "CPU per request / per event (user+system of the server's processes)",
+                &CPU,
+                Some(("≤ 3×", |r, _| r.map(|r| r <= 3.0))),
+            ),
+        ] {
+            rows.push(self.row(label, f, (f.get)(one), goal));
+        }
         if let Some((t, many)) = self.relays.get(1) {
-            let label = |what: &str| format!("{t} targets: {what}");
-            rows.push(format!(
-                "| {} | {} | {} | {} | |",
-                label("requests acknowledged/s while loaded"),
-                nginx_cell(|m| m.acked_per_s, count),
-                count(many.acked_per_s),
-                ratio(many.acked_per_s, base(|m| m.acked_per_s), false),
-            ));
-            rows.push(format!(
-                "| {} | {} | {} | {} | |",
-                label("end to end/s (every event at every target)"),
-                nginx_cell(|m| m.end_to_end_per_s, count),
-                count(many.end_to_end_per_s),
-                ratio(many.end_to_end_per_s, base(|m| m.end_to_end_per_s), false),
-            ));
-            rows.push(format!(
-                "| {} | {} | {} | {} | |",
-                label("ack p99"),
-                nginx_cell(|m| m.ack_p99_ms, ms),
-                ms(many.ack_p99_ms),
-                ratio(many.ack_p99_ms, base(|m| m.ack_p99_ms), true),
-            ));
-            rows.push(format!(
-                "| {} | {} | {} | {} | |",
-                label("CPU per event"),
-                nginx_cell(|m| m.cpu_us_per_request, us),
-                us(many.cpu_us_per_request),
-                ratio(
-                    many.cpu_us_per_request,
-                    base(|m| m.cpu_us_per_request),
-                    true
-                ),
-            ));
+            for (label, f) in [
+                ("requests acknowledged/s while loaded", &ACKED),
+                ("end to end/s (every event at every target)", &END_TO_END),
+                ("ack p99", &P99),
+                ("CPU per event", &CPU),
+            ] {
+                rows.push(self.row(&format!("{t} targets: {label}"), f, (f.get)(many), None));
+            }
             let extra = (many.cpu_us_per_request - one.cpu_us_per_request) / (*t as f64 - 1.0);
-            rows.push(format!(
-                "| CPU per extra target: (CPU per event with {t} − with 1) ÷ {} | {} | {} | {} | {} |",
-                t - 1,
-                nginx_cell(|m| m.cpu_us_per_request, us),
-                us(extra),
-                ratio(extra, base(|m| m.cpu_us_per_request), true),
-                goal("≤ 1×", rate_ratio(extra, base(|m| m.cpu_us_per_request)).map(|r| r <= 1.0)),
+            rows.push(self.row(
+                &format!(
+                    "CPU per extra target: (CPU per event with {t} − with 1) ÷ {}",
+                    t - 1
+                ),
+                &CPU,
+                extra,
+                Some(("≤ 1×", |r, _| r.map(|r| r <= 1.0))),
             ));
         }
         if let Some(b) = &self.backlog {
-            let p = count(b.pending as f64);
-            let (e, l) = (&b.empty, &b.loaded);
-            let (rss_e, rss_l) = (e.peak_rss_mb.unwrap_or(0), l.peak_rss_mb.unwrap_or(0));
+            rows.extend(self.backlog_rows(b));
+        }
+        rows
+    }
+
+    /// The backlog case, against the same relay on an empty queue.
+    fn backlog_rows(&self, b: &Backlog) -> Vec<String> {
+        let p = count(b.pending as f64);
+        let (e, l) = (&b.empty, &b.loaded);
+        let mut rows = vec![format!(
+            "| {p} pending for a down target: acknowledged/s (1 target + the down one) | – | {} (empty queue: {}) | {:.2} of empty | {} |",
+            count(l.acked_per_s),
+            count(e.acked_per_s),
+            l.acked_per_s / e.acked_per_s.max(1e-9),
+            verdict("≥ 0.90", l.acked_per_s >= 0.9 * e.acked_per_s),
+        )];
+        for (label, f) in [("ack p99", &P99), ("CPU per event", &CPU)] {
             rows.push(format!(
-                "| {p} pending for a down target: acknowledged/s (1 target + the down one) | – | {} (empty queue: {}) | {:.2} of empty | {} |",
-                count(l.acked_per_s),
-                count(e.acked_per_s),
-                l.acked_per_s / e.acked_per_s.max(1e-9),
-                goal("≥ 0.90", Some(l.acked_per_s >= 0.9 * e.acked_per_s)),
+                "| {p} pending: {label} | – | {} (empty queue: {}) | | |",
+                (f.show)((f.get)(l)),
+                (f.show)((f.get)(e)),
             ));
+        }
+        let (rss_e, rss_l) = (e.peak_rss_mb.unwrap_or(0), l.peak_rss_mb.unwrap_or(0));
+        rows.push(format!(
+            "| {p} pending: peak RSS | – | {rss_l} MB (empty queue: {rss_e} MB) | | {} |",
+            verdict("≤ 100 MB", rss_l <= 100),
+        ));
+        for (what, at) in [
+            (
+                "a crash (SIGKILL right after the fill)",
+                b.startup_after_crash_ms,
+            ),
+            ("a clean stop", b.startup_after_stop_ms),
+        ] {
             rows.push(format!(
-                "| {p} pending: ack p99 | – | {} (empty queue: {}) | | |",
-                ms(l.ack_p99_ms),
-                ms(e.ack_p99_ms)
+                "| {p} pending: startup after {what}, until it answers HTTP | – | {} ms | | {} |",
+                count(at as f64),
+                verdict("≤ 1 s", at <= 1000),
             ));
-            rows.push(format!(
-                "| {p} pending: CPU per event | – | {} (empty queue: {}) | | |",
-                us(l.cpu_us_per_request),
-                us(e.cpu_us_per_request)
-            ));
-            rows.push(format!(
-                "| {p} pending: peak RSS | – | {rss_l} MB (empty queue: {rss_e} MB) | | {} |",
-                goal("≤ 100 MB", Some(rss_l <= 100)),
-            ));
-            for (what, at) in [
-                (
-                    "a crash (SIGKILL right after the fill)",
-                    b.startup_after_crash_ms,
-                ),
-                ("a clean stop", b.startup_after_stop_ms),
-            ] {
-                rows.push(format!(
-                    "| {p} pending: startup after {what}, until it answers HTTP | – | {} ms | | {} |",
-                    count(at as f64),
-                    goal("≤ 1 s", Some(at <= 1000)),
-                ));
-            }
         }
         rows
     }

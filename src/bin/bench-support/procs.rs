@@ -1,7 +1,9 @@
-//! Processes as Linux shows them in /proc: their CPU time, peak memory and children, and the
-//! small waits and signals the runs need.
+//! Processes and files as the benchmarks see them, from /proc: CPU time, peak memory, bytes
+//! on disk, and the waits and signals the runs need. Shared by `hookrelay-bench` and
+//! `hookrelay-compare` (each includes this file as a module).
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 pub fn free_port() -> anyhow::Result<u16> {
@@ -11,7 +13,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Sends one HTTP request and waits for the first byte of an answer, whatever its status.
-/// A port that accepts says nothing: the relay binds before it opens its store.
+/// A port that accepts says nothing: the relay binds before it opens its store, so the
+/// kernel accepts connections that wait for the whole of startup.
 pub fn answers(port: u16) -> std::io::Result<()> {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
     c.set_read_timeout(Some(Duration::from_secs(120)))?;
@@ -23,8 +26,9 @@ pub fn answers(port: u16) -> std::io::Result<()> {
     }
 }
 
-/// The fields of /proc/PID/stat after the command name (which may hold spaces).
-fn stat_fields(pid: u32) -> Vec<String> {
+/// The fields of /proc/PID/stat after the command name (which may hold spaces), so that
+/// `ppid` is field 1, `utime` 11, `stime` 12, `cutime` 13 and `cstime` 14.
+pub fn stat_fields(pid: u32) -> Vec<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(')')
         .map_or("", |(_, rest)| rest)
@@ -33,34 +37,9 @@ fn stat_fields(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// `pid` and every process descended from it.
-pub fn tree(pid: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Some(p) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-            if let Some(ppid) = stat_fields(p).get(1).and_then(|f| f.parse().ok()) {
-                parents.push((p, ppid));
-            }
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|&&(_, pp)| pp == parent)
-                .map(|&(p, _)| p),
-        );
-        i += 1;
-    }
-    found
-}
-
-/// Microseconds of CPU in the given fields of /proc/PID/stat, counted in ticks of USER_HZ
-/// (100 per second on Linux).
-fn stat_us(pid: u32, fields: [usize; 2]) -> u64 {
+/// Microseconds of CPU in two fields of /proc/PID/stat, counted in ticks of USER_HZ (100 per
+/// second on Linux).
+pub fn stat_us(pid: u32, fields: [usize; 2]) -> u64 {
     let f = stat_fields(pid);
     fields
         .iter()
@@ -69,16 +48,11 @@ fn stat_us(pid: u32, fields: [usize; 2]) -> u64 {
         * 10_000
 }
 
-/// CPU time (user + system) the processes have used, in microseconds.
+/// CPU time (user + system) the processes have used, in microseconds. Unlike throughput it
+/// hardly depends on what else the shared machine runs, so it is the figure to compare builds
+/// by.
 pub fn cpu_us(pids: &[u32]) -> u64 {
     pids.iter().map(|&pid| stat_us(pid, [11, 12])).sum()
-}
-
-/// CPU time (user + system) of this process, and of its children that ended and were waited
-/// for (wrk, once a run is over), in microseconds.
-pub fn own_cpu_us() -> (u64, u64) {
-    let me = std::process::id();
-    (stat_us(me, [11, 12]), stat_us(me, [13, 14]))
 }
 
 /// Peak resident memory (VmHWM) of a process, in KiB.
@@ -93,6 +67,20 @@ pub fn peak_rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes in the files under `path`.
+pub fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// Sends a signal (`TERM`, `QUIT`, …) to a process.
 pub fn signal(pid: u32, name: &str) {
     let _ = std::process::Command::new("kill")
         .arg(format!("-{name}"))
@@ -100,7 +88,8 @@ pub fn signal(pid: u32, name: &str) {
         .status();
 }
 
-/// The 1-minute load average.
+/// The 1-minute load average: benchmark figures from a machine busy with other work are not
+/// comparable.
 pub fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
