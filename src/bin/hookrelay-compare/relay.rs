@@ -107,6 +107,20 @@ impl Relay {
         self.child.id()
     }
 
+    /// Waits until the relay uses less than a tenth of a core over half a second (or `longest`
+    /// passed).
+    pub async fn wait_idle(&self, longest: Duration) {
+        let (started, mut cpu) = (Instant::now(), procs::cpu_us(&[self.pid()]));
+        while started.elapsed() < longest {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = procs::cpu_us(&[self.pid()]);
+            if now - cpu < 50_000 {
+                return;
+            }
+            cpu = now;
+        }
+    }
+
     /// A clean stop (SIGTERM), waiting for the process to end.
     pub fn stop(mut self) {
         procs::signal(self.child.id(), "TERM");
