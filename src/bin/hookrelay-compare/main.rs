@@ -147,14 +147,16 @@ async fn plain_run(
     let cpu = start.since(&Clocks::read(wrk, pids));
     let (reached, last) = sink.plain();
     let after = last.map_or(Duration::ZERO, |l| l.saturating_duration_since(ended));
-    Ok(Measured::new(
+    let mut m = Measured::new(
         &run,
         after,
         cpu,
         reached,
         0,
         [load_before, procs::load_average()],
-    ))
+    );
+    m.sink_connections = sink.connections();
+    Ok(m)
 }
 
 /// Loads a relay, then waits until every acknowledged event reached each of its `live`
@@ -209,6 +211,7 @@ async fn relay_run(
         [load_before, procs::load_average()],
     );
     m.peak_rss_mb = Some(procs::peak_rss_kb(relay.pid()) / 1024);
+    m.sink_connections = sink.connections();
     Ok(m)
 }
 
@@ -315,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
     let dir =
         TempDir(std::env::temp_dir().join(format!("hookrelay-compare-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
-    let sink = Sink::start().await?;
+    let sink = Sink::start()?;
     let wrk = Wrk::new(
         wrk_bin,
         &dir.0,
@@ -382,7 +385,14 @@ async fn main() -> anyhow::Result<()> {
         backlog,
     };
     report.print();
-    let lost: u64 = report.relays.iter().map(|(_, m)| m.lost).sum();
+    let backlog_runs = report.backlog.iter().flat_map(|b| [&b.empty, &b.loaded]);
+    let lost: u64 = report
+        .relays
+        .iter()
+        .map(|(_, m)| m)
+        .chain(backlog_runs)
+        .map(|m| m.lost)
+        .sum();
     anyhow::ensure!(
         lost == 0,
         "{lost} acknowledged events never reached a target"

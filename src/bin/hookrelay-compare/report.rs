@@ -44,6 +44,8 @@ pub struct Measured {
     pub wrk_busy: f64,
     /// This process's CPU (the sink, and the waiting) per request.
     pub sink_cpu_us_per_request: f64,
+    /// Connections the sink accepted (nginx keeps its upstream connections alive).
+    pub sink_connections: u64,
     pub non_2xx: u64,
     pub socket_errors: u64,
     /// Requests that reached the sink (the relay: distinct events, at the target that got
@@ -81,6 +83,7 @@ impl Measured {
             wrk_cpu_us_per_request: cpu.wrk_us as f64 / o.requests.max(1) as f64,
             wrk_busy: cpu.wrk_us as f64 / (o.duration_us.max(1) * cpu.wrk_threads) as f64,
             sink_cpu_us_per_request: cpu.sink_us as f64 / o.requests.max(1) as f64,
+            sink_connections: 0,
             non_2xx: o.status,
             socket_errors: o.errors(),
             reached,
@@ -318,10 +321,16 @@ impl Report<'_> {
             "{alone}, {times:.1}× nginx's rate; while it drove nginx, wrk was busy {:.0} % of its thread(s)",
             busy * 100.0
         );
-        if times >= 1.5 && busy < 0.9 {
-            format!("The generator is not the bottleneck: {driving}.")
+        if busy >= 0.9 {
+            format!("**Warning: wrk limited nginx's figure**: {driving}. Give it more threads (`--threads 2`).")
+        } else if times < 1.5 {
+            format!(
+                "**Warning: nginx's figure may be low**: {driving}. wrk had time to spare, so the sink or the \
+                 machine's other load (load average {:.1}) held the sink-alone run to less than 1.5× nginx's rate.",
+                c.load_average[0]
+            )
         } else {
-            format!("**Warning: the generator may limit nginx's figure**: {driving} (it should be at least 1.5× with wrk below 90 % busy).")
+            format!("The generator is not the bottleneck: {driving}.")
         }
     }
 
@@ -344,12 +353,12 @@ impl Report<'_> {
             ));
         }
         let mut rows = vec![
-            "| run | acknowledged | /s | non-2xx | socket errors | reached the sink | lost | duplicates | last arrival after the load | ack p99.9 / max | peak RSS | wrk busy, µs/request | sink µs/request | load average before → after |".to_owned(),
+            "| run | acknowledged | /s | non-2xx | socket errors | reached the sink | lost | duplicates | last arrival after the load | ack p99.9 / max | peak RSS | wrk busy, µs/request | sink µs/request, connections | load average before → after |".to_owned(),
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
         ];
         for (name, m) in runs {
             rows.push(format!(
-                "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} / {} | {} | {:.0} %, {:.1} | {:.1} | {:.2} → {:.2} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} / {} | {} | {:.0} %, {:.1} | {:.1}, {} | {:.2} → {:.2} |",
                 count(m.acked as f64),
                 count(m.acked_per_s),
                 m.non_2xx,
@@ -364,6 +373,7 @@ impl Report<'_> {
                 m.wrk_busy * 100.0,
                 m.wrk_cpu_us_per_request,
                 m.sink_cpu_us_per_request,
+                count(m.sink_connections as f64),
                 m.load_average[0],
                 m.load_average[1],
             ));

@@ -34,6 +34,8 @@ struct Counts {
     plain: AtomicU64,
     /// Nanoseconds after `epoch` of the latest plain arrival, plus one (0: none yet).
     plain_last_ns: AtomicU64,
+    /// Connections accepted: a sender that keeps its connections alive opens few.
+    connections: AtomicU64,
     targets: Mutex<HashMap<String, Target>>,
 }
 
@@ -53,33 +55,45 @@ pub struct Delivered {
 }
 
 impl Sink {
-    pub async fn start() -> anyhow::Result<Sink> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    /// Starts the sink on a thread of its own with a single-threaded runtime: one core is far
+    /// more than it needs, and it costs less per request than a share of a multi-threaded one.
+    pub fn start() -> anyhow::Result<Sink> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
         let sink = Sink {
             port: listener.local_addr()?.port(),
             epoch: Instant::now(),
             counts: Arc::default(),
         };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let serving = sink.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let sink = serving.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let sink = sink.clone();
-                        async move { Ok::<_, Infallible>(sink.arrive(req).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        std::thread::Builder::new()
+            .name("sink".into())
+            .spawn(move || runtime.block_on(serving.serve(listener)))?;
         Ok(sink)
+    }
+
+    async fn serve(self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        let listener = TcpListener::from_std(listener)?;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            self.counts.connections.fetch_add(1, Ordering::Relaxed);
+            let sink = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let sink = sink.clone();
+                    async move { Ok::<_, Infallible>(sink.arrive(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     }
 
     async fn arrive(
@@ -116,7 +130,13 @@ impl Sink {
     pub fn reset(&self) {
         self.counts.plain.store(0, Ordering::Relaxed);
         self.counts.plain_last_ns.store(0, Ordering::Relaxed);
+        self.counts.connections.store(0, Ordering::Relaxed);
         self.counts.targets.lock().unwrap().clear();
+    }
+
+    /// Connections accepted since the last reset.
+    pub fn connections(&self) -> u64 {
+        self.counts.connections.load(Ordering::Relaxed)
     }
 
     /// Requests without a relay event id, and when the last of them arrived.
