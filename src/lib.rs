@@ -19,6 +19,7 @@
 //! | [`template`] | Handlebars rendering with per-destination escaping |
 //! | [`admin`] | admin API on its own listener, Prometheus metrics |
 //! | [`relay`] | wiring, startup and graceful shutdown |
+//! | `server` | the listeners' accept loop: connection limits (global, per address, idle first) |
 //! | [`dry_run`] | `hookrelay rules test`: the whole path without storing or sending |
 //! | [`samples`] | built-in sample payloads for `hookrelay send-test` |
 
@@ -32,6 +33,7 @@ pub mod preflight;
 pub mod relay;
 pub mod rules;
 pub mod samples;
+mod server;
 pub mod store;
 mod targets;
 pub mod template;

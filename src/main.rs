@@ -90,7 +90,8 @@ struct AdminArgs {
     /// Admin API base URL, e.g. http://127.0.0.1:9090.
     #[arg(long, global = true)]
     admin: Option<String>,
-    /// Bearer token; default: HOOKRELAY_ADMIN_TOKEN, else the config's admin token.
+    /// Bearer token. Prefer HOOKRELAY_ADMIN_TOKEN (or the config's token or token_file, the
+    /// default): a command-line argument is visible to every user in the process list.
     #[arg(long, global = true)]
     token: Option<String>,
     #[arg(long, short, global = true)]
@@ -360,6 +361,9 @@ async fn shutdown_signal() {
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = preflight::load(path.as_deref())?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let store = match &config.store.backend {
         Backend::Sled => config.store.path.display().to_string(),
         Backend::Postgres(pg) => {
@@ -415,6 +419,9 @@ fn admin_command(args: AdminArgs, command: client::Command) -> anyhow::Result<()
             (format!("http://{listen}"), config.admin.token)
         }
     };
+    if args.token.is_some() {
+        eprintln!("warning: --token is visible to other users in the process list; set HOOKRELAY_ADMIN_TOKEN instead");
+    }
     let token = args
         .token
         .or_else(|| std::env::var("HOOKRELAY_ADMIN_TOKEN").ok())

@@ -8,10 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,6 +18,7 @@ use crate::config::Backend;
 use crate::config::Config;
 use crate::deliver::{TargetRuntime, TargetSpec, Worker};
 use crate::ingest::{DiskState, Ingest, Live};
+use crate::server::{serve, Limits};
 use crate::store::{AnyStore, PgStore, SledStore, Store, StoreError, TargetId};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +36,12 @@ pub enum RelayError {
     #[error("cannot listen on the admin address {addr}: {source}")]
     AdminListen {
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read or create the admin token file {path}: {source}")]
+    TokenFile {
+        path: String,
         #[source]
         source: std::io::Error,
     },
@@ -70,8 +73,21 @@ pub struct Relay {
 
 impl Relay {
     /// Starts the relay on an already bound listener (tests bind port 0).
-    pub async fn start(config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
+    pub async fn start(mut config: Config, listener: TcpListener) -> Result<Relay, RelayError> {
         let addr = listener.local_addr()?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        if let (None, Some(path)) = (&config.admin.token, &config.admin.token_file) {
+            let token =
+                crate::config::ensure_token_file(path).map_err(|source| RelayError::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            tracing::info!(path = %path.display(), "admin API token in this file (created if it was missing)");
+            // Kept in the config, so a reload that reads the file sees no change.
+            config.admin.token = Some(token);
+        }
         let shared_config = Arc::new(ArcSwap::from_pointee(config));
         let config = shared_config.load_full();
         let store_path = match &config.store.backend {
@@ -129,9 +145,11 @@ impl Relay {
         let disk = Arc::new(DiskState::default());
         let (stop, stop_rx) = watch::channel(false);
         let mut lanes = JoinSet::new();
+        let events = Arc::new(crate::deliver::EventCache::default());
         for t in &targets {
             let worker = Arc::new(Worker {
                 store: store.clone(),
+                events: events.clone(),
                 target: t.clone(),
                 client: client.clone(),
             });
@@ -149,10 +167,14 @@ impl Relay {
             targets: targets.clone(),
             metrics: metrics.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            limits: crate::normalize::Limits {
+                max_batch_messages: config.server.max_batch_messages,
+            },
             body_timeout: config.server.body_timeout,
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
             disk: disk.clone(),
             write_timeout: config.store.write_timeout,
+            events,
         });
         lanes.spawn(housekeeping(
             store.clone(),
@@ -176,7 +198,10 @@ impl Relay {
                     store: store.clone(),
                     targets: targets.clone(),
                     metrics,
-                    token: config.admin.token.clone(),
+                    guard: crate::admin::guard::Guard::new(
+                        config.admin.token.clone(),
+                        &config.admin.allowed_hosts,
+                    ),
                     config: shared_config.clone(),
                     store_size: Box::new(move || sized.size_on_disk()),
                 });
@@ -188,6 +213,7 @@ impl Relay {
                     grace: config.server.shutdown_grace,
                     header_timeout: config.server.header_timeout,
                     max_connections: 64,
+                    max_connections_per_address: 64,
                 };
                 admin_server = Some(tokio::spawn(serve(
                     admin_listener,
@@ -209,6 +235,7 @@ impl Relay {
             grace: config.server.shutdown_grace,
             header_timeout: config.server.header_timeout,
             max_connections: config.server.max_connections,
+            max_connections_per_address: config.server.max_connections_per_address,
         };
         let server = tokio::spawn(serve(listener, handler, stop_rx, limits));
         tracing::info!(%addr, sources = config.sources.len(), targets = targets.len(), store = %store_path, "hookrelay listening");
@@ -455,69 +482,4 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 #[cfg(not(unix))]
 fn free_bytes(_: &std::path::Path) -> Option<u64> {
     None
-}
-
-/// What one listener allows its clients.
-struct Limits {
-    grace: Duration,
-    header_timeout: Duration,
-    max_connections: usize,
-}
-
-async fn serve<H, F>(
-    listener: TcpListener,
-    handler: H,
-    mut stop: watch::Receiver<bool>,
-    limits: Limits,
-) where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    loop {
-        // At the limit, stop accepting: new connections wait in the kernel's backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = stop.changed() => break,
-        };
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let response = handler(req);
-            async move { Ok::<_, std::convert::Infallible>(response.await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests still in flight after the grace period; closing their connections"
-        );
-    }
 }

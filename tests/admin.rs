@@ -11,7 +11,7 @@ use hookrelay::store::Store;
 use serde_json::{json, Value};
 
 const SG: &str = "/com.statusgator/v1";
-const TOKEN: &str = "admin-s3cret";
+const TOKEN: &str = "admin-s3cret-token-0123";
 
 fn with_admin_token(extra: &str) -> String {
     format!("{SOURCES}{extra}").replace(

@@ -166,16 +166,17 @@ fn send_test_lists_and_rejects_unknown_samples() {
 async fn serve_then_send_test_then_sigterm() {
     let dir = tempdir();
     let port = free_port();
+    let admin_port = free_port();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
             .unwrap()
             .replace("127.0.0.1:8080", &format!("0.0.0.0:{port}"))
-            .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", free_port()))
+            .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin_port}"))
             .replace(
-                "path = \"/com.statusgator/v1\"\n# token = \"a-long-random-string\"",
-                "path = \"/status/in\"\ntoken = \"sg-secret-1\"",
+                "path = \"/com.statusgator/v1\"\n# token = \"a-long-random-string-of-letters\"",
+                "path = \"/status/in\"\ntoken = \"sg-secret-1-long-enough\"",
             ),
     )
     .unwrap();
@@ -206,6 +207,32 @@ async fn serve_then_send_test_then_sigterm() {
         assert_eq!(read_lines(&outbox)[n]["event"]["format"], format);
     }
 
+    // The README's admin commands, as written: the shipped config keeps the admin API behind a
+    // token the relay generated on its first start (only its owner may read it), which the
+    // commands read from the same config. Guards `admin.token_file` in the shipped config and
+    // its creation at start: without them `status` is answered 401 below, or is not refused
+    // without the token.
+    let token_file = dir.path().join("data/admin.token");
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(&outbox), 0o600, "the file target's output");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.trim().len() >= 32, "{token:?}");
+    let (ok, stdout, stderr) = run(&["status"], dir.path());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("outbox"), "{stdout}");
+    let (ok, stdout, stderr) = run(&["events", "list"], dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "a header and two events: {stdout}"
+    );
+    let unauthorized = reqwest::get(format!("http://127.0.0.1:{admin_port}/targets"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(unauthorized, 401);
+
     let stderr = sigterm(child).await;
     // The clean stop opened sled once more, so the next start reads its snapshot; the store
     // it leaves opens and still knows what it stored (the same webhook is a duplicate).
@@ -229,6 +256,70 @@ async fn serve_then_send_test_then_sigterm() {
     assert_eq!(stdout.trim(), r#"202 Accepted {"status":"duplicate"}"#);
     sigterm(child).await;
     assert_eq!(read_lines(&outbox).len(), 2);
+}
+
+/// A file's permission bits.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Finding 7: `check-config` speaks up about a relay others can reach with nothing guarding a
+/// source, and refuses a token anyone could guess. Guards `Config::warnings` being printed
+/// (drop the loop in `check_config` and the warning is missing) and the 16-character minimum.
+#[test]
+fn check_config_warns_about_an_open_public_listener_and_refuses_short_tokens() {
+    let dir = tempdir();
+    let path = dir.path().join("open.toml");
+    let source = "[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n";
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"0.0.0.0:8080\"\n{source}"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("config OK"), "{stdout}");
+    assert_eq!(stderr.trim(), "warning: server.listen 0.0.0.0:8080 is not a loopback address and source \"sg\" has neither a token nor signing secrets: anyone who can reach it can store events");
+
+    std::fs::write(&path, format!("{source}token = \"x\"\n")).unwrap();
+    let (ok, _, stderr) = run(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "sources[0].token: a token must be at least 16 characters long (this one has 1)"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Finding 9: a token given on the command line shows in the process list, so the admin
+/// commands say so and point to the environment. Guards the warning in `admin_command`.
+#[test]
+fn a_token_on_the_command_line_is_warned_about() {
+    let dir = tempdir();
+    let port = free_port();
+    let (ok, _, stderr) = run(
+        &[
+            "status",
+            "--admin",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            "not-a-real-token-at-all",
+        ],
+        dir.path(),
+    );
+    assert!(!ok, "nothing listens there");
+    assert!(
+        stderr.starts_with("warning: --token is visible to other users in the process list; set HOOKRELAY_ADMIN_TOKEN instead"),
+        "{stderr}"
+    );
 }
 
 /// Whether a served relay's port accepts connections within 10 s.

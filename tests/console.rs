@@ -17,7 +17,7 @@ use hookrelay::store::Store;
 use serde_json::json;
 use webdriver::Browser;
 
-const TOKEN: &str = "console-s3cret";
+const TOKEN: &str = "console-s3cret-0123456789";
 const SG: &str = "/com.statusgator/v1";
 const PD: &str = "/com.pagerduty/v1";
 const WIDTH: u32 = 1280;

@@ -450,7 +450,7 @@ listen = "127.0.0.1:0"
 name = "sg"
 kind = "statusgator"
 path = "/sg"
-token = "s3cret-Token_1"
+token = "s3cret-Token_1-long-enough"
 [[targets]]
 name = "outbox"
 kind = "file"
@@ -459,18 +459,23 @@ path = "{dir}/outbox.jsonl"
     let relay = spawn_relay(config, dir.path()).await;
     let body = fixture("statusgator-v2.json");
     let (ok_query, _) = post(
-        &url(&relay, "/sg?token=s3cret-Token_1&aid=x"),
+        &url(&relay, "/sg?token=s3cret-Token_1-long-enough&aid=x"),
         Some(JSON),
         body.clone(),
     )
     .await;
-    let (ok_path, _) = post(&url(&relay, "/sg/s3cret-Token_1"), Some(JSON), body.clone()).await;
+    let (ok_path, _) = post(
+        &url(&relay, "/sg/s3cret-Token_1-long-enough"),
+        Some(JSON),
+        body.clone(),
+    )
+    .await;
     assert_eq!((ok_query, ok_path), (200, 200));
     for bad in [
         "/sg",
         "/sg?token=wrong",
         "/sg/wrong",
-        "/sg?token=s3cret-Token_",
+        "/sg?token=s3cret-Token_1-long-enoug",
     ] {
         let (status, err) = post(&url(&relay, bad), Some(JSON), body.clone()).await;
         assert_eq!(status, 401, "{bad}");

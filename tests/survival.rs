@@ -166,7 +166,9 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
         let mut last: HashMap<String, u64> = HashMap::new();
         for r in receiver.requests().iter().filter(|r| r.status == 200) {
             let text = r.text();
-            let (sender, n) = text.split_once('-').expect("sender-n");
+            let (sender, n) = text
+                .split_once('-')
+                .unwrap_or_else(|| panic!("{name}: a body not sender-n: {text:?} ({r:?})"));
             let n: u64 = n.parse().unwrap();
             let before = last.insert(sender.to_owned(), n).unwrap_or(0);
             assert!(

@@ -2,13 +2,16 @@
 //! relay holds (events, deliveries, attempts, dead letters, target state), with the operations
 //! an operator needs (pause and resume a target, replay dead letters, redeliver an event).
 //!
-//! Every endpoint but `/healthz`, `/readyz` and the console's page and files (which hold no
-//! data; see [`console`]) needs `Authorization: Bearer <admin.token>` when a token is
-//! configured; without one the listener may only be on loopback (checked when the config is
-//! loaded). Secrets (tokens, signing secrets) are never part of any answer.
+//! Every request, whatever its path, first passes [`guard::Guard`]: a foreign `Origin` or `Host`
+//! is refused, and with a token configured every endpoint but `/healthz`, `/readyz` and the
+//! console's page and files (which hold no data; see [`console`]) needs
+//! `Authorization: Bearer <admin.token>`; without a token the listener may only be on loopback
+//! (checked when the config is loaded). Secrets (tokens, signing secrets) are never part of any
+//! answer, nor are the store's error texts.
 
 pub mod client;
 mod console;
+pub mod guard;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -17,10 +20,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::deliver::{now_ms, TargetRuntime};
@@ -35,7 +37,8 @@ pub struct Admin<S> {
     pub store: Arc<S>,
     pub targets: Vec<Arc<TargetRuntime>>,
     pub metrics: Arc<IngestMetrics>,
-    pub token: Option<String>,
+    /// Origin, Host and token: checked before any route.
+    pub guard: guard::Guard,
     /// The config in force (swapped on reload): sources and the dry run.
     pub config: Arc<ArcSwap<Config>>,
     /// Reports the store's size on disk for `/metrics`.
@@ -44,7 +47,7 @@ pub struct Admin<S> {
 
 #[derive(Debug)]
 enum AdminError {
-    Unauthorized,
+    Refused(guard::Refusal),
     NotFound(String),
     BadRequest(String),
     TooLarge(usize),
@@ -89,14 +92,16 @@ const TITLE_CHARS: usize = 300;
 
 impl<S: Store> Admin<S> {
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        match self.route(req).await {
+        // Before anything else, for every path: routes added later are covered too.
+        let answer = match self.guard.check(&req) {
+            Ok(()) => self.route(req).await,
+            Err(refused) => Err(AdminError::Refused(refused)),
+        };
+        match answer {
             Ok(r) => r,
             Err(e) => {
                 let (status, message) = match &e {
-                    AdminError::Unauthorized => (
-                        StatusCode::UNAUTHORIZED,
-                        "missing or wrong bearer token".to_owned(),
-                    ),
+                    AdminError::Refused(r) => (r.status(), r.message().to_owned()),
                     AdminError::NotFound(what) => {
                         (StatusCode::NOT_FOUND, format!("{what} not found"))
                     }
@@ -113,26 +118,18 @@ impl<S: Store> Admin<S> {
                         (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
                     }
                 };
-                let mut resp = json_response(status, &json!({ "error": message }));
-                if matches!(e, AdminError::Unauthorized) {
+                let mut body = json!({ "error": message });
+                if let AdminError::Refused(r) = &e {
+                    body["code"] = json!(r.code());
+                }
+                let mut resp = json_response(status, &body);
+                if matches!(e, AdminError::Refused(guard::Refusal::Token)) {
                     resp.headers_mut()
                         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 }
                 resp
             }
         }
-    }
-
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
     async fn route(&self, req: Request<hyper::body::Incoming>) -> Answer {
@@ -154,18 +151,19 @@ impl<S: Store> Admin<S> {
             }
             ["healthz"] => return ok(json!({"status": "ok"})),
             ["readyz"] => {
+                // Anyone may probe: the answer says only whether, never the store's error.
                 return match self.store.ping().await {
                     Ok(()) => ok(json!({"status": "ready"})),
-                    Err(e) => Ok(json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"status": "unavailable", "error": e.to_string()}),
-                    )),
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "readiness check failed");
+                        Ok(json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &json!({"status": "unavailable", "code": "store_unavailable"}),
+                        ))
+                    }
+                };
             }
             _ => {}
-        }
-        if !self.authorized(&req.headers) {
-            return Err(AdminError::Unauthorized);
         }
         match path.as_slice() {
             ["metrics"] if get => self.metrics().await,

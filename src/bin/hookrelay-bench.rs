@@ -394,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let write_config = |with_targets: &str| {
         std::fs::write(&config, format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 4096\n[admin]\nenabled = false\n[store]\n{backend}path = \"{}\"\nmin_free_bytes = 0\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\n{with_targets}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 4096\nmax_connections_per_address = 4096\n[admin]\nenabled = false\n[store]\n{backend}path = \"{}\"\nmin_free_bytes = 0\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\n[[sources]]\nname = \"pd\"\nkind = \"pagerduty\"\npath = \"/pd\"\n{with_targets}",
             dir.join("data").display()
         ))
     };

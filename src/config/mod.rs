@@ -6,6 +6,7 @@
 //! Relative paths (`store.path`, a file target's `path`, `template`) are resolved against the
 //! directory of the config file; for the built-in default, the working directory.
 
+mod exposure;
 mod outbound;
 mod raw;
 pub mod rules;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use exposure::{ensure_token_file, MIN_TOKEN_CHARS};
 use raw::{RawConfig, RawRetry, RawTarget};
 use toml::Spanned;
 
@@ -51,6 +53,11 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer token every admin request but `/healthz` and `/readyz` must carry.
     pub token: Option<String>,
+    /// Where the token is kept; the relay creates it with a random token when it is missing.
+    pub token_file: Option<PathBuf>,
+    /// Host names (besides IP literals and `localhost`) the admin API answers to, in `Host`
+    /// and `Origin`.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,8 +70,13 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// …and its body within this long once the headers are in.
     pub body_timeout: Duration,
-    /// Connections served at once; further ones wait to be accepted.
+    /// Connections served at once; at the limit, idle keep-alive connections are closed to make
+    /// room, else further ones wait to be accepted.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed as they arrive.
+    pub max_connections_per_address: usize,
+    /// Messages a PagerDuty V1/V2 batch may carry; a larger one is answered 413.
+    pub max_batch_messages: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -414,6 +426,24 @@ impl Validator<'_> {
         }
     }
 
+    /// A listen address, by default `127.0.0.1:<port>`.
+    fn listen(&self, v: &Option<Spanned<String>>, key: &str, port: u16) -> Result<SocketAddr> {
+        let Some(l) = v else {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        };
+        match l.get_ref().parse() {
+            Ok(a) => Ok(a),
+            Err(_) => self.err(
+                Some(l.span()),
+                key,
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:{port}\"",
+                    l.get_ref()
+                ),
+            ),
+        }
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() || self.base == Path::new(".") {
@@ -443,23 +473,7 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config> {
-        let listen_text = raw.server.listen.as_ref();
-        let listen = match listen_text {
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
-            Some(l) => match l.get_ref().parse() {
-                Ok(a) => a,
-                Err(_) => {
-                    return self.err(
-                        Some(l.span()),
-                        "server.listen",
-                        format!(
-                            "{:?} is not an address like \"127.0.0.1:8080\"",
-                            l.get_ref()
-                        ),
-                    )
-                }
-            },
-        };
+        let listen = self.listen(&raw.server.listen, "server.listen", 8080)?;
         let server = ServerConfig {
             listen,
             max_body_bytes: self.int(
@@ -488,6 +502,18 @@ impl Validator<'_> {
                 "server.max_connections",
                 1..=100_000,
                 1024,
+            )? as usize,
+            max_connections_per_address: self.int(
+                &raw.server.max_connections_per_address,
+                "server.max_connections_per_address",
+                1..=100_000,
+                64,
+            )? as usize,
+            max_batch_messages: self.int(
+                &raw.server.max_batch_messages,
+                "server.max_batch_messages",
+                1..=100_000,
+                crate::normalize::DEFAULT_MAX_BATCH_MESSAGES as i64,
             )? as usize,
         };
         let store = StoreConfig {
@@ -616,10 +642,11 @@ impl Validator<'_> {
                     || !t
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+                let span = s.token.as_ref().or(s.token_env.as_ref()).map(|t| t.span());
                 if bad {
-                    let span = s.token.as_ref().or(s.token_env.as_ref()).map(|t| t.span());
                     return self.err(span, &key("token"), "a token must be non-empty and use only letters, digits, '-', '_', '.' or '~' (it travels in a URL)");
                 }
+                self.token_strength(t, span, &key("token"))?;
             }
             let routing_key = s.routing_key.as_ref().map(|r| r.get_ref().clone());
             let secrets = match (&s.secrets, &s.secrets_env) {
@@ -1062,47 +1089,6 @@ impl Validator<'_> {
             sources: t.sources.as_ref().map(|s| s.get_ref().clone()),
             suspend_after: 5,
             probe_interval: Duration::from_secs(5),
-        })
-    }
-
-    fn admin(&self, a: &raw::RawAdmin) -> Result<AdminConfig> {
-        if a.enabled == Some(false) {
-            return Ok(AdminConfig {
-                listen: None,
-                token: None,
-            });
-        }
-        let listen = match &a.listen {
-            None => SocketAddr::from(([127, 0, 0, 1], 9090)),
-            Some(l) => match l.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    return self.err(
-                        Some(l.span()),
-                        "admin.listen",
-                        format!(
-                            "{:?} is not an address like \"127.0.0.1:9090\"",
-                            l.get_ref()
-                        ),
-                    )
-                }
-            },
-        };
-        let token = self.secret(&a.token, &a.token_env, "admin.token", "admin.token_env")?;
-        if token.as_deref() == Some("") {
-            return self.err(
-                a.token.as_ref().or(a.token_env.as_ref()).map(|t| t.span()),
-                "admin.token",
-                "must not be empty",
-            );
-        }
-        if token.is_none() && !listen.ip().is_loopback() {
-            let span = a.listen.as_ref().map(|l| l.span());
-            return self.err(span, "admin.listen", format!("{listen} is not a loopback address: set admin.token (or admin.token_env) before exposing the admin API"));
-        }
-        Ok(AdminConfig {
-            listen: Some(listen),
-            token,
         })
     }
 

@@ -36,6 +36,8 @@ pub(super) struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +49,8 @@ pub(super) struct RawServer {
     pub header_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_address: Option<Spanned<i64>>,
+    pub max_batch_messages: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -326,9 +326,9 @@ fn signing_secrets() {
 #[test]
 fn admin_without_a_token_stays_on_loopback() {
     let e = error(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{SOURCE}"));
-    assert_eq!(e, "test.toml:2: admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token (or admin.token_env) before exposing the admin API");
+    assert_eq!(e, "test.toml:2: admin.listen: 0.0.0.0:9090 is not a loopback address: set admin.token (or token_env, or token_file) before exposing the admin API");
     let c = parse(&format!(
-        "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\n{SOURCE}"
+        "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t-sixteen-chars!\"\n{SOURCE}"
     ))
     .unwrap();
     assert_eq!(
@@ -336,7 +336,7 @@ fn admin_without_a_token_stays_on_loopback() {
             c.admin.listen.unwrap().to_string(),
             c.admin.token.as_deref()
         ),
-        ("0.0.0.0:9090".into(), Some("t"))
+        ("0.0.0.0:9090".into(), Some("t-sixteen-chars!"))
     );
     let c = parse(&format!("[admin]\nenabled = false\n{SOURCE}")).unwrap();
     assert_eq!(c.admin.listen, None);
@@ -412,4 +412,66 @@ fn postgres_backend_defaults_and_secret_free_debug() {
         "{debug}"
     );
     assert_eq!(parse(SOURCE).unwrap().store.backend, Backend::Sled);
+}
+
+/// Guards the minimum token length (source and admin tokens): remove `token_strength` and the
+/// one-character tokens are accepted.
+#[test]
+fn short_tokens_are_refused() {
+    let e =
+        error("[[sources]]\nname = \"a\"\nkind = \"statusgator\"\npath = \"/a\"\ntoken = \"x\"\n");
+    assert_eq!(e, "test.toml:5: sources[0].token: a token must be at least 16 characters long (this one has 1); use a long random value");
+    let e = error(&format!("[admin]\ntoken = \"fifteen-chars!!\"\n{SOURCE}"));
+    assert!(e.starts_with("test.toml:2: admin.token: a token must be at least 16 characters long (this one has 15)"), "{e}");
+    assert!(parse(&format!("[admin]\ntoken = \"sixteen-chars!!!\"\n{SOURCE}")).is_ok());
+}
+
+/// Guards the admin token file: read when present, created (0600, random) by the relay when
+/// missing, and an exposed admin listener accepted with it.
+#[test]
+fn admin_token_file_is_read_or_left_for_the_relay_to_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_file = \"keys/admin.token\"\nallowed_hosts = [\"Relay.example.com\"]\n{SOURCE}");
+    let c = Config::parse(&text, "test.toml", dir.path()).unwrap();
+    let path = dir.path().join("keys/admin.token");
+    assert_eq!(c.admin.token_file.as_deref(), Some(path.as_path()));
+    assert_eq!(c.admin.token, None);
+    assert_eq!(c.admin.allowed_hosts, ["Relay.example.com"]);
+    let made = ensure_token_file(&path).unwrap();
+    assert!(made.len() >= 32, "{made}");
+    assert_eq!(
+        ensure_token_file(&path).unwrap(),
+        made,
+        "created once, then read"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let c = Config::parse(&text, "test.toml", dir.path()).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some(made.as_str()));
+    let e = error(&format!(
+        "[admin]\ntoken = \"sixteen-chars!!!\"\ntoken_file = \"x\"\n{SOURCE}"
+    ));
+    assert_eq!(
+        e,
+        "test.toml:2: admin.token: set one of token, token_env or token_file"
+    );
+    let e = error(&format!(
+        "[admin]\nallowed_hosts = [\"https://x\"]\n{SOURCE}"
+    ));
+    assert!(e.starts_with("test.toml:2: admin.allowed_hosts[0]:"), "{e}");
+}
+
+/// Guards the exposure warning: a public listener with an unguarded source is named, a
+/// guarded one or a loopback listener is not.
+#[test]
+fn warns_about_public_listeners_without_tokens_or_secrets() {
+    let open = parse(&format!("[server]\nlisten = \"0.0.0.0:8080\"\n{SOURCE}")).unwrap();
+    assert_eq!(open.warnings(), ["server.listen 0.0.0.0:8080 is not a loopback address and source \"sg\" has neither a token nor signing secrets: anyone who can reach it can store events"]);
+    let guarded = parse("[server]\nlisten = \"0.0.0.0:8080\"\n[[sources]]\nname = \"sg\"\nkind = \"statusgator\"\npath = \"/sg\"\ntoken = \"a-long-random-token\"\n").unwrap();
+    assert!(guarded.warnings().is_empty());
+    assert!(parse(SOURCE).unwrap().warnings().is_empty());
 }

@@ -32,12 +32,13 @@
 //!   later alerts wait behind it.
 
 use super::{context_with, Next};
-use crate::normalize::Event;
+use crate::normalize::{victorops, Event, HEAVY_BODY_BYTES};
 use crate::store::{Attempt, Delivery, Store, StoreError};
 use crate::targets::incident::{self, Incident};
-use crate::targets::AttemptResult;
+use crate::targets::{AttemptResult, Prepared};
 
 use super::TargetSpec;
+use std::sync::Arc;
 
 /// The incident record to store with an attempt's outcome.
 #[derive(Debug, Default)]
@@ -55,21 +56,20 @@ pub(super) enum Record {
 pub(super) async fn attempt<S: Store>(
     store: &S,
     client: &reqwest::Client,
-    spec: &TargetSpec,
+    spec: &Arc<TargetSpec>,
     target: &str,
     event: &Event,
     delivery: &Delivery,
     number: u32,
 ) -> Result<(AttemptResult, Record), StoreError> {
-    let needs = spec.config.needs();
-    let send = |ctx| async move {
+    let send = |incident| async move {
+        let prepared = request(spec, target, event, delivery, number, incident).await;
         spec.target
-            .send(client, &spec.templates, &ctx, spec.config.timeout)
+            .send(client, prepared, spec.config.timeout)
             .await
     };
     let Some(fire_on) = spec.target.fire_on() else {
-        let ctx = context_with(event, delivery, number, target, needs, None);
-        return Ok((send(ctx).await, Record::None));
+        return Ok((send(None).await, Record::None));
     };
     let before = match store
         .key_state(delivery.target, &delivery.ordering_key)
@@ -95,8 +95,7 @@ pub(super) async fn attempt<S: Store>(
             write.map_or(Record::None, Record::Always),
         ));
     }
-    let ctx = context_with(event, delivery, number, target, needs, Some(&step.view));
-    let result = send(ctx).await;
+    let result = send(Some(&step.view)).await;
     Ok((result, write.map_or(Record::None, Record::IfDelivered)))
 }
 
@@ -116,4 +115,32 @@ pub(super) async fn finish<S: Store>(
         }
         _ => store.finish(delivery, attempt, next).await,
     }
+}
+
+/// The request for one attempt: the template context (which parses the payload when a template
+/// reads it) and the target's rendering. For a large body that is done on a blocking thread,
+/// as ingest's parse is, so one big event never holds up the async threads on each attempt.
+async fn request(
+    spec: &Arc<TargetSpec>,
+    target: &str,
+    event: &Event,
+    delivery: &Delivery,
+    attempt: u32,
+    incident: Option<&victorops::IncidentView>,
+) -> Result<Prepared, String> {
+    let build = {
+        let (spec, target) = (spec.clone(), target.to_owned());
+        move |event: &Event, delivery: &Delivery, incident: Option<&victorops::IncidentView>| {
+            let needs = spec.config.needs();
+            let ctx = context_with(event, delivery, attempt, &target, needs, incident);
+            spec.target.prepare(&spec.templates, &ctx)
+        }
+    };
+    if event.raw.body.len() < HEAVY_BODY_BYTES {
+        return build(event, delivery, incident);
+    }
+    let (event, delivery, incident) = (event.clone(), delivery.clone(), incident.cloned());
+    tokio::task::spawn_blocking(move || build(&event, &delivery, incident.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(format!("building the request failed: {e}")))
 }

@@ -6,6 +6,7 @@
 //! an ordering key comes from the store (only a key's head is ever claimable), so lanes never
 //! coordinate with each other.
 
+mod cache;
 mod classify;
 mod history;
 mod incident;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
+pub use cache::EventCache;
 pub use classify::{classify, parse_retry_after, Action};
 pub use history::{History, LastHour};
 pub use policy::RetryPolicy;
@@ -197,6 +199,8 @@ pub enum Outcome {
 
 pub struct Worker<S> {
     pub store: Arc<S>,
+    /// Decoded events, shared with ingest and every target's lanes.
+    pub events: Arc<EventCache>,
     pub target: Arc<TargetRuntime>,
     pub client: reqwest::Client,
 }
@@ -211,21 +215,46 @@ impl<S: Store> Worker<S> {
     /// Claims the next due delivery of this target, makes one attempt and records it. A
     /// paused or suspended target claims nothing.
     pub async fn deliver_one(&self) -> Result<Outcome, StoreError> {
+        match self.attempt_next().await? {
+            Step::Idle(outcome) => Ok(outcome),
+            Step::Tried(attempted) => self.record(attempted).await,
+        }
+    }
+
+    /// Claims the next due delivery and makes one attempt, without recording it yet.
+    async fn attempt_next(&self) -> Result<Step, StoreError> {
         let target = &self.target;
         if target.mode() != TargetMode::Active {
-            return Ok(Outcome::Idle { next_due_ms: None });
+            return Ok(Step::Idle(Outcome::Idle { next_due_ms: None }));
         }
         let delivery = match self.store.claim(target.id, now_ms()).await? {
             Claim::Due(d) => d,
             Claim::Wait(due) => {
-                return Ok(Outcome::Idle {
+                return Ok(Step::Idle(Outcome::Idle {
                     next_due_ms: Some(due),
-                })
+                }))
             }
-            Claim::Empty => return Ok(Outcome::Idle { next_due_ms: None }),
+            Claim::Empty => return Ok(Step::Idle(Outcome::Idle { next_due_ms: None })),
         };
         let event = self.event_of(&delivery).await?;
-        let tried = self.attempt(&delivery, event.as_ref()).await?;
+        let tried = self.attempt(&delivery, event.as_deref()).await?;
+        Ok(Step::Tried(Box::new(Attempted {
+            delivery,
+            event,
+            tried,
+        })))
+    }
+
+    /// Records an attempt durably and accounts for it. Until it is recorded, the delivery's
+    /// key stays claimed: nothing else of that key is sent meanwhile (its order), while other
+    /// keys are.
+    async fn record(&self, attempted: Box<Attempted>) -> Result<Outcome, StoreError> {
+        let Attempted {
+            delivery,
+            event,
+            tried,
+        } = *attempted;
+        let target = &self.target;
         let (next, error, number) = (tried.next, tried.record.error.clone(), tried.record.number);
         incident::finish(
             self.store.as_ref(),
@@ -235,7 +264,7 @@ impl<S: Store> Worker<S> {
             tried.state,
         )
         .await?;
-        self.account(&tried.action, next, tried.latency_ms, event.as_ref())
+        self.account(&tried.action, next, tried.latency_ms, event.as_deref())
             .await;
         let seq = delivery.seq;
         let outcome = match next {
@@ -259,11 +288,19 @@ impl<S: Store> Worker<S> {
         Ok(outcome)
     }
 
-    /// The claimed delivery's event; the claim is released when it cannot be read, so the
-    /// delivery is due again as it was.
-    async fn event_of(&self, delivery: &Delivery) -> Result<Option<Event>, StoreError> {
+    /// The claimed delivery's event, from the cache or else the store; the claim is released
+    /// when it cannot be read, so the delivery is due again as it was.
+    async fn event_of(&self, delivery: &Delivery) -> Result<Option<Arc<Event>>, StoreError> {
+        if let Some(e) = self.events.get(&delivery.event_id) {
+            return Ok(Some(e));
+        }
         match self.store.event(delivery.event_id).await {
-            Ok(e) => Ok(e),
+            Ok(Some(e)) => {
+                let e = Arc::new(e);
+                self.events.keep(delivery.event_id, e.clone());
+                Ok(Some(e))
+            }
+            Ok(None) => Ok(None),
             Err(e) => {
                 self.store.release(delivery.seq);
                 Err(e)
@@ -463,7 +500,7 @@ impl<S: Store> Worker<S> {
         *after = delivery.seq;
         let due = delivery.due_ms <= now_ms();
         let event = self.event_of(&delivery).await?;
-        let tried = self.attempt(&delivery, event.as_ref()).await?;
+        let tried = self.attempt(&delivery, event.as_deref()).await?;
         if let Action::Retry { reason, .. } = &tried.action {
             tracing::info!(target_name = %t.name, seq = delivery.seq, counted = due, error = %reason, "probe failed; target stays suspended");
             if !due {
@@ -480,18 +517,35 @@ impl<S: Store> Worker<S> {
             tried.state,
         )
         .await?;
-        self.account(&tried.action, tried.next, tried.latency_ms, event.as_ref())
-            .await;
+        self.account(
+            &tried.action,
+            tried.next,
+            tried.latency_ms,
+            event.as_deref(),
+        )
+        .await;
         Ok(answered)
     }
 
     /// Runs one lane until `stop` turns true; checked between deliveries only, so an attempt
     /// in progress is finished and recorded.
+    ///
+    /// A lane does not wait for an outcome to become durable before it takes the next
+    /// delivery: recording runs beside it (at most [`RECORDING`] at once per lane), and the
+    /// recorded key's next delivery is claimable once it is done. Only the same key waits,
+    /// which is what keeps its order across a crash.
     pub async fn run_lane(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         const MAX_IDLE: Duration = Duration::from_secs(60);
+        let mut recording = tokio::task::JoinSet::new();
         loop {
             if *stop.borrow() {
-                return;
+                break;
+            }
+            while recording.len() >= RECORDING {
+                self.recorded(recording.join_next().await);
+            }
+            while let Some(done) = recording.try_join_next() {
+                self.recorded(Some(done));
             }
             let notified = self.target.notify.notified();
             tokio::pin!(notified);
@@ -505,13 +559,24 @@ impl<S: Store> Worker<S> {
             {
                 tokio::spawn(self.clone().probe(stop.clone()));
             }
-            let wait = match self.deliver_one().await {
-                Ok(Outcome::Idle { next_due_ms }) => next_due_ms
+            let wait = match self.attempt_next().await {
+                Ok(Step::Tried(attempted)) => {
+                    let me = self.clone();
+                    recording.spawn(async move {
+                        let recorded = me.record(attempted).await;
+                        // The key is free again (or due later): a lane waiting for work
+                        // looks again.
+                        me.target.notify.notify_one();
+                        recorded
+                    });
+                    continue;
+                }
+                Ok(Step::Idle(Outcome::Idle { next_due_ms })) => next_due_ms
                     .map_or(MAX_IDLE, |due| {
                         Duration::from_millis(due.saturating_sub(now_ms()))
                     })
                     .min(MAX_IDLE),
-                Ok(_) => continue,
+                Ok(Step::Idle(_)) => continue,
                 Err(e) => {
                     tracing::error!(target_name = %self.target.name, error = %e, "delivery step failed");
                     Duration::from_secs(1)
@@ -523,7 +588,39 @@ impl<S: Store> Worker<S> {
                 _ = stop.changed() => {}
             }
         }
+        // Outcomes being recorded are waited for: a stop loses none.
+        while let Some(done) = recording.join_next().await {
+            self.recorded(Some(done));
+        }
     }
+
+    fn recorded(&self, done: Option<Result<Result<Outcome, StoreError>, tokio::task::JoinError>>) {
+        match done {
+            Some(Ok(Err(e))) => {
+                tracing::error!(target_name = %self.target.name, error = %e, "recording an attempt failed; the delivery is due again")
+            }
+            Some(Err(e)) => {
+                tracing::error!(target_name = %self.target.name, error = %e, "recording an attempt failed")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Attempts a lane may have waiting to be recorded.
+const RECORDING: usize = 8;
+
+/// What a lane's next step found.
+enum Step {
+    Idle(Outcome),
+    Tried(Box<Attempted>),
+}
+
+/// An attempt made and not yet recorded.
+struct Attempted {
+    delivery: Delivery,
+    event: Option<Arc<Event>>,
+    tried: Tried,
 }
 
 /// What one attempt came to.
@@ -589,7 +686,6 @@ pub fn context_with(
 ) -> Context {
     let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
     if let Some(o) = ev.as_object_mut() {
-        o.remove("message_index");
         o.remove("matched_rules");
     }
     let mut ctx = serde_json::Map::with_capacity(7);

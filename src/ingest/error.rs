@@ -49,7 +49,10 @@ impl IngestError {
             IngestError::SignatureMalformed => StatusCode::BAD_REQUEST,
             IngestError::SignatureMismatch => StatusCode::FORBIDDEN,
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::PayloadTooLarge(_)
+            | IngestError::Invalid(NormalizeError::TooManyMessages { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             IngestError::BodyRead(_) | IngestError::Invalid(_) => StatusCode::BAD_REQUEST,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Unavailable(_) | IngestError::DiskBudget | IngestError::DiskFull => {
@@ -75,6 +78,7 @@ impl IngestError {
             IngestError::Invalid(NormalizeError::Json(_)) => "malformed_json",
             IngestError::Invalid(NormalizeError::Form(_)) => "malformed_form",
             IngestError::Invalid(NormalizeError::Shape(_)) => "unrecognized_payload",
+            IngestError::Invalid(NormalizeError::TooManyMessages { .. }) => "too_many_messages",
             IngestError::Unavailable(_) => "store_unavailable",
             IngestError::DiskBudget => "disk_budget",
             IngestError::DiskFull => "disk_full",

@@ -28,7 +28,9 @@ pub use error::IngestError;
 use crate::admin::metrics::{IngestMetrics, SourceMetrics};
 use crate::config::{OrderingKey, SourceConfig};
 use crate::deliver::{context, now_ms, TargetRuntime, TargetSpec};
-use crate::normalize::{classify_content_type, normalize, victorops, Event, Received, SourceKind};
+use crate::normalize::{
+    classify_content_type, normalize_with, victorops, Event, Received, SourceKind, HEAVY_BODY_BYTES,
+};
 use crate::rules::{routing, Routing, Rules, Trace};
 use crate::store::{
     clamp_ordering_key, Delivery, EventOutcome, IngestBatch, NewDelivery, NewEvent, Store,
@@ -43,12 +45,16 @@ pub struct Ingest<S> {
     pub targets: Vec<Arc<TargetRuntime>>,
     pub metrics: Arc<IngestMetrics>,
     pub max_body_bytes: usize,
+    /// Parsing limits from the config (`server.max_batch_messages`).
+    pub limits: crate::normalize::Limits,
     pub body_timeout: std::time::Duration,
     pub dedup_window_ms: u64,
     /// Set by the relay's disk check while the store is over its budget, or its disk is
     /// nearly full.
     pub disk: Arc<DiskState>,
     pub write_timeout: std::time::Duration,
+    /// Where the events just stored wait, decoded, for their deliveries.
+    pub events: Arc<crate::deliver::EventCache>,
 }
 
 /// What the once-a-second disk check found.
@@ -186,10 +192,13 @@ impl<S: Store> Ingest<S> {
             .headers
             .get("x-pagerduty-signature")
             .map(|v| v.as_bytes().to_vec());
+        // Not signed: where the body is, the signed event id is the dedup key instead, so a
+        // captured request cannot be stored again under a new header.
         let webhook_id = req
             .headers
             .get("x-webhook-id")
             .and_then(|v| v.to_str().ok())
+            .filter(|_| source.secrets.is_empty())
             .map(str::to_owned);
         // A client trickling its body must not hold a connection (and a task) forever.
         let collected = tokio::time::timeout(
@@ -207,6 +216,7 @@ impl<S: Store> Ingest<S> {
                 }
             })?
             .to_bytes();
+        let body_len = body.len();
         if !source.secrets.is_empty() && !body.is_empty() {
             // Checked over the bytes as received, before anything parses them.
             signature::verify(signature.as_deref(), &body, &source.secrets).map_err(
@@ -223,21 +233,39 @@ impl<S: Store> Ingest<S> {
             return Err(IngestError::DiskBudget);
         }
         let received_ms = now_ms();
-        let mut events = normalize(&Received {
-            source: &source.name,
-            kind: source.kind,
-            content_type: content_type.as_deref(),
-            body,
-            query,
-            received_at: chrono::DateTime::from_timestamp_millis(received_ms as i64)
-                .unwrap_or_default(),
-            webhook_id: webhook_id.as_deref(),
-        })?;
+        let parse = {
+            let (live, index, limits) = (live.clone(), index, self.limits);
+            move || -> Result<(Vec<Event>, Vec<Trace>), IngestError> {
+                let source = &live.sources[index];
+                let mut events = normalize_with(
+                    &Received {
+                        source: &source.name,
+                        kind: source.kind,
+                        content_type: content_type.as_deref(),
+                        body,
+                        query,
+                        received_at: chrono::DateTime::from_timestamp_millis(received_ms as i64)
+                            .unwrap_or_default(),
+                        webhook_id: webhook_id.as_deref(),
+                    },
+                    limits,
+                )?;
+                let traces = events
+                    .iter_mut()
+                    .map(|e| prepare_alert(e, source, &live.rules))
+                    .collect();
+                Ok((events, traces))
+            }
+        };
+        // Linear, but a large body is still milliseconds of CPU: not on the async threads.
+        let (events, traces) = if body_len >= HEAVY_BODY_BYTES {
+            tokio::task::spawn_blocking(parse)
+                .await
+                .map_err(|e| IngestError::BodyRead(format!("parser failed: {e}")))??
+        } else {
+            parse()?
+        };
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let traces: Vec<Trace> = events
-            .iter_mut()
-            .map(|e| prepare_alert(e, source, &live.rules))
-            .collect();
         let batch = IngestBatch {
             events: events
                 .iter()
@@ -268,19 +296,25 @@ impl<S: Store> Ingest<S> {
                 IngestError::Unavailable(StoreError::Stalled(self.write_timeout.as_millis()))
             })?
             .map_err(IngestError::Unavailable)?;
-        for i in touched {
-            self.targets[i].notify.notify_one();
-        }
         let mut accepted = Accepted {
             kind: source.kind,
             stored: Vec::new(),
             duplicates: 0,
         };
-        for (id, outcome) in ids.into_iter().zip(outcomes) {
+        for ((id, outcome), event) in ids.into_iter().zip(outcomes).zip(events) {
             match outcome {
-                EventOutcome::Stored => accepted.stored.push(id),
+                EventOutcome::Stored => {
+                    if let Ok(uuid) = uuid::Uuid::parse_str(&id) {
+                        self.events.put(uuid, event);
+                    }
+                    accepted.stored.push(id)
+                }
                 EventOutcome::Duplicate => accepted.duplicates += 1,
             }
+        }
+        // After the cache has the events: the lanes woken find them there.
+        for i in touched {
+            self.targets[i].notify.notify_one();
         }
         tracing::debug!(source = %source.name, stored = accepted.stored.len(), duplicates = accepted.duplicates, "accepted");
         Ok(accepted)

@@ -3,12 +3,22 @@
 //! Lenient decoders turn a bad `%` escape into literal text, which would store a corrupted value
 //! without telling the sender. This one rejects such bodies. Pairs are separated by `&` or `;`
 //! (the separators Snowplow's decoder accepts), `+` is a space, and a key without `=` has an
-//! empty value. A repeated key keeps its last value.
+//! empty value. A repeated key keeps its last value, in the place of its first.
+//!
+//! Linear in the body's size: a repeated key is found through an index, never by scanning the
+//! keys before it, and a body with more than [`MAX_FORM_PAIRS`] fields is refused (StatusGator
+//! sends seven).
+
+use std::collections::HashMap;
 
 use super::NormalizeError;
 
+/// The most fields a form body may have.
+pub const MAX_FORM_PAIRS: usize = 1000;
+
 pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, NormalizeError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     let mut offset = 0;
     for part in body.split(|b| *b == b'&' || *b == b';') {
         let start = offset;
@@ -27,9 +37,17 @@ pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, NormalizeError> 
                 "empty field name at byte {start}"
             )));
         }
-        match pairs.iter_mut().find(|(k, _)| *k == key) {
-            Some(existing) => existing.1 = value,
-            None => pairs.push((key, value)),
+        match index.get(&key) {
+            Some(&i) => pairs[i].1 = value,
+            None => {
+                if pairs.len() == MAX_FORM_PAIRS {
+                    return Err(NormalizeError::Form(format!(
+                        "more than {MAX_FORM_PAIRS} fields (at byte {start})"
+                    )));
+                }
+                index.insert(key.clone(), pairs.len());
+                pairs.push((key, value));
+            }
         }
     }
     Ok(pairs)
@@ -91,6 +109,17 @@ mod tests {
             pairs("&flag&&k=1&k=2"),
             vec![("flag".into(), "".into()), ("k".into(), "2".into())]
         );
+    }
+
+    #[test]
+    fn caps_the_number_of_fields_but_not_repeats() {
+        let at_cap: String = (0..MAX_FORM_PAIRS).map(|i| format!("k{i}=v&")).collect();
+        assert_eq!(parse_form(at_cap.as_bytes()).unwrap().len(), MAX_FORM_PAIRS);
+        let over = format!("{at_cap}one=more");
+        let err = parse_form(over.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("more than 1000 fields"), "{err}");
+        let repeats = "k=v&".repeat(10 * MAX_FORM_PAIRS);
+        assert_eq!(pairs(&repeats), vec![("k".into(), "v".into())]);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use form::parse_form;
+pub use form::{parse_form, MAX_FORM_PAIRS};
 pub(crate) use time::{format_time, parse_time};
 
 /// The kind of sender a source accepts.
@@ -71,15 +71,13 @@ pub struct Event {
     pub query: BTreeMap<String, String>,
     /// Flat fields in VictorOps vocabulary; what rules read and write.
     pub alert: BTreeMap<String, String>,
-    /// For a PagerDuty V1/V2 `messages` batch, which message of the raw body this event is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_index: Option<usize>,
     /// Names of the rules that matched at ingest, in order: what the console shows. Not part
     /// of what templates see.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matched_rules: Vec<String>,
-    /// The request exactly as received. Stored beside the event rather than inside its JSON,
-    /// so the bytes are kept verbatim and never escaped.
+    /// The request exactly as received (for a PagerDuty V1/V2 `messages` batch, the one
+    /// message's JSON text, byte for byte as it stood in the request). Stored beside the event
+    /// rather than inside its JSON, so the bytes are kept verbatim and never escaped.
     #[serde(skip)]
     pub raw: Raw,
 }
@@ -110,12 +108,12 @@ pub struct Raw {
 
 impl Event {
     /// The sender's payload as a JSON value: the parsed body, the decoded form for StatusGator
-    /// v1, or the one message of a PagerDuty batch this event came from.
+    /// v1, or the one message of a PagerDuty batch this event came from (its raw body). Linear
+    /// in the body's size; callers with a large body run it off the async threads
+    /// ([`HEAVY_BODY_BYTES`]).
     pub fn payload(&self) -> Value {
-        let body = String::from_utf8_lossy(&self.raw.body);
-        let trimmed = body.trim_start();
-        if !trimmed.starts_with('{') {
-            return match parse_form(body.as_bytes()) {
+        if self.format == "statusgator.v1" {
+            return match parse_form(&self.raw.body) {
                 Ok(pairs) => Value::Object(
                     pairs
                         .into_iter()
@@ -125,15 +123,36 @@ impl Event {
                 Err(_) => Value::Null,
             };
         }
-        let mut value: Value = serde_json::from_str(trimmed).unwrap_or(Value::Null);
-        if let Some(index) = self.message_index {
-            value = value
-                .get_mut("messages")
-                .and_then(|m| m.get_mut(index))
-                .map(Value::take)
-                .unwrap_or(Value::Null);
+        serde_json::from_slice(&self.raw.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Bodies at least this large are parsed, and turned into a delivery's request, on a blocking
+/// thread rather than on the async runtime's: the work is linear, but a megabyte of JSON or
+/// form is still milliseconds of CPU that would hold up every other connection on that thread.
+pub const HEAVY_BODY_BYTES: usize = 64 * 1024;
+
+/// Dedup keys longer than this are replaced by a digest of themselves, so no sender can make
+/// the store keep a key as large as a header (`X-Webhook-Id`) or an id field may be.
+pub const MAX_DEDUP_KEY_BYTES: usize = 128;
+
+/// Messages a PagerDuty V1/V2 `messages` batch may carry by default (`server.max_batch_messages`):
+/// PagerDuty sends one in practice.
+pub const DEFAULT_MAX_BATCH_MESSAGES: usize = 100;
+
+/// Limits that come from the config rather than from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Above this many messages a PagerDuty batch is refused whole
+    /// ([`NormalizeError::TooManyMessages`]).
+    pub max_batch_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
         }
-        value
     }
 }
 
@@ -162,6 +181,8 @@ pub enum NormalizeError {
     Form(String),
     #[error("{0}")]
     Shape(String),
+    #[error("the batch has {count} messages; at most {max} are accepted in one request")]
+    TooManyMessages { count: usize, max: usize },
 }
 
 /// Classification of a request's Content-Type header.
@@ -193,9 +214,17 @@ pub fn classify_content_type(content_type: Option<&str>) -> Option<BodyType> {
     }
 }
 
-/// Parses and normalizes one request body. A PagerDuty V1/V2 batch yields one event per
-/// message; an empty batch yields none.
+/// Parses and normalizes one request body with the default [`Limits`].
 pub fn normalize(received: &Received<'_>) -> Result<Vec<Event>, NormalizeError> {
+    normalize_with(received, Limits::default())
+}
+
+/// Parses and normalizes one request body. A PagerDuty V1/V2 batch yields one event per
+/// message; an empty batch yields none. The work is linear in the body's size.
+pub fn normalize_with(
+    received: &Received<'_>,
+    limits: Limits,
+) -> Result<Vec<Event>, NormalizeError> {
     if received.body.is_empty() {
         return Err(NormalizeError::Empty);
     }
@@ -207,7 +236,9 @@ pub fn normalize(received: &Received<'_>) -> Result<Vec<Event>, NormalizeError> 
     let body_type = classify_content_type(received.content_type).unwrap_or(BodyType::Sniff);
     let parsed = match received.kind {
         SourceKind::Statusgator => statusgator::parse(text, body_type)?,
-        SourceKind::Pagerduty => pagerduty::parse(text, received.webhook_id)?,
+        SourceKind::Pagerduty => {
+            pagerduty::parse(text, received.webhook_id, limits.max_batch_messages)?
+        }
     };
     let received_at = format_time(received.received_at);
     Ok(parsed
@@ -230,7 +261,9 @@ pub(crate) struct Parsed {
     pub details: Option<String>,
     pub components: Vec<Component>,
     pub alert: BTreeMap<String, String>,
-    pub message_index: Option<usize>,
+    /// Where this event's own bytes are in the body, when they are not the whole body (one
+    /// message of a PagerDuty batch).
+    pub raw_range: Option<std::ops::Range<usize>>,
 }
 
 impl Parsed {
@@ -260,7 +293,7 @@ impl Parsed {
             kind: received.kind,
             format: self.format.to_owned(),
             event_type: self.event_type,
-            dedup_key: self.dedup_key,
+            dedup_key: bounded_key(self.dedup_key),
             occurred_at: format_time(occurred),
             received_at: received_at.to_owned(),
             service: self.service,
@@ -271,11 +304,14 @@ impl Parsed {
             components: self.components,
             query: received.query.clone(),
             alert,
-            message_index: self.message_index,
             matched_rules: Vec::new(),
             raw: Raw {
                 content_type: received.content_type.map(str::to_owned),
-                body: received.body.clone(),
+                // A slice shares the request's buffer: no copy until the store encodes it.
+                body: match self.raw_range {
+                    Some(range) => received.body.slice(range),
+                    None => received.body.clone(),
+                },
             },
         }
     }
@@ -320,6 +356,16 @@ pub(crate) fn digest(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     hex::encode(&h.finalize()[..16])
+}
+
+/// A dedup key as stored: itself when short, else `sha256:` and the hex digest of all of it
+/// (the same key always gives the same digest, so duplicates are still recognised).
+pub(crate) fn bounded_key(key: String) -> String {
+    use sha2::{Digest, Sha256};
+    if key.len() <= MAX_DEDUP_KEY_BYTES {
+        return key;
+    }
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
 /// Puts `value` into the alert map when it is present.

@@ -6,43 +6,74 @@
 //! information kept. Only a body that is not a JSON object with `event` or `messages` is refused.
 //!
 //! The dedup key is `X-Webhook-Id` (repeated on every retry of one webhook), else the event or
-//! message id, else a digest of the body.
+//! message id, else a digest of the body (of the message, for a batch). Ingest leaves
+//! `X-Webhook-Id` out for a source that checks signatures: the header is not signed, the
+//! event id is.
+//!
+//! Each message of a V1/V2 batch becomes an event whose raw body is that message's own JSON
+//! text, so a batch is stored once in all, not once per message; a batch of more than
+//! `server.max_batch_messages` is refused whole.
 
 use std::collections::BTreeMap;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
     digest, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError, Parsed, Service,
 };
 
-pub(crate) fn parse(text: &str, webhook_id: Option<&str>) -> Result<Vec<Parsed>, NormalizeError> {
-    let value = parse_json(text)?;
-    if !value.is_object() {
-        return Err(NormalizeError::Shape(
-            "a PagerDuty body must be a JSON object".into(),
-        ));
+pub(crate) fn parse(
+    text: &str,
+    webhook_id: Option<&str>,
+    max_messages: usize,
+) -> Result<Vec<Parsed>, NormalizeError> {
+    // The top level as raw slices of `text` (a repeated key keeps its last value, as with a
+    // `Value`), so each batch message can keep its own bytes without being written out again.
+    let top: BTreeMap<String, &RawValue> = match serde_json::from_str(text) {
+        Ok(top) => top,
+        Err(e) if e.is_data() => {
+            return Err(NormalizeError::Shape(
+                "a PagerDuty body must be a JSON object".into(),
+            ))
+        }
+        Err(e) => return Err(NormalizeError::Json(e.to_string())),
+    };
+    if let Some(raw) = top.get("event") {
+        let event = parse_json(raw.get())?;
+        if event.is_object() {
+            let dedup = webhook_id
+                .map(str::to_owned)
+                .or_else(|| nonempty_at(&event, &["id"]))
+                .unwrap_or_else(|| digest(&["pagerduty.v3", text]));
+            return Ok(vec![v3(&event, dedup)]);
+        }
     }
-    if let Some(event) = value.get("event").filter(|e| e.is_object()) {
-        let dedup = webhook_id
-            .map(str::to_owned)
-            .or_else(|| nonempty_at(event, &["id"]))
-            .unwrap_or_else(|| digest(&["pagerduty.v3", text]));
-        return Ok(vec![v3(event, dedup)]);
-    }
-    if let Some(messages) = value.get("messages").and_then(Value::as_array) {
-        return Ok(messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let dedup = nonempty_at(m, &["id"])
-                    .or_else(|| webhook_id.map(|w| format!("{w}#{i}")))
-                    .unwrap_or_else(|| digest(&["pagerduty.legacy", text, &i.to_string()]));
-                let mut parsed = legacy(m, dedup);
-                parsed.message_index = Some(i);
-                parsed
-            })
-            .collect());
+    if let Some(raw) = top.get("messages") {
+        if let Ok(messages) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+            if messages.len() > max_messages {
+                return Err(NormalizeError::TooManyMessages {
+                    count: messages.len(),
+                    max: max_messages,
+                });
+            }
+            return messages
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    let own = raw.get();
+                    let m = parse_json(own)?;
+                    // Per message, over its own bytes: a batch costs what its size does.
+                    let dedup = nonempty_at(&m, &["id"])
+                        .or_else(|| webhook_id.map(|w| format!("{w}#{i}")))
+                        .unwrap_or_else(|| digest(&["pagerduty.legacy", &i.to_string(), own]));
+                    let mut parsed = legacy(&m, dedup);
+                    let start = own.as_ptr() as usize - text.as_ptr() as usize;
+                    parsed.raw_range = Some(start..start + own.len());
+                    Ok(parsed)
+                })
+                .collect();
+        }
     }
     Err(NormalizeError::Shape(
         "JSON body is not a PagerDuty webhook: expected an `event` object (V3) or a `messages` \
@@ -256,7 +287,7 @@ fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
         details: p.details,
         components: Vec::new(),
         alert,
-        message_index: None,
+        raw_range: None,
     }
 }
 
@@ -269,6 +300,7 @@ mod tests {
         let p = parse(
             r#"{"event":{"id":"E1","event_type":"incident.teleported","data":{"type":"mystery"}}}"#,
             None,
+            100,
         )
         .unwrap();
         assert_eq!(p.len(), 1);
@@ -298,7 +330,7 @@ mod tests {
             let body = format!(
                 r#"{{"event":{{"id":"E","event_type":"{t}","data":{{"id":"P","type":"incident","status":"{status}"}}}}}}"#
             );
-            let p = parse(&body, None).unwrap().remove(0);
+            let p = parse(&body, None, 100).unwrap().remove(0);
             (t.to_string(), p.alert["message_type"].clone())
         })
         .collect();
@@ -320,6 +352,7 @@ mod tests {
         let v1 = parse(
             r#"{"messages":[{"type":"incident.resolve","data":{"incident":{"id":"P","status":"resolved"}}},{"type":"incident.assign","data":{"incident":{"id":"P","status":"triggered"}}}]}"#,
             None,
+            100,
         )
         .unwrap();
         assert_eq!(v1[0].alert["message_type"], "RECOVERY");
@@ -328,18 +361,15 @@ mod tests {
 
     #[test]
     fn webhook_id_wins_over_event_id() {
-        let p = parse(r#"{"event":{"id":"E1"}}"#, Some("W9")).unwrap();
+        let p = parse(r#"{"event":{"id":"E1"}}"#, Some("W9"), 100).unwrap();
         assert_eq!(p[0].dedup_key, "W9");
         assert_eq!(p[0].event_type, "unknown");
     }
 
     #[test]
     fn batches_yield_one_event_per_message_and_empty_batches_none() {
-        let p = parse(
-            r#"{"messages":[{"id":"a","type":"incident.trigger"},{"id":"b","event":"incident.annotate"},{"x":1}]}"#,
-            None,
-        )
-        .unwrap();
+        let text = r#"{"messages":[{"id":"a","type":"incident.trigger"},{"id":"b","event":"incident.annotate"}, {"x" : 1}]}"#;
+        let p = parse(text, None, 100).unwrap();
         let types: Vec<_> = p
             .iter()
             .map(|e| (e.format, e.event_type.as_str()))
@@ -352,13 +382,18 @@ mod tests {
                 ("pagerduty.unknown", "unknown")
             ]
         );
-        assert_eq!(p[2].message_index, Some(2));
-        assert!(parse(r#"{"messages":[]}"#, None).unwrap().is_empty());
+        // Each message's own bytes, exactly as they stood in the body.
+        assert_eq!(&text[p[2].raw_range.clone().unwrap()], r#"{"x" : 1}"#);
+        assert!(parse(r#"{"messages":[]}"#, None, 100).unwrap().is_empty());
+        assert_eq!(
+            parse(r#"{"messages":[{},{},{}]}"#, None, 2).unwrap_err(),
+            NormalizeError::TooManyMessages { count: 3, max: 2 }
+        );
     }
 
     #[test]
     fn non_webhook_json_is_refused() {
-        let err = parse(r#"{"hello":"world"}"#, None).unwrap_err();
+        let err = parse(r#"{"hello":"world"}"#, None, 100).unwrap_err();
         assert!(err.to_string().contains("not a PagerDuty webhook"), "{err}");
     }
 }

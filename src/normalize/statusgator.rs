@@ -149,7 +149,7 @@ fn flat(format: &'static str, f: V1Fields, components: Vec<Component>) -> Parsed
         details: f.details,
         components,
         alert,
-        message_index: None,
+        raw_range: None,
     }
 }
 
@@ -280,7 +280,7 @@ fn v3(v: &Value) -> Parsed {
         details,
         components: components(v),
         alert,
-        message_index: None,
+        raw_range: None,
     }
 }
 

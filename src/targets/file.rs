@@ -1,5 +1,6 @@
 //! `file`: appends one JSON line per delivery to a local file, synced to disk before the
 //! delivery counts as done. The default target: it shows the relay working with no network.
+//! The file holds every event's raw body, so it is created readable by its owner only.
 
 use std::path::PathBuf;
 
@@ -57,11 +58,11 @@ impl FileTarget {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(dir).await?;
             }
-            let f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .await?;
+            let mut options = tokio::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            options.mode(0o600);
+            let f = options.open(&self.path).await?;
             *file = Some(f);
         }
         let f = file.as_mut().expect("opened above");

@@ -108,15 +108,14 @@ impl Target {
         }
     }
 
-    /// One attempt.
+    /// One attempt with a request [`Target::prepare`] built.
     pub async fn send(
         &self,
         client: &reqwest::Client,
-        templates: &Templates,
-        ctx: &Context,
+        prepared: Result<Prepared, String>,
         timeout: Duration,
     ) -> AttemptResult {
-        match self.prepare(templates, ctx) {
+        match prepared {
             Err(e) => AttemptResult::Invalid(e),
             Ok(Prepared::Skip(reason)) => AttemptResult::Skipped(reason),
             Ok(Prepared::Line { line, .. }) => match self {
