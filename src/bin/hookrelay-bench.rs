@@ -31,6 +31,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+#[path = "bench-support/procs.rs"]
+mod procs;
+
 #[derive(Parser, Clone)]
 #[command(about = "Benchmark a hookrelay release build on this machine")]
 struct Args {
@@ -172,14 +175,6 @@ async fn sink(port: u16, arrivals: Arrivals, received: Arc<AtomicU64>) -> anyhow
     Ok(port)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A unique body of roughly `size` bytes, cycling through three payload shapes.
 fn body(n: u64, size: usize) -> (&'static str, &'static str, String) {
     let pad = "x".repeat(size.saturating_sub(220));
@@ -310,47 +305,6 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
-fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
-}
-
-fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time the process has used (user + system), in microseconds. Unlike throughput it hardly
-/// depends on what else the shared machine runs, so it is the figure to compare builds by.
-fn cpu_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    // The kernel's USER_HZ is 100 on Linux.
-    ticks * 10_000
-}
-
 fn start_relay(bin: &Path, config: &Path) -> anyhow::Result<Child> {
     Command::new(bin)
         .args(["serve", "--config", config.to_str().unwrap()])
@@ -368,17 +322,9 @@ fn start_relay(bin: &Path, config: &Path) -> anyhow::Result<Child> {
 /// relay binds its port before it opens the store, so the kernel accepts connections that
 /// wait for the whole of startup.
 fn wait_serving(port: u16, from: Instant) -> anyhow::Result<Duration> {
-    use std::io::{Read, Write};
     while from.elapsed() < Duration::from_secs(120) {
-        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            c.set_read_timeout(Some(Duration::from_secs(120)))?;
-            let mut first = [0u8; 1];
-            if c.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
-                .is_ok()
-                && c.read(&mut first).is_ok_and(|n| n == 1)
-            {
-                return Ok(from.elapsed());
-            }
+        if procs::answers(port).is_ok() {
+            return Ok(from.elapsed());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -386,9 +332,7 @@ fn wait_serving(port: u16, from: Instant) -> anyhow::Result<Duration> {
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    procs::signal(child.id(), "TERM");
     let _ = child.wait();
 }
 
@@ -425,12 +369,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("hookrelay-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let port = free_port();
+    let port = procs::free_port()?;
     let mut targets = String::new();
     for i in 0..args.targets {
         targets.push_str(&format!("[[targets]]\nname = \"t{i}\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{sink_port}/t{i}\"\nconcurrency = {}\n", args.lanes));
     }
-    let closed = free_port();
+    let closed = procs::free_port()?;
     // Unreachable: each delivery fails once and waits an hour, never suspending the target.
     let down = format!("[[targets]]\nname = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{closed}/down\"\nretry = {{ initial_delay = \"1h\" }}\nsuspend_after = 0\n");
     if args.down_target || args.pending > 0 {
@@ -499,7 +443,8 @@ async fn main() -> anyhow::Result<()> {
         startup = Some(up);
     }
     let pid = child.id();
-    let cpu_before = cpu_us(pid);
+    let load_before = procs::load_average();
+    let cpu_before = procs::cpu_us(&[pid]);
 
     let load = drive(
         &base,
@@ -526,12 +471,13 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained = Instant::now();
-    let rss = peak_rss_kb(pid);
-    let cpu = cpu_us(pid).saturating_sub(cpu_before);
+    let rss = procs::peak_rss_kb(pid);
+    let cpu = procs::cpu_us(&[pid]).saturating_sub(cpu_before);
+    let load_after = procs::load_average();
     stop(child);
     let disk = match &database {
         Some(db) => db.size().await?,
-        None => dir_bytes(&dir.join("data")),
+        None => procs::dir_bytes(&dir.join("data")),
     };
     if let Some(db) = database {
         db.drop().await?;
@@ -572,6 +518,7 @@ async fn main() -> anyhow::Result<()> {
         "relay_cpu_us_per_event": if acked > 0.0 { (cpu as f64 / acked).round() } else { 0.0 },
         "errors": load.errors, "lost": lost, "duplicates": dups,
         "startup_ms": startup.map(|s| s.as_millis() as u64),
+        "load_average": [load_before, load_after],
     });
     println!("{report}");
     let _ = std::fs::remove_dir_all(&dir);
