@@ -4,6 +4,7 @@
 //! When Chromium or chromedriver is missing, `.ci/chromium` installs them (as `.ci/postgres`
 //! installs PostgreSQL); when that cannot be done the test fails with the reason.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,8 +57,12 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group, which the Chromium it starts joins: ending the group ends
+        // every browser process even when the session's deletion did not (leftover browsers
+        // from earlier runs were found still running, orphaned, using CPU).
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={driver_port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -298,9 +303,18 @@ impl Browser {
     /// Ends the session (Chromium exits) and stops chromedriver.
     pub async fn quit(mut self) {
         let _ = self.try_cmd("DELETE", "", Value::Null).await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        self.end_processes();
         self.session.clear();
+    }
+}
+
+impl Browser {
+    /// Kills chromedriver's process group (chromedriver and every Chromium process).
+    fn end_processes(&mut self) {
+        // SAFETY: kill(2) with a negative pid signals the group chromedriver leads (it was
+        // started with `process_group(0)`); no memory is involved.
+        unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
+        let _ = self.driver.wait();
     }
 }
 
@@ -319,8 +333,7 @@ impl Drop for Browser {
                 );
                 let _ = s.read_to_end(&mut Vec::new());
             }
-            let _ = self.driver.kill();
-            let _ = self.driver.wait();
+            self.end_processes();
         }
     }
 }
