@@ -82,22 +82,7 @@ async fn power_cuts_under_load_lose_nothing_acknowledged() {
 }
 
 fn stored_event(n: usize) -> hookrelay::Event {
-    use hookrelay::normalize::{normalize, Received, SourceKind};
-    let body = format!(
-        "{{\"type\":\"StatusChange\",\"recorded_at\":\"2025-01-01T00:00:00Z\",\"monitor\":{{\"id\":\"m{n}\"}},\"status\":\"down\",\"message\":\"event {n}\"}}"
-    );
-    normalize(&Received {
-        source: "sg",
-        kind: SourceKind::Statusgator,
-        content_type: Some("application/json"),
-        body: body.into(),
-        query: Default::default(),
-        received_at: chrono::Utc::now(),
-        webhook_id: None,
-    })
-    .unwrap()
-    .pop()
-    .unwrap()
+    common::statusgator_event(&format!("m{n}"), n)
 }
 
 /// Compaction moves the bodies of the few events a segment still holds to the end of the log,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::tempdir;
-use hookrelay::normalize::{normalize, Event, Received, SourceKind};
+use hookrelay::normalize::Event;
 use hookrelay::store::{
     AnyStore, Attempt, Claim, EventOutcome, EventQuery, EventStatus, IngestBatch, NewDelivery,
     NewEvent, Next, PgOptions, PgStore, SledStore, Store,
@@ -81,22 +81,7 @@ contract!(
 );
 
 fn event(monitor: &str, n: usize) -> Event {
-    let body = serde_json::json!({
-        "type": "StatusChange", "recorded_at": "2025-07-17T02:20:45Z",
-        "monitor": {"id": monitor}, "status": "down", "message": format!("n{n}"),
-    })
-    .to_string();
-    let mut events = normalize(&Received {
-        source: "sg",
-        kind: SourceKind::Statusgator,
-        content_type: Some("application/json"),
-        body: body.into(),
-        query: Default::default(),
-        received_at: chrono::Utc::now(),
-        webhook_id: None,
-    })
-    .unwrap();
-    events.pop().unwrap()
+    common::statusgator_event(monitor, n)
 }
 
 fn batch(events: &[Event], targets: &[u32], now_ms: u64) -> IngestBatch {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,19 +28,7 @@ fn delivered(receiver: &Receiver) -> HashMap<String, usize> {
 }
 
 fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("HOOKRELAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        )
-        .spawn()
-        .unwrap()
+    common::spawn_serve(config, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -382,3 +382,44 @@ pub async fn fresh_database() -> String {
     let base = admin.rsplit_once('/').expect("URL ends in a database").0;
     format!("{base}/{name}")
 }
+
+/// Starts `hookrelay serve --config config` as a child process (the binary this test run
+/// built), its log (level `warn`) appended to `log`.
+pub fn spawn_serve(config: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("HOOKRELAY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
+/// A StatusGator "down" event for `monitor` (its ordering key) with message `n{n}`, normalized
+/// as ingest would, for tests that write to a store directly.
+pub fn statusgator_event(monitor: &str, n: usize) -> hookrelay::Event {
+    use hookrelay::normalize::{normalize, Received, SourceKind};
+    let body = serde_json::json!({
+        "type": "StatusChange", "recorded_at": "2025-07-17T02:20:45Z",
+        "monitor": {"id": monitor}, "status": "down", "message": format!("n{n}"),
+    })
+    .to_string();
+    normalize(&Received {
+        source: "sg",
+        kind: SourceKind::Statusgator,
+        content_type: Some("application/json"),
+        body: body.into(),
+        query: Default::default(),
+        received_at: chrono::Utc::now(),
+        webhook_id: None,
+    })
+    .unwrap()
+    .pop()
+    .unwrap()
+}

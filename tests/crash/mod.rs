@@ -7,14 +7,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{free_port, wait_listening, wait_until, Receiver};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
 
 /// How long a relay process may take to start listening here.
 pub const START: Duration = Duration::from_secs(20);
@@ -45,19 +43,7 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(config: &Path, port: u16, log: &Path) -> Relay {
-        let child = Command::new(BIN)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("HOOKRELAY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
+        let child = super::common::spawn_serve(config, log);
         let relay = Relay {
             child,
             port,
