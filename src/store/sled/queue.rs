@@ -97,8 +97,8 @@ struct TargetQueue {
 
 #[derive(Default)]
 struct KeyQueue {
-    /// (pos, seq, due), in order.
-    items: VecDeque<(u64, Seq, u64)>,
+    /// In order.
+    items: VecDeque<Item>,
     in_flight: Option<Seq>,
 }
 
@@ -287,8 +287,11 @@ impl Queue {
 /// each key's deliveries are collected and ordered once, instead of each being placed in turn.
 #[derive(Default)]
 pub struct Builder {
-    keys: HashMap<(TargetId, KeyHash), Vec<(u64, Seq, u64)>>,
+    keys: HashMap<(TargetId, KeyHash), Vec<Item>>,
 }
+
+/// A key's queued delivery: (pos, seq, due).
+type Item = (u64, Seq, u64);
 
 impl Builder {
     /// A pending delivery; each seq once.

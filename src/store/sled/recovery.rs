@@ -116,26 +116,34 @@ pub fn load_queue(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandl
                 let _ = hold.recv();
             }
             let started = Instant::now();
-            let result = read_pending(&shared);
-            let mut queue = shared.queue();
-            match result {
-                Ok((read, pending)) => {
-                    queue.loaded(read);
-                    drop(queue);
-                    tracing::info!(
-                        pending,
-                        ms = started.elapsed().as_millis() as u64,
-                        "queue rebuilt"
-                    );
-                    shared.loaded.send_replace(Load::Done);
-                }
-                Err(e) => {
-                    drop(queue);
-                    shared.failure.fail("rebuilding the queue at opening", &e);
-                    shared.loaded.send_replace(Load::Failed);
-                }
-            }
+            // Claims must not wait forever should this thread end without an answer.
+            let failed = Failed(&shared);
+            let (read, pending) = match read_pending(&shared) {
+                Ok(read) => read,
+                Err(e) => return shared.failure.fail("rebuilding the queue at opening", &e),
+            };
+            shared.queue().loaded(read);
+            std::mem::forget(failed);
+            shared.loaded.send_replace(Load::Done);
+            tracing::info!(
+                pending,
+                ms = started.elapsed().as_millis() as u64,
+                "queue rebuilt"
+            );
         })
+}
+
+/// Stops the store when the queue could not be read (an error, or a panic): claims waiting
+/// for it fail instead of waiting forever.
+struct Failed<'a>(&'a Shared);
+
+impl Drop for Failed<'_> {
+    fn drop(&mut self) {
+        self.0
+            .failure
+            .fail("rebuilding the queue at opening", &"the reading stopped");
+        self.0.loaded.send_replace(Load::Failed);
+    }
 }
 
 /// Where reading the queue at opening is.
@@ -176,18 +184,6 @@ fn read_pending(shared: &Shared) -> Result<(Queue, usize), StoreError> {
         n += 1;
     }
     Ok((builder.build(), n))
-}
-
-#[cfg(test)]
-pub mod tests {
-    use std::cell::RefCell;
-    use std::sync::mpsc::Receiver;
-
-    thread_local! {
-        /// A test holds the next store opened on its thread before it reads its queue, until
-        /// the sender is used or dropped.
-        pub static HOLD: RefCell<Option<Receiver<()>>> = const { RefCell::new(None) };
-    }
 }
 
 /// Opens the sled database in `path`.
@@ -363,5 +359,17 @@ impl Manifest {
         )?);
         let found = Self::read(dir)?.unwrap_or(1);
         Ok((recorded.saturating_sub(1), found.saturating_sub(1)))
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::cell::RefCell;
+    use std::sync::mpsc::Receiver;
+
+    thread_local! {
+        /// A test holds the next store opened on its thread before it reads its queue, until
+        /// the sender is used or dropped.
+        pub static HOLD: RefCell<Option<Receiver<()>>> = const { RefCell::new(None) };
     }
 }
