@@ -44,13 +44,19 @@ impl Handle {
     }
 }
 
-pub fn start(shared: Arc<Shared>) -> std::io::Result<Handle> {
+/// Starts the applier once `loader` (reading the queue at opening) has ended: sled must not
+/// change under that scan. Writes meanwhile wait in the memtables, and the log is not
+/// checkpointed.
+pub fn start(shared: Arc<Shared>, loader: std::thread::JoinHandle<()>) -> std::io::Result<Handle> {
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (shared, stop) = (shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("hookrelay-apply".into())
-            .spawn(move || run(&shared, &stop))?
+            .spawn(move || {
+                let _ = loader.join();
+                run(&shared, &stop)
+            })?
     };
     Ok(Handle {
         stop,

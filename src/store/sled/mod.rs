@@ -18,7 +18,8 @@
 //! the log with everything else queued, syncs the log once (group commit), and then answers;
 //! that is all an acknowledgement waits for. The writes are visible from then on through the
 //! memtables, and reach sled from the applier moments later; the queue of pending deliveries
-//! lives in memory and is rebuilt at opening from the pending-delivery keys.
+//! lives in memory and is rebuilt at opening from the pending-delivery keys, in the background
+//! (claims wait for it; writes do not).
 
 mod apply;
 mod commit;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     dir: PathBuf,
     mem: memtable::Memtables,
     queue: Mutex<Queue>,
+    /// Whether the queue has been read at opening (see `recovery::load_queue`).
+    loaded: tokio::sync::watch::Sender<recovery::Load>,
     /// Names ordering keys in the queue (see `queue`).
     hasher: std::collections::hash_map::RandomState,
     segments: Arc<wal::Segments>,
@@ -149,17 +152,17 @@ impl SledStore {
             db: opened.db,
             dir: path.to_path_buf(),
             mem: memtable::Memtables::default(),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue::loading()),
+            loaded: tokio::sync::watch::Sender::new(recovery::Load::Reading),
             hasher: std::collections::hash_map::RandomState::new(),
             segments: opened.segments,
             failure: Failure::default(),
             applied: AtomicU64::new(opened.last_lsn),
             checkpointed: AtomicU64::new(opened.last_lsn),
         });
-        let pending = recovery::fill_queue(&shared)?;
-        tracing::debug!(pending, "queue rebuilt");
+        let loader = recovery::load_queue(shared.clone()).map_err(io_error)?;
         let (tx, rx) = mpsc::channel(commit::MAX_GROUP);
-        let applier = apply::start(shared.clone()).map_err(io_error)?;
+        let applier = apply::start(shared.clone(), loader).map_err(io_error)?;
         let compactor = compact::Compactor {
             shared: shared.clone(),
             dir: path.join(WAL_DIR),
@@ -341,6 +344,7 @@ impl SledStore {
         target: TargetId,
         pick: impl Fn(&mut Queue) -> Claimed,
     ) -> Result<Claim, StoreError> {
+        self.queue_loaded().await?;
         loop {
             let claimed = pick(&mut self.shared.queue());
             let (seq, key) = match claimed {
@@ -511,6 +515,7 @@ impl Store for SledStore {
     }
 
     async fn oldest_pending_ms(&self, target: TargetId) -> Result<Option<u64>, StoreError> {
+        self.queue_loaded().await?;
         self.read_oldest_pending(target)
     }
 

@@ -82,6 +82,9 @@ pub struct Queue {
     targets: HashMap<TargetId, TargetQueue>,
     /// Deliveries in flight and where they are.
     leases: HashMap<Seq, (TargetId, KeyHash)>,
+    /// While the pending deliveries are read at opening: the changes made meanwhile, in order,
+    /// applied on top of what was read once it is complete (see [`Queue::loaded`]).
+    loading: Option<Vec<Effect>>,
 }
 
 #[derive(Default)]
@@ -94,8 +97,8 @@ struct TargetQueue {
 
 #[derive(Default)]
 struct KeyQueue {
-    /// (pos, seq, due), in order.
-    items: VecDeque<(u64, Seq, u64)>,
+    /// In order.
+    items: VecDeque<Item>,
     in_flight: Option<Seq>,
 }
 
@@ -137,7 +140,30 @@ impl Queue {
         result
     }
 
+    /// A queue whose pending deliveries are still being read: it takes changes (held until
+    /// [`Queue::loaded`]) and must not be claimed from.
+    pub fn loading() -> Queue {
+        Queue {
+            loading: Some(Vec::new()),
+            ..Queue::default()
+        }
+    }
+
+    /// Becomes `read` (the pending deliveries as of opening) with the changes made since
+    /// applied on top, in order. Each change sets a delivery's place or removes it, so applying
+    /// one that `read` already shows changes nothing.
+    pub fn loaded(&mut self, mut read: Queue) {
+        for effect in self.loading.take().unwrap_or_default() {
+            read.apply(effect);
+        }
+        *self = read;
+    }
+
     pub fn apply(&mut self, effect: Effect) {
+        if let Some(held) = &mut self.loading {
+            held.push(effect);
+            return;
+        }
         match effect {
             Effect::Add {
                 target,
@@ -257,6 +283,47 @@ impl Queue {
     }
 }
 
+/// Builds a queue from every pending delivery at once (opening reads a million of them):
+/// each key's deliveries are collected and ordered once, instead of each being placed in turn.
+#[derive(Default)]
+pub struct Builder {
+    keys: HashMap<(TargetId, KeyHash), Vec<Item>>,
+}
+
+/// A key's queued delivery: (pos, seq, due).
+type Item = (u64, Seq, u64);
+
+impl Builder {
+    /// A pending delivery; each seq once.
+    pub fn add(&mut self, target: TargetId, key: KeyHash, seq: Seq, pos: u64, due: u64) {
+        self.keys
+            .entry((target, key))
+            .or_default()
+            .push((pos, seq, due));
+    }
+
+    pub fn build(self) -> Queue {
+        let mut queue = Queue::default();
+        for ((target, key), mut items) in self.keys {
+            if !items.is_sorted_by_key(|&(p, s, _)| (p, s)) {
+                items.sort_unstable_by_key(|&(p, s, _)| (p, s));
+            }
+            let t = queue.targets.entry(target).or_default();
+            let &(_, seq, due) = items.first().expect("a key has a delivery");
+            t.ready.insert((due, seq, key));
+            t.pending += items.len() as u64;
+            t.keys.insert(
+                key,
+                KeyQueue {
+                    items: items.into(),
+                    in_flight: None,
+                },
+            );
+        }
+        queue
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +418,68 @@ mod tests {
         assert_eq!(claim(&mut q, 0), Some(3));
         add(&mut q, 7, 11, 0);
         assert_eq!(q.oldest(1), Some(3));
+    }
+
+    /// Building a queue at once gives the queue that adding the same deliveries one by one
+    /// gives, whatever order they come in: a replayed delivery (a later place than its seq)
+    /// behind the others of its key. Guards the builder's ordering (without its sort the
+    /// replayed seq 2 came first).
+    #[test]
+    fn a_built_queue_is_the_queue_added_one_by_one() {
+        let items = [
+            (7, 1, 1, 0),
+            (7, 2, 9, 0),
+            (7, 3, 3, 0),
+            (8, 4, 4, 5),
+            (8, 5, 5, 1),
+        ];
+        let mut added = Queue::default();
+        let mut builder = Builder::default();
+        for &(key, seq, pos, due) in &items {
+            added.apply(Effect::Add {
+                target: 1,
+                key,
+                seq,
+                pos,
+                due,
+            });
+            builder.add(1, key, seq, pos, due);
+        }
+        let mut built = builder.build();
+        assert_eq!(built.pending(1), 5);
+        let drain = |q: &mut Queue| {
+            let mut order = Vec::new();
+            while let Claimed::Due { seq, key } = q.claim(1, u64::MAX) {
+                order.push(seq);
+                q.apply(Effect::Remove {
+                    target: 1,
+                    key,
+                    seq,
+                });
+            }
+            order
+        };
+        let order = drain(&mut added);
+        assert_eq!(order, [1, 3, 2, 4, 5]);
+        assert_eq!(drain(&mut built), order);
+    }
+
+    /// Changes made while the queue is read at opening are held and applied on top of what
+    /// was read, in order. Guards the holding (without it the removal of 1 and the new 3 were
+    /// lost with the half-built queue).
+    #[test]
+    fn changes_during_the_read_apply_after_it() {
+        let mut q = Queue::loading();
+        add(&mut q, 7, 3, 0);
+        done(&mut q, 7, 1);
+        let mut read = Builder::default();
+        read.add(1, 7, 1, 1, 0);
+        read.add(1, 7, 2, 2, 0);
+        q.loaded(read.build());
+        assert_eq!(q.pending(1), 2);
+        assert_eq!(claim(&mut q, 0), Some(2));
+        done(&mut q, 7, 2);
+        assert_eq!(claim(&mut q, 0), Some(3));
     }
 
     /// A probe takes heads in turn by seq, whatever their due times, and wraps around.

@@ -1,14 +1,15 @@
 //! Opening the embedded store: the manifest and its format version, sled, replay of the log,
-//! making everything durable before any log segment goes, and the queue rebuilt.
+//! making everything durable before any log segment goes, and the queue rebuilt (in the
+//! background).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::queue::{key_hash, Effect};
+use super::queue::{key_hash, Builder, Queue};
 use super::wal::{self, LogOp, Lsn, Segments, Wal, WalError};
-use super::{io_error, keys, LogOptions, Shared, WAL_DIR};
+use super::{io_error, keys, LogOptions, Shared, SledStore, WAL_DIR};
 use crate::store::{Seq, StoreError};
 
 /// sled's page cache. The relay reads little back from sled (claims come from the in-memory
@@ -97,25 +98,92 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
     })
 }
 
-/// Adds every pending delivery (`P` keys) to the queue.
-pub fn fill_queue(shared: &Shared) -> Result<usize, StoreError> {
-    let mut queue = shared.queue();
+/// Reads every pending delivery (`P` keys) into the queue, on a thread of its own, so the
+/// relay answers before a large backlog is read (a million pending took 2 s). Until it is done
+/// the queue holds the changes made meanwhile and claims wait ([`SledStore::queue_loaded`]).
+/// Nothing writes sled meanwhile (the applier starts once this thread ends, see `apply::start`),
+/// so the scan sees exactly the state opening left; the held changes are the log records after
+/// it, applied on top in order. A scan that fails stops the store (the relay exits with the
+/// cause, as a failed opening did).
+pub fn load_queue(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    #[cfg(test)]
+    let hold = tests::HOLD.with(|h| h.borrow_mut().take());
+    std::thread::Builder::new()
+        .name("hookrelay-queue".into())
+        .spawn(move || {
+            #[cfg(test)]
+            if let Some(hold) = hold {
+                let _ = hold.recv();
+            }
+            let started = Instant::now();
+            // Claims must not wait forever should this thread end without an answer.
+            let failed = Failed(&shared);
+            let (read, pending) = match read_pending(&shared) {
+                Ok(read) => read,
+                Err(e) => return shared.failure.fail("rebuilding the queue at opening", &e),
+            };
+            shared.queue().loaded(read);
+            std::mem::forget(failed);
+            shared.loaded.send_replace(Load::Done);
+            tracing::info!(
+                pending,
+                ms = started.elapsed().as_millis() as u64,
+                "queue rebuilt"
+            );
+        })
+}
+
+/// Stops the store when the queue could not be read (an error, or a panic): claims waiting
+/// for it fail instead of waiting forever.
+struct Failed<'a>(&'a Shared);
+
+impl Drop for Failed<'_> {
+    fn drop(&mut self) {
+        self.0
+            .failure
+            .fail("rebuilding the queue at opening", &"the reading stopped");
+        self.0.loaded.send_replace(Load::Failed);
+    }
+}
+
+/// Where reading the queue at opening is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    Reading,
+    Done,
+    Failed,
+}
+
+impl SledStore {
+    /// Waits until the queue holds every pending delivery: a claim before then could take a
+    /// key's later delivery ahead of an earlier one not read yet.
+    pub(super) async fn queue_loaded(&self) -> Result<(), StoreError> {
+        let mut rx = self.shared.loaded.subscribe();
+        let load = rx
+            .wait_for(|l| *l != Load::Reading)
+            .await
+            .map(|l| *l)
+            .unwrap_or(Load::Failed);
+        match load {
+            Load::Done => Ok(()),
+            _ => Err(self.closed()),
+        }
+    }
+}
+
+fn read_pending(shared: &Shared) -> Result<(Queue, usize), StoreError> {
+    let mut builder = Builder::default();
     let mut n = 0;
     for item in shared.db.scan_prefix(b"P") {
         let (k, v) = item?;
         let (Some(seq), Some(p)) = (keys::seq_of(&k[1..]), keys::Pending::parse(&v)) else {
             return Err(StoreError::Corrupt("malformed pending delivery key".into()));
         };
-        queue.apply(Effect::Add {
-            target: p.target,
-            key: key_hash(&shared.hasher, p.target, p.ordering_key),
-            seq,
-            pos: p.pos,
-            due: p.due_ms,
-        });
+        let key = key_hash(&shared.hasher, p.target, p.ordering_key);
+        builder.add(p.target, key, seq, p.pos, p.due_ms);
         n += 1;
     }
-    Ok(n)
+    Ok((builder.build(), n))
 }
 
 /// Opens the sled database in `path`.
@@ -291,5 +359,17 @@ impl Manifest {
         )?);
         let found = Self::read(dir)?.unwrap_or(1);
         Ok((recorded.saturating_sub(1), found.saturating_sub(1)))
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::cell::RefCell;
+    use std::sync::mpsc::Receiver;
+
+    thread_local! {
+        /// A test holds the next store opened on its thread before it reads its queue, until
+        /// the sender is used or dropped.
+        pub static HOLD: RefCell<Option<Receiver<()>>> = const { RefCell::new(None) };
     }
 }

@@ -269,3 +269,47 @@ async fn the_store_is_private_to_its_owner() {
         }
     }
 }
+
+/// The queue is read in the background at opening: the store takes writes meanwhile, a claim
+/// waits until the read is complete, and what was written meanwhile is in the queue after it,
+/// in order behind what was pending. Guards the claim's wait (without it the claim answers
+/// from a half-read queue: seen answering `Empty` while the read was held) and the changes held
+/// during the read (without them seqs 4 and 5 were missing from the queue).
+#[tokio::test]
+async fn claims_wait_for_the_queue_read_at_opening_and_writes_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.target_ids(&["t".into()]).await.unwrap();
+    // One ordering key: the target's.
+    for n in 1..=3 {
+        store.ingest(one_event(n, &[1], 1_000)).await.unwrap();
+    }
+    store.close().await.unwrap();
+    drop(store);
+
+    let (release, hold) = std::sync::mpsc::channel();
+    recovery::tests::HOLD.with(|h| *h.borrow_mut() = Some(hold));
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    for n in 4..=5 {
+        store.ingest(one_event(n, &[1], 1_000)).await.unwrap();
+    }
+    let claim = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim(1, 1_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!claim.is_finished(), "a claim waits for the queue");
+    release.send(()).unwrap();
+    let Claim::Due(first) = claim.await.unwrap().unwrap() else {
+        panic!("nothing claimed")
+    };
+    assert_eq!(first.seq, 1, "the earliest, read from sled");
+    store.release(first.seq);
+    let mut order = Vec::new();
+    for _ in 1..=5 {
+        order.push(deliver(&store, 1, 1_000).await);
+    }
+    assert_eq!(order, [1, 2, 3, 4, 5]);
+    assert!(matches!(store.claim(1, 1_000).await.unwrap(), Claim::Empty));
+    store.close().await.unwrap();
+}
