@@ -120,6 +120,8 @@ pub fn load_queue(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandl
             let failed = Failed(&shared);
             let (read, pending) = match read_pending(&shared) {
                 Ok(read) => read,
+                // The cause is recorded first (the store keeps the first one); the guard
+                // then marks the load failed as it goes out of scope.
                 Err(e) => return shared.failure.fail("rebuilding the queue at opening", &e),
             };
             shared.queue().loaded(read);
@@ -158,6 +160,10 @@ impl SledStore {
     /// Waits until the queue holds every pending delivery: a claim before then could take a
     /// key's later delivery ahead of an earlier one not read yet.
     pub(super) async fn queue_loaded(&self) -> Result<(), StoreError> {
+        // Every claim asks: once loaded, answer without a subscription.
+        if *self.shared.loaded.borrow() == Load::Done {
+            return Ok(());
+        }
         let mut rx = self.shared.loaded.subscribe();
         let load = rx
             .wait_for(|l| *l != Load::Reading)
