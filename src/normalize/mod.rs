@@ -248,7 +248,7 @@ pub fn normalize_with(
 }
 
 /// A parser's result before the ingest context (ids, time, query, raw body) is attached.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Parsed {
     pub format: &'static str,
     pub event_type: String,

@@ -14,16 +14,34 @@
 //! text, so a batch is stored once in all, not once per message; a batch of more than
 //! `server.max_batch_messages` is refused whole.
 
+mod typed;
+
 use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use self::typed::{Fields, ObjKey, TextKey};
 use super::{
     digest, nonempty_at, parse_json, parse_time, put, text_at, NormalizeError, Parsed, Service,
 };
 
 pub(crate) fn parse(
+    text: &str,
+    webhook_id: Option<&str>,
+    max_messages: usize,
+) -> Result<Vec<Parsed>, NormalizeError> {
+    // The usual body, a V3 event, in one pass without building a `Value`; anything else (a
+    // batch, an error, an oddity) on the general path below, which decides.
+    match typed::event(text) {
+        Some(event) => Ok(vec![v3(&event, text, webhook_id)]),
+        None => parse_value(text, webhook_id, max_messages),
+    }
+}
+
+/// Any body, through `serde_json::Value`s: what [`parse`] falls back on, and the reference its
+/// one-pass V3 reader is tested against.
+fn parse_value(
     text: &str,
     webhook_id: Option<&str>,
     max_messages: usize,
@@ -42,11 +60,7 @@ pub(crate) fn parse(
     if let Some(raw) = top.get("event") {
         let event = parse_json(raw.get())?;
         if event.is_object() {
-            let dedup = webhook_id
-                .map(str::to_owned)
-                .or_else(|| nonempty_at(&event, &["id"]))
-                .unwrap_or_else(|| digest(&["pagerduty.v3", text]));
-            return Ok(vec![v3(&event, dedup)]);
+            return Ok(vec![v3(&event, text, webhook_id)]);
         }
     }
     if let Some(raw) = top.get("messages") {
@@ -83,11 +97,11 @@ pub(crate) fn parse(
 }
 
 /// What the three generations share once their field names are mapped.
-struct Incident<'a> {
+struct Incident<'a, O> {
     format: &'static str,
     event_type: String,
     occurred: Option<String>,
-    incident: Option<&'a Value>,
+    incident: Option<&'a O>,
     entity_id: Option<String>,
     title: Option<String>,
     details: Option<String>,
@@ -97,33 +111,60 @@ struct Incident<'a> {
     priority: Option<String>,
 }
 
-fn v3(event: &Value, dedup_key: String) -> Parsed {
-    let event_type = nonempty_at(event, &["event_type"]).unwrap_or_else(|| "unknown".into());
-    let data = event.get("data").unwrap_or(&Value::Null);
-    let data_type = text_at(data, &["type"]).unwrap_or_default();
+/// `key` of `o` as text (see [`Fields::text`]).
+fn text<O: Fields>(o: &O, key: TextKey) -> Option<String> {
+    o.text(key).map(|t| t.into_owned())
+}
+
+/// Like [`text`], but an empty string counts as absent.
+fn nonempty<O: Fields>(o: &O, key: TextKey) -> Option<String> {
+    o.text(key)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.into_owned())
+}
+
+/// A V3 event, read from a `Value` or in one pass: both take the same mapping.
+fn v3<O: Fields>(event: &O, body: &str, webhook_id: Option<&str>) -> Parsed {
+    let dedup_key = webhook_id
+        .map(str::to_owned)
+        .or_else(|| nonempty(event, TextKey::Id))
+        .unwrap_or_else(|| digest(&["pagerduty.v3", body]));
+    let event_type = nonempty(event, TextKey::EventType).unwrap_or_else(|| "unknown".into());
+    // `data` of another type than an object reads as absent: it has no fields.
+    let data = event.object(ObjKey::Data);
+    let data_type = data.and_then(|d| d.text(TextKey::Type));
+    let data_type = data_type.as_deref().unwrap_or_default();
     // The incident itself, or the incident a note, responder, task, … refers to.
     let incident = if data_type == "incident" {
-        Some(data)
+        data
     } else {
-        data.get("incident").filter(|i| i.is_object())
+        data.and_then(|d| d.object(ObjKey::Incident))
     };
-    let details = match data_type.as_str() {
-        "incident_note" => nonempty_at(data, &["content"]),
-        "incident_status_update" | "incident_responder" | "ping" => nonempty_at(data, &["message"]),
+    let details = match data_type {
+        "incident_note" => data.and_then(|d| nonempty(d, TextKey::Content)),
+        "incident_status_update" | "incident_responder" | "ping" => {
+            data.and_then(|d| nonempty(d, TextKey::Message))
+        }
         _ => None,
     };
     let title = incident
-        .and_then(|i| nonempty_at(i, &["title"]).or_else(|| nonempty_at(i, &["summary"])))
-        .or_else(|| nonempty_at(data, &["summary"]))
-        .or_else(|| nonempty_at(data, &["message"]));
-    let service_ref = incident
-        .and_then(|i| i.get("service"))
-        .or_else(|| (data_type == "service").then_some(data));
-    let service = service_ref.map(reference_service).unwrap_or_default();
+        .and_then(|i| nonempty(i, TextKey::Title).or_else(|| nonempty(i, TextKey::Summary)))
+        .or_else(|| data.and_then(|d| nonempty(d, TextKey::Summary)))
+        .or_else(|| data.and_then(|d| nonempty(d, TextKey::Message)));
+    // The incident's `service` whatever its type (another type reads as a service without
+    // fields), else a service event's own data.
+    let service = match incident.filter(|i| i.has(ObjKey::Service)) {
+        Some(i) => i
+            .object(ObjKey::Service)
+            .map(reference_service)
+            .unwrap_or_default(),
+        None if data_type == "service" => data.map(reference_service).unwrap_or_default(),
+        None => Service::default(),
+    };
     let entity_id = incident
-        .and_then(|i| nonempty_at(i, &["id"]))
-        .or_else(|| nonempty_at(data, &["id"]))
-        .or_else(|| nonempty_at(event, &["resource_type"]));
+        .and_then(|i| nonempty(i, TextKey::Id))
+        .or_else(|| data.and_then(|d| nonempty(d, TextKey::Id)))
+        .or_else(|| nonempty(event, TextKey::ResourceType));
     let parsed = Incident {
         format: "pagerduty.v3",
         event_type: if event_type == "pagey.ping" {
@@ -131,22 +172,26 @@ fn v3(event: &Value, dedup_key: String) -> Parsed {
         } else {
             event_type.clone()
         },
-        occurred: nonempty_at(event, &["occurred_at"]),
+        occurred: nonempty(event, TextKey::OccurredAt),
         incident,
         entity_id,
         title,
         details,
         service,
-        number: incident.and_then(|i| text_at(i, &["number"])),
-        agent: nonempty_at(event, &["agent", "summary"]),
-        priority: incident.and_then(|i| nonempty_at(i, &["priority", "summary"])),
+        number: incident.and_then(|i| text(i, TextKey::Number)),
+        agent: event
+            .object(ObjKey::Agent)
+            .and_then(|a| nonempty(a, TextKey::Summary)),
+        priority: incident
+            .and_then(|i| i.object(ObjKey::Priority))
+            .and_then(|p| nonempty(p, TextKey::Summary)),
     };
     let mut out = finish(parsed, dedup_key);
     put(&mut out.alert, "pagerduty_event_type", Some(event_type));
     put(
         &mut out.alert,
         "resource_type",
-        nonempty_at(event, &["resource_type"]),
+        nonempty(event, TextKey::ResourceType),
     );
     out
 }
@@ -229,19 +274,19 @@ fn message_type_for(event_type: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// A V2/V3 reference (`{id, summary, html_url, …}`) or a V1 service object as a [`Service`].
-fn reference_service(s: &Value) -> Service {
+/// A V2/V3 reference (`{id, summary, html_url, …}`) as a [`Service`].
+fn reference_service<O: Fields>(s: &O) -> Service {
     Service {
-        id: nonempty_at(s, &["id"]),
-        name: nonempty_at(s, &["name"]).or_else(|| nonempty_at(s, &["summary"])),
-        home_page_url: nonempty_at(s, &["html_url"]),
+        id: nonempty(s, TextKey::Id),
+        name: nonempty(s, TextKey::Name).or_else(|| nonempty(s, TextKey::Summary)),
+        home_page_url: nonempty(s, TextKey::HtmlUrl),
         ..Service::default()
     }
 }
 
-fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
-    let inc = p.incident.unwrap_or(&Value::Null);
-    let status = nonempty_at(inc, &["status"]).map(|s| s.to_ascii_lowercase());
+fn finish<O: Fields>(p: Incident<'_, O>, dedup_key: String) -> Parsed {
+    let inc = |key| p.incident.and_then(|i| nonempty(i, key));
+    let status = inc(TextKey::Status).map(|s| s.to_ascii_lowercase());
     let title = p.title.unwrap_or_else(|| match &p.number {
         Some(n) => format!("Incident #{n}"),
         None => format!("PagerDuty {}", p.event_type),
@@ -262,15 +307,11 @@ fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
     alert.insert("entity_state".into(), entity_state.into());
     alert.insert("monitoring_tool".into(), "PagerDuty".into());
     put(&mut alert, "status", status.clone());
-    put(&mut alert, "incident_id", nonempty_at(inc, &["id"]));
+    put(&mut alert, "incident_id", inc(TextKey::Id));
     put(&mut alert, "incident_number", p.number);
-    put(&mut alert, "incident_url", nonempty_at(inc, &["html_url"]));
-    put(
-        &mut alert,
-        "incident_key",
-        nonempty_at(inc, &["incident_key"]),
-    );
-    put(&mut alert, "urgency", nonempty_at(inc, &["urgency"]));
+    put(&mut alert, "incident_url", inc(TextKey::HtmlUrl));
+    put(&mut alert, "incident_key", inc(TextKey::IncidentKey));
+    put(&mut alert, "urgency", inc(TextKey::Urgency));
     put(&mut alert, "priority", p.priority);
     put(&mut alert, "service_id", p.service.id.clone());
     put(&mut alert, "service_name", p.service.name.clone());
@@ -290,6 +331,9 @@ fn finish(p: Incident<'_>, dedup_key: String) -> Parsed {
         raw_range: None,
     }
 }
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {
