@@ -2,31 +2,47 @@
 //!
 //! An event is delivered moments after it is stored, once per target it is routed to, and
 //! again on every retry. Reading it back from the store for each would cost a read of its body
-//! and a decode of its JSON every time. Ingest puts the events it stored here, decoded, and
-//! deliveries take them from here; what is not here (older events, after a restart) is read
-//! from the store once and kept. The cache is bounded by count and by bytes and forgets the
-//! oldest first: it never holds anything the store does not.
+//! and a decode of its JSON every time. Ingest puts the events it stored here, decoded, with
+//! the number of deliveries they wait for; each delivery takes it from here once, and it
+//! leaves when all have. What is not here (a retry, an event after a restart, one that found
+//! the cache full) is read from the store by the delivery that needs it, and not kept: kept,
+//! it would hold room that a new event's deliveries are about to need.
+//!
+//! Bounded by count and by bytes. When full, a new event is not kept (it is read from the
+//! store when its turn comes) rather than pushing out an older one: deliveries take the
+//! oldest events first, so under a flood whose backlog outgrows the cache, pushing out the
+//! oldest would have every delivery miss. An event whose deliveries are not attempted (a
+//! paused target) leaves after [`MAX_AGE`]. The cache never holds anything the store does not.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::normalize::Event;
 
-/// Events kept at most, and bytes of their bodies: a delivery that keeps pace takes its event
-/// within a few hundred milliseconds of ingest (thousands of events at the most).
-const MAX_EVENTS: usize = 2048;
-const MAX_BYTES: usize = 16 << 20;
+/// Events kept at most, and bytes of their bodies (the decoded rest of an event is a few
+/// kilobytes more).
+const MAX_EVENTS: usize = 8192;
+const MAX_BYTES: usize = 32 << 20;
+/// An event kept this long leaves whether or not its deliveries were attempted.
+pub const MAX_AGE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct EventCache {
     inner: Mutex<Inner>,
 }
 
+struct Kept {
+    event: Arc<Event>,
+    /// Attempts still expected before it leaves.
+    waiting: usize,
+}
+
 #[derive(Default)]
 struct Inner {
-    events: HashMap<uuid::Uuid, Arc<Event>>,
-    /// Oldest first; an id may stand here after its event left (put again meanwhile).
-    order: VecDeque<uuid::Uuid>,
+    events: HashMap<uuid::Uuid, Kept>,
+    /// Oldest first, with when each was kept; an id may stand here after its event left.
+    order: VecDeque<(uuid::Uuid, Instant)>,
     bytes: usize,
 }
 
@@ -36,34 +52,62 @@ fn size(event: &Event) -> usize {
 }
 
 impl EventCache {
-    pub fn get(&self, id: &uuid::Uuid) -> Option<Arc<Event>> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.events.get(id).cloned()
-    }
-
-    /// Keeps `event`. Its body is copied to an allocation of its own first: the request's
-    /// buffer it is a slice of can be many times larger, and would be held as long.
-    pub fn put(&self, id: uuid::Uuid, mut event: Event) {
-        event.raw.body = bytes::Bytes::copy_from_slice(&event.raw.body);
-        self.keep(id, Arc::new(event));
-    }
-
-    /// Keeps an event read back from the store (its body has its own allocation).
-    pub fn keep(&self, id: uuid::Uuid, event: Arc<Event>) {
+    /// The event, for one of the deliveries it waits for: once all have taken it, it leaves.
+    pub fn take(&self, id: &uuid::Uuid) -> Option<Arc<Event>> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let added = size(&event);
-        if let Some(old) = inner.events.insert(id, event) {
-            inner.bytes -= size(&old);
-        } else {
-            inner.order.push_back(id);
+        let kept = inner.events.get_mut(id)?;
+        let event = kept.event.clone();
+        kept.waiting -= 1;
+        if kept.waiting == 0 {
+            inner.events.remove(id);
+            inner.bytes -= size(&event);
         }
-        inner.bytes += added;
-        while inner.events.len() > MAX_EVENTS || inner.bytes > MAX_BYTES {
-            let Some(oldest) = inner.order.pop_front() else {
+        Some(event)
+    }
+
+    /// Keeps an event ingest has just stored, until each of its `deliveries` has been
+    /// attempted. Its body is copied to an allocation of its own first: the request's buffer
+    /// it is a slice of can be many times larger, and would be held as long.
+    pub fn put(&self, id: uuid::Uuid, mut event: Event, deliveries: usize) {
+        if deliveries == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let added = size(&event);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.expire(now);
+        if inner.events.len() >= MAX_EVENTS || inner.bytes + added > MAX_BYTES {
+            return;
+        }
+        event.raw.body = bytes::Bytes::copy_from_slice(&event.raw.body);
+        let event = Arc::new(event);
+        let kept = Kept {
+            event,
+            waiting: deliveries,
+        };
+        if inner.events.insert(id, kept).is_none() {
+            inner.order.push_back((id, now));
+            inner.bytes += added;
+        }
+    }
+}
+
+impl Inner {
+    /// Lets go of what is past [`MAX_AGE`], and of the order's entries whose event left (all
+    /// of them now and then: those behind a long-kept event would pile up).
+    fn expire(&mut self, now: Instant) {
+        if self.order.len() > 4 * MAX_EVENTS {
+            let events = &self.events;
+            self.order.retain(|(id, _)| events.contains_key(id));
+        }
+        while let Some(&(id, at)) = self.order.front() {
+            let left = !self.events.contains_key(&id);
+            if !left && now.duration_since(at) < MAX_AGE {
                 break;
-            };
-            if let Some(gone) = inner.events.remove(&oldest) {
-                inner.bytes -= size(&gone);
+            }
+            self.order.pop_front();
+            if let Some(gone) = self.events.remove(&id) {
+                self.bytes -= size(&gone.event);
             }
         }
     }
@@ -73,7 +117,7 @@ impl EventCache {
 mod tests {
     use super::*;
 
-    fn event(body: usize) -> Arc<Event> {
+    fn event(body: usize) -> Event {
         let mut e: Event = serde_json::from_value(serde_json::json!({
             "id": uuid::Uuid::now_v7().to_string(), "source": "s", "kind": "statusgator",
             "format": "f", "type": "t", "dedup_key": "d", "occurred_at": "", "received_at": "",
@@ -82,29 +126,56 @@ mod tests {
         }))
         .unwrap();
         e.raw.body = vec![b'x'; body].into();
-        Arc::new(e)
+        e
     }
 
-    /// Bounded by count and bytes, oldest out first; what it holds comes back as put.
+    fn held(cache: &EventCache) -> (usize, usize) {
+        let inner = cache.inner.lock().unwrap();
+        let bytes = inner.events.values().map(|k| size(&k.event)).sum::<usize>();
+        assert_eq!(inner.bytes, bytes);
+        (inner.events.len(), bytes)
+    }
+
+    /// An event is taken once per delivery it was stored with, then leaves; one stored with
+    /// none is not kept. Guards the count: without it the cache fills with delivered events
+    /// and refuses new ones.
     #[test]
-    fn keeps_the_newest_within_its_bounds() {
+    fn an_event_leaves_once_each_delivery_took_it() {
+        let cache = EventCache::default();
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        cache.put(a, event(10), 2);
+        cache.put(b, event(10), 0);
+        assert!(cache.take(&b).is_none());
+        assert!(cache.take(&a).is_some());
+        assert!(cache.take(&a).is_some());
+        assert!(cache.take(&a).is_none(), "both deliveries took it");
+        assert_eq!(held(&cache), (0, 0));
+    }
+
+    /// Full (by count or by bytes), the cache keeps what it holds and refuses the newest:
+    /// deliveries take the oldest first. Whatever is not taken leaves after `MAX_AGE`, and
+    /// then there is room again. Guards the refusal: pushing out the oldest instead, the
+    /// first assertion fails.
+    #[test]
+    fn full_it_keeps_the_oldest_and_lets_go_with_age() {
         let cache = EventCache::default();
         let ids: Vec<uuid::Uuid> = (0..MAX_EVENTS + 10).map(|_| uuid::Uuid::now_v7()).collect();
         for id in &ids {
-            cache.keep(*id, event(10));
+            cache.put(*id, event(10), 1);
         }
-        assert!(cache.get(&ids[0]).is_none());
-        assert!(cache.get(&ids[9]).is_none());
-        assert!(cache.get(&ids[10]).is_some());
-        let big = uuid::Uuid::now_v7();
-        cache.keep(big, event(MAX_BYTES / 2));
-        cache.keep(uuid::Uuid::now_v7(), event(MAX_BYTES / 2));
-        assert!(cache.get(&big).is_none(), "bytes bound");
-        let inner = cache.inner.lock().unwrap();
-        assert!(inner.bytes <= MAX_BYTES);
-        assert_eq!(
-            inner.bytes,
-            inner.events.values().map(|e| size(e)).sum::<usize>()
+        assert_eq!(held(&cache).0, MAX_EVENTS);
+        assert!(cache.take(&ids[0]).is_some(), "the oldest stay");
+        assert!(
+            cache.take(&ids[MAX_EVENTS]).is_none(),
+            "the newest wait in the store"
         );
+        cache.inner.lock().unwrap().expire(Instant::now() + MAX_AGE);
+        assert_eq!(held(&cache), (0, 0));
+
+        let big = uuid::Uuid::now_v7();
+        cache.put(big, event(MAX_BYTES / 2), 1);
+        cache.put(uuid::Uuid::now_v7(), event(MAX_BYTES / 2), 1);
+        assert_eq!(held(&cache).0, 1, "bytes bound");
+        assert!(cache.take(&big).is_some());
     }
 }

@@ -295,15 +295,11 @@ impl<S: Store> Worker<S> {
     /// The claimed delivery's event, from the cache or else the store; the claim is released
     /// when it cannot be read, so the delivery is due again as it was.
     async fn event_of(&self, delivery: &Delivery) -> Result<Option<Arc<Event>>, StoreError> {
-        if let Some(e) = self.events.get(&delivery.event_id) {
+        if let Some(e) = self.events.take(&delivery.event_id) {
             return Ok(Some(e));
         }
         match self.store.event(delivery.event_id).await {
-            Ok(Some(e)) => {
-                let e = Arc::new(e);
-                self.events.keep(delivery.event_id, e.clone());
-                Ok(Some(e))
-            }
+            Ok(Some(e)) => Ok(Some(Arc::new(e))),
             Ok(None) => Ok(None),
             Err(e) => {
                 self.store.release(delivery.seq);

@@ -276,6 +276,7 @@ impl<S: Store> Ingest<S> {
             now_ms: received_ms,
             dedup_until_ms: received_ms + self.dedup_window_ms,
         };
+        let deliveries: Vec<usize> = batch.events.iter().map(|e| e.deliveries.len()).collect();
         let touched: Vec<usize> = self
             .targets
             .iter()
@@ -301,11 +302,13 @@ impl<S: Store> Ingest<S> {
             stored: Vec::new(),
             duplicates: 0,
         };
-        for ((id, outcome), event) in ids.into_iter().zip(outcomes).zip(events) {
+        for (((id, outcome), event), deliveries) in
+            ids.into_iter().zip(outcomes).zip(events).zip(deliveries)
+        {
             match outcome {
                 EventOutcome::Stored => {
                     if let Ok(uuid) = uuid::Uuid::parse_str(&id) {
-                        self.events.put(uuid, event);
+                        self.events.put(uuid, event, deliveries);
                     }
                     accepted.stored.push(id)
                 }
