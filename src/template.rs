@@ -94,11 +94,29 @@ impl ContextNeeds {
     }
 }
 
-/// A compiled template: which registry holds it, under which name.
+/// A compiled template: which registry holds it, under which name, and what its source is
+/// when that makes rendering unnecessary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateRef {
     escape: Escape,
     name: String,
+    shape: Shape,
+}
+
+/// Sources whose rendering is known without Handlebars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// No `{{` anywhere: it renders as itself.
+    Constant(String),
+    /// Exactly [`DEFAULT_BODY`]: the event as JSON ([`crate::normalize::Event::template_json`]).
+    EventJson,
+    Other,
+}
+
+impl TemplateRef {
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
 }
 
 pub struct Templates {
@@ -225,18 +243,29 @@ impl Templates {
             Escape::Form => &mut self.form,
             Escape::None => &mut self.plain,
         };
+        let shape = if !source.contains("{{") {
+            Shape::Constant(source.to_owned())
+        } else if source == DEFAULT_BODY {
+            Shape::EventJson
+        } else {
+            Shape::Other
+        };
         let source = compile_vo_variables(source)?;
         reg.register_template_string(name, source)
             .map_err(|e| e.to_string())?;
         Ok(TemplateRef {
             escape,
             name: name.to_owned(),
+            shape,
         })
     }
 
     /// `ctx` is made once per delivery and rendered by every template of it: handing
     /// handlebars a `Value` instead would have it copy the whole context for each one.
     pub fn render(&self, template: &TemplateRef, ctx: &Context) -> Result<String, RenderFailure> {
+        if let Shape::Constant(text) = &template.shape {
+            return Ok(text.clone());
+        }
         self.registry(template.escape)
             .render_with_context(&template.name, ctx)
             .map_err(|e| {

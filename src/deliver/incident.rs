@@ -207,6 +207,15 @@ pub(super) async fn attempt<S: Store>(
     delivery: &Delivery,
     number: u32,
 ) -> Result<(AttemptResult, Record), StoreError> {
+    if !is_heavy(event) {
+        if let Some(prepared) = spec.target.prepare_event(event, delivery.seq) {
+            let result = spec
+                .target
+                .send(client, Ok(prepared), spec.config.timeout)
+                .await;
+            return Ok((result, Record::default()));
+        }
+    }
     let rec = record_of(store, spec, target, delivery).await?;
     let decision = decide_off_thread(spec, target, event, delivery, number, &rec, &[]).await;
     let result = match decision.send {

@@ -676,10 +676,7 @@ pub fn context_with(
     needs: ContextNeeds,
     incident: Option<&victorops::IncidentView>,
 ) -> Context {
-    let mut ev = serde_json::to_value(event).unwrap_or(Value::Null);
-    if let Some(o) = ev.as_object_mut() {
-        o.remove("matched_rules");
-    }
+    let ev = serde_json::to_value(event.for_templates()).unwrap_or(Value::Null);
     let mut ctx = serde_json::Map::with_capacity(7);
     ctx.insert(
         "alert".into(),

@@ -106,7 +106,78 @@ pub struct Raw {
     pub body: bytes::Bytes,
 }
 
+/// An event as templates see it (`{{json event}}`, the template context's `event`): every
+/// field but the rules that matched (the console's) and the raw body (`raw`, `payload`).
+#[derive(Serialize)]
+pub struct ForTemplates<'a> {
+    id: &'a str,
+    source: &'a str,
+    kind: SourceKind,
+    format: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    dedup_key: &'a str,
+    occurred_at: &'a str,
+    received_at: &'a str,
+    service: &'a Service,
+    status: &'a Option<String>,
+    previous_status: &'a Option<String>,
+    title: &'a str,
+    details: &'a Option<String>,
+    components: &'a [Component],
+    query: &'a BTreeMap<String, String>,
+    alert: &'a BTreeMap<String, String>,
+}
+
 impl Event {
+    /// The event as templates see it.
+    pub fn for_templates(&self) -> ForTemplates<'_> {
+        // Every field named: a field added to `Event` must be placed here or left out here.
+        let Event {
+            id,
+            source,
+            kind,
+            format,
+            event_type,
+            dedup_key,
+            occurred_at,
+            received_at,
+            service,
+            status,
+            previous_status,
+            title,
+            details,
+            components,
+            query,
+            alert,
+            matched_rules: _,
+            raw: _,
+        } = self;
+        ForTemplates {
+            id,
+            source,
+            kind: *kind,
+            format,
+            event_type,
+            dedup_key,
+            occurred_at,
+            received_at,
+            service,
+            status,
+            previous_status,
+            title,
+            details,
+            components,
+            query,
+            alert,
+        }
+    }
+
+    /// What `{{json event}}` writes, without building a template context.
+    pub fn template_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.for_templates()).expect("an event serializes")
+    }
+
     /// The sender's payload as a JSON value: the parsed body, the decoded form for StatusGator
     /// v1, or the one message of a PagerDuty batch this event came from (its raw body). Linear
     /// in the body's size; callers with a large body run it off the async threads

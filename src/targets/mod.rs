@@ -108,6 +108,16 @@ impl Target {
         }
     }
 
+    /// The request for delivery `seq` of `event` when it can be built without a template
+    /// context (a webhook sending the default body to a constant URL); `None`: use
+    /// [`Target::prepare`], which builds the same request.
+    pub fn prepare_event(&self, event: &crate::normalize::Event, seq: u64) -> Option<Prepared> {
+        match self {
+            Target::Webhook(w) => w.prepare_event(event, seq),
+            _ => None,
+        }
+    }
+
     /// One attempt with a request [`Target::prepare`] built.
     pub async fn send(
         &self,
