@@ -276,7 +276,24 @@ impl<S: Store> Ingest<S> {
             now_ms: received_ms,
             dedup_until_ms: received_ms + self.dedup_window_ms,
         };
-        let deliveries: Vec<usize> = batch.events.iter().map(|e| e.deliveries.len()).collect();
+        // The deliveries that will take each event from the delivery cache: a shaped target
+        // reads its events from the store (it may fold a key's backlog into one request).
+        let takers: Vec<_> = self
+            .targets
+            .iter()
+            .filter(|t| !t.spec().config.shaping.is_active())
+            .map(|t| t.id)
+            .collect();
+        let deliveries: Vec<usize> = batch
+            .events
+            .iter()
+            .map(|e| {
+                e.deliveries
+                    .iter()
+                    .filter(|d| takers.contains(&d.target))
+                    .count()
+            })
+            .collect();
         let touched: Vec<usize> = self
             .targets
             .iter()
