@@ -128,8 +128,18 @@ impl Relay {
     }
 
     /// A crash (SIGKILL).
-    pub fn crash(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn crash(self) {
+        // Drop kills it.
+    }
+}
+
+/// A relay the benchmark lets go of without stopping it (an error on the way) is killed: left
+/// running, it would take CPU from every later run on the machine.
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
