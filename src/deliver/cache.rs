@@ -3,9 +3,9 @@
 //! An event is delivered moments after it is stored, once per target it is routed to, and
 //! again on every retry. Reading it back from the store for each would cost a read of its body
 //! and a decode of its JSON every time. Ingest puts the events it stored here, decoded, with
-//! the number of deliveries that will take them (not a paused or suspended target's, nor a
-//! shaped target's, which reads its events from the store as it may fold a key's backlog into
-//! one request); each delivery takes it from here once, and it leaves when all have. What is not here (a retry, an event after a restart, one that found
+//! the number of deliveries that will take them (not a paused or suspended target's); each
+//! delivery takes it from here once (a shaped target's too, also for the deliveries it
+//! supersedes), and it leaves when all have. What is not here (a retry, an event after a restart, one that found
 //! the cache full) is read from the store by the delivery that needs it, and not kept: kept,
 //! it would hold room that a new event's deliveries are about to need.
 //!

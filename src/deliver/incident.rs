@@ -53,6 +53,10 @@ use crate::template::Context;
 use super::TargetSpec;
 use std::sync::Arc;
 
+/// Alerts folded into a later one of their key (latest-state coalescing), oldest first, with
+/// their deliveries' seqs.
+pub(super) type Superseded = [(Arc<Event>, Seq)];
+
 /// The key record to store with an attempt's outcome: `on_done` when it was delivered,
 /// `otherwise` when not; `None` leaves the stored record as it is.
 #[derive(Debug, Default)]
@@ -98,7 +102,7 @@ pub(super) fn decide(
     delivery: &Delivery,
     number: u32,
     rec: &KeyRecord,
-    superseded: &[(Event, Seq)],
+    superseded: &Superseded,
 ) -> Decision {
     let needs = spec.config.needs();
     let Some(fire_on) = spec.target.fire_on() else {
@@ -258,7 +262,7 @@ pub(super) async fn decide_off_thread(
     delivery: &Delivery,
     number: u32,
     rec: &KeyRecord,
-    superseded: &[(Event, Seq)],
+    superseded: &Superseded,
 ) -> Decision {
     if !is_heavy(event) {
         return decide(spec, target, event, delivery, number, rec, superseded);

@@ -295,17 +295,20 @@ impl<S: Store> Worker<S> {
     /// The claimed delivery's event, from the cache or else the store; the claim is released
     /// when it cannot be read, so the delivery is due again as it was.
     async fn event_of(&self, delivery: &Delivery) -> Result<Option<Arc<Event>>, StoreError> {
-        if let Some(e) = self.events.take(&delivery.event_id) {
+        let event = self.event_cached(delivery.event_id).await;
+        if event.is_err() {
+            self.store.release(delivery.seq);
+        }
+        event
+    }
+
+    /// An event for one of its deliveries: taken from the cache (see `cache`), else read
+    /// from the store.
+    async fn event_cached(&self, id: uuid::Uuid) -> Result<Option<Arc<Event>>, StoreError> {
+        if let Some(e) = self.events.take(&id) {
             return Ok(Some(e));
         }
-        match self.store.event(delivery.event_id).await {
-            Ok(Some(e)) => Ok(Some(Arc::new(e))),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                self.store.release(delivery.seq);
-                Err(e)
-            }
-        }
+        Ok(self.store.event(id).await?.map(Arc::new))
     }
 
     /// One attempt at `delivery`: rendered, sent and classified, and what follows from it by

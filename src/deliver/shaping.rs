@@ -23,6 +23,7 @@
 //! suspension, and does not spend the delivery's retry budget ([`Next::Throttled`]).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::flap::{Flap, Verdict};
@@ -267,18 +268,20 @@ impl<S: Store> Worker<S> {
         }
         let kept = backlog.pop().expect("the head at least");
         let superseded: Vec<Seq> = backlog.iter().map(|d| d.seq).collect();
-        let Some(event) = self.store.event(kept.event_id).await? else {
+        let Some(event) = self.event_cached(kept.event_id).await? else {
             // Recorded as a permanent failure by the plain path's rules.
             let parts = (kept, superseded.as_slice(), rec, keeps_record);
             return self.finish(head, parts, None, None, probe).await;
         };
-        // Superseded alerts count for an incident target and for flapping.
-        let mut older: Vec<(Event, Seq)> = Vec::new();
-        if spec.target.fire_on().is_some() || shaping.flap.is_some() {
-            for d in &backlog {
-                if let Some(e) = self.store.event(d.event_id).await? {
-                    older.push((e, d.seq));
-                }
+        // Superseded alerts count for an incident target and for flapping; otherwise they
+        // are only let go of in the cache (each is one of its event's deliveries).
+        let mut older: Vec<(Arc<Event>, Seq)> = Vec::new();
+        let reads_older = spec.target.fire_on().is_some() || shaping.flap.is_some();
+        for d in &backlog {
+            if !reads_older {
+                self.events.take(&d.event_id);
+            } else if let Some(e) = self.event_cached(d.event_id).await? {
+                older.push((e, d.seq));
             }
         }
         let now = now_ms();
@@ -368,7 +371,7 @@ impl<S: Store> Worker<S> {
         &self,
         head: &Delivery,
         (kept, superseded, rec, keeps_record): (Delivery, &[Seq], KeyRecord, bool),
-        event: Option<(&Event, &[(Event, Seq)])>,
+        event: Option<(&Event, &incident::Superseded)>,
         skip: Option<String>,
         probe: bool,
     ) -> Result<Step, StoreError> {

@@ -277,14 +277,11 @@ impl<S: Store> Ingest<S> {
             dedup_until_ms: received_ms + self.dedup_window_ms,
         };
         // The deliveries that will take each event from the delivery cache soon: not a paused
-        // or suspended target's (it sends nothing until resumed), nor a shaped target's (it
-        // reads its events from the store, as it may fold a key's backlog into one request).
+        // or suspended target's (it sends nothing until resumed).
         let takers: Vec<_> = self
             .targets
             .iter()
-            .filter(|t| {
-                t.mode() == crate::store::TargetMode::Active && !t.spec().config.shaping.is_active()
-            })
+            .filter(|t| t.mode() == crate::store::TargetMode::Active)
             .map(|t| t.id)
             .collect();
         let deliveries: Vec<usize> = batch
