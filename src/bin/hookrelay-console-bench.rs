@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "bench-support/paused.rs"]
+mod paused;
+
 use anyhow::Context;
 use clap::Parser;
 use serde_json::{json, Value};
@@ -145,18 +148,13 @@ async fn main() -> anyhow::Result<()> {
          [[targets]]\nname = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/down\"\n",
         dir.join("data").display()
     );
-    let config = hookrelay::Config::parse(&config, "bench.toml", &dir).context("bench config")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let relay = hookrelay::Relay::start(config, listener).await?;
-    let base = format!("http://{}", relay.local_addr());
-    let admin = format!("http://{}", relay.admin_addr().context("admin API")?);
-    let client = reqwest::Client::new();
     // Nothing is sent: every delivery stays pending.
-    client
-        .post(format!("{admin}/targets/down/pause"))
-        .send()
-        .await?
-        .error_for_status()?;
+    let paused::Paused {
+        relay,
+        base,
+        admin,
+        client,
+    } = paused::start(&config, &dir, "down").await?;
 
     let marker = dir.join("filled");
     let filled: u64 = std::fs::read_to_string(&marker)

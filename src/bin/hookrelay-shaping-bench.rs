@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "bench-support/paused.rs"]
+mod paused;
+
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
@@ -197,17 +200,12 @@ async fn main() -> anyhow::Result<()> {
         args.rate,
         args.lanes
     );
-    let config = hookrelay::Config::parse(&config, "bench.toml", &dir).context("bench config")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let relay = hookrelay::Relay::start(config, listener).await?;
-    let base = format!("http://{}", relay.local_addr());
-    let admin = format!("http://{}", relay.admin_addr().context("admin API")?);
-    let client = reqwest::Client::new();
-    client
-        .post(format!("{admin}/targets/page/pause"))
-        .send()
-        .await?
-        .error_for_status()?;
+    let paused::Paused {
+        relay,
+        base,
+        admin,
+        client,
+    } = paused::start(&config, &dir, "page").await?;
 
     let started = Instant::now();
     fill(&base, &args).await?;
