@@ -4,9 +4,9 @@
 //! |---|---|---|
 //! | `E` | event id (16) | the event's entry: where its body lies in the log and the seqs of its deliveries (see `wal::Pointer`) |
 //! | `D` | source, 0, dedup key | expiry ms (8), event id (16) |
-//! | `L` | seq (8) | delivery record |
+//! | `L` | seq (8) | delivery record, from its first attempt or change on (before it, the `P` key stands for it) |
 //! | `A` | seq (8), attempt (4) | an earlier attempt (the record holds the last one) |
-//! | `P` | seq (8) | target (4), due ms (8), place in its key's queue (8), ordering key: the pending deliveries, from which the queue is rebuilt at opening |
+//! | `P` | seq (8) | target (4), due ms (8), place in its key's queue (8), created ms (8), event id (16), ordering key: the pending deliveries, from which the queue is rebuilt at opening; a delivery with no `L` record yet is this one, as created |
 //! | `Z` | ms (8), event id (16) | empty: an event to look at for pruning once `ms` is past the retention of delivered events (a delivery of it was delivered or skipped then, or it was stored with none) |
 //! | `Y` | ms (8), event id (16) | empty: the same for dead letters (a delivery of it died then) |
 //! | `X` | target (4), dead ms (8), seq (8) | empty: dead letters |
@@ -78,32 +78,58 @@ pub fn pending(seq: Seq) -> [u8; 9] {
 }
 
 /// Where a pending delivery waits: its target, when it is due, its place in its key's queue
-/// and the key.
+/// and the key; and enough to stand for its record until it has one (`L`): a new delivery
+/// gets no record of its own until its first attempt, so under a backlog each delivery costs
+/// sled one write fewer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pending<'a> {
     pub target: TargetId,
     pub due_ms: u64,
     pub pos: u64,
+    pub created_ms: u64,
+    pub event: uuid::Uuid,
     pub ordering_key: &'a str,
 }
 
+/// Where a pending value's ordering key begins.
+const PENDING_KEY_AT: usize = 44;
+
 impl Pending<'_> {
     pub fn value(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(20 + self.ordering_key.len());
+        let mut v = Vec::with_capacity(PENDING_KEY_AT + self.ordering_key.len());
         v.extend_from_slice(&self.target.to_be_bytes());
         v.extend_from_slice(&self.due_ms.to_be_bytes());
         v.extend_from_slice(&self.pos.to_be_bytes());
+        v.extend_from_slice(&self.created_ms.to_be_bytes());
+        v.extend_from_slice(self.event.as_bytes());
         v.extend_from_slice(self.ordering_key.as_bytes());
         v
     }
 
     pub fn parse(v: &[u8]) -> Option<Pending<'_>> {
+        let u64_at = |at: usize| Some(u64::from_be_bytes(v.get(at..at + 8)?.try_into().ok()?));
         Some(Pending {
             target: u32::from_be_bytes(v.get(..4)?.try_into().ok()?),
-            due_ms: u64::from_be_bytes(v.get(4..12)?.try_into().ok()?),
-            pos: u64::from_be_bytes(v.get(12..20)?.try_into().ok()?),
-            ordering_key: std::str::from_utf8(&v[20..]).ok()?,
+            due_ms: u64_at(4)?,
+            pos: u64_at(12)?,
+            created_ms: u64_at(20)?,
+            event: uuid::Uuid::from_slice(v.get(28..PENDING_KEY_AT)?).ok()?,
+            ordering_key: std::str::from_utf8(&v[PENDING_KEY_AT..]).ok()?,
         })
+    }
+
+    /// The record of delivery `seq` while it has none of its own: pending as created, due
+    /// when this says.
+    pub fn record(&self, seq: Seq) -> crate::store::Delivery {
+        let mut d = crate::store::Delivery::new(
+            seq,
+            self.event,
+            self.target,
+            self.ordering_key.to_owned(),
+            self.created_ms,
+        );
+        d.due_ms = self.due_ms;
+        d
     }
 }
 
@@ -169,10 +195,12 @@ mod tests {
             target: 3,
             due_ms: 99,
             pos: 7,
+            created_ms: 98,
+            event: uuid::Uuid::from_u128(5),
             ordering_key: "key é",
         };
         let v = p.value();
         assert_eq!(Pending::parse(&v), Some(p));
-        assert_eq!(Pending::parse(&v[..19]), None);
+        assert_eq!(Pending::parse(&v[..43]), None);
     }
 }

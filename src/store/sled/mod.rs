@@ -290,6 +290,29 @@ fn decode_delivery(seq: Seq, v: &[u8]) -> Result<Delivery, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}")))
 }
 
+/// Delivery `seq` as `get` reads the store: its record, or while it has none (it was never
+/// attempted or changed), what its pending key says. A reader other than the writer can see a
+/// group that writes the record and removes the pending key land between its two reads: it
+/// then finds neither, and reads the record once more.
+fn delivery_with(
+    seq: Seq,
+    get: impl Fn(&[u8]) -> Result<Option<sled::IVec>, StoreError>,
+) -> Result<Option<Delivery>, StoreError> {
+    let record = keys::delivery(seq);
+    if let Some(v) = get(&record)? {
+        return decode_delivery(seq, &v).map(Some);
+    }
+    if let Some(v) = get(&keys::pending(seq))? {
+        let pending = keys::Pending::parse(&v)
+            .ok_or_else(|| StoreError::Corrupt(format!("pending delivery {seq} is malformed")))?;
+        return Ok(Some(pending.record(seq)));
+    }
+    match get(&record)? {
+        Some(v) => decode_delivery(seq, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn counts_of_value(v: &[u8]) -> TargetCounts {
     if v.len() != 16 {
         return TargetCounts::default();

@@ -7,8 +7,8 @@ use super::commit::{Batch, Writer};
 use super::key_state::StateWrite;
 use super::keys;
 use super::queue::{key_hash, Effect, KeyHash};
+use super::to_json;
 use super::wal::{self, Lsn, Pointer};
-use super::{decode_delivery, to_json};
 use crate::store::{
     Attempt, Delivery, DeliveryState, EventOutcome, IngestBatch, NewDelivery, Next, Seq,
     StoreError, TargetCounts, TargetId,
@@ -25,10 +25,7 @@ impl Writer {
     }
 
     pub fn delivery_rec(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
-        match self.get(&keys::delivery(seq))? {
-            Some(v) => decode_delivery(seq, &v).map(Some),
-            None => Ok(None),
-        }
+        super::delivery_with(seq, |k| self.get(k))
     }
 
     pub fn targets(&mut self, names: &[String]) -> Result<Vec<TargetId>, StoreError> {
@@ -92,8 +89,9 @@ impl Writer {
             batch.insert(keys::event(id.as_bytes()), entry);
             outcomes.push(EventOutcome::Stored);
         }
-        // No `NEXT_SEQ` write: every seq given out has its delivery record, and opening takes
-        // the seq after the last record. Pruning, which removes records, writes it instead.
+        // No `NEXT_SEQ` write: every seq given out has its pending key or its record, and
+        // opening takes the seq after the last of either. Pruning, which removes records,
+        // writes it instead.
         self.commit(batch);
         Ok(outcomes)
     }
@@ -111,16 +109,17 @@ impl Writer {
         let seq = self.next_seq;
         self.next_seq += 1;
         let key = self.key_hash(d.target, &d.ordering_key);
+        // No record (`L`) yet: the pending key stands for it until the first attempt.
         let pending = keys::Pending {
             target: d.target,
             due_ms: now_ms,
             pos: seq,
+            created_ms: now_ms,
+            event,
             ordering_key: &d.ordering_key,
         };
         batch.insert_new(keys::pending(seq).as_slice(), pending.value());
         entry.extend_from_slice(&seq.to_be_bytes());
-        let record = Delivery::new(seq, event, d.target, d.ordering_key, now_ms);
-        batch.insert_new(keys::delivery(seq).as_slice(), to_json(&record));
         batch.effects.push(Effect::Add {
             target: d.target,
             key,
@@ -266,6 +265,8 @@ impl Writer {
                 target: rec.target,
                 due_ms: now_ms,
                 pos,
+                created_ms: rec.created_ms,
+                event: rec.event_id,
                 ordering_key: &rec.ordering_key,
             };
             batch.insert(keys::pending(seq).as_slice(), pending.value());

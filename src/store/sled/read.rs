@@ -25,10 +25,7 @@ impl SledStore {
     }
 
     pub(super) fn read_delivery(&self, seq: Seq) -> Result<Option<Delivery>, StoreError> {
-        match self.get(&keys::delivery(seq))? {
-            Some(v) => decode_delivery(seq, &v).map(Some),
-            None => Ok(None),
-        }
+        super::delivery_with(seq, |k| self.get(k))
     }
 
     pub(super) fn read_event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
@@ -197,12 +194,18 @@ impl SledStore {
                 continue;
             }
             match d.state {
-                DeliveryState::Pending => stats.pending += 1,
+                // Counted below with those that have no record yet.
+                DeliveryState::Pending => {}
                 DeliveryState::Done => stats.done += 1,
                 DeliveryState::Dead => stats.dead += 1,
                 DeliveryState::Skipped => stats.skipped += 1,
                 DeliveryState::Superseded => stats.superseded += 1,
             }
+        }
+        // Every pending delivery has its pending key, with or without a record.
+        for item in self.shared.mem.range(&self.shared.db, b"P", b"Q", false) {
+            item?;
+            stats.pending += 1;
         }
         Ok(stats)
     }

@@ -48,11 +48,14 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
         .get(keys::NEXT_SEQ)?
         .and_then(|v| keys::seq_of(&v))
         .unwrap_or(1);
-    let last_delivery = match db.scan_prefix(b"L").keys().next_back() {
-        Some(k) => keys::seq_of(&k?[1..]).map_or(1, |s| s + 1),
-        None => 1,
-    };
-    let next_seq = stored.max(last_delivery);
+    // A delivery has its record (`L`) from its first attempt on, its pending key (`P`) until
+    // it ends: the last seq given out has one or both.
+    let mut next_seq = stored;
+    for prefix in [b"L", b"P"] {
+        if let Some(k) = db.scan_prefix(prefix).keys().next_back() {
+            next_seq = next_seq.max(keys::seq_of(&k?[1..]).map_or(1, |s| s + 1));
+        }
+    }
     if let Some(recorded) = manifest {
         if next_seq < recorded {
             return Err(StoreError::Damaged {
@@ -306,8 +309,9 @@ pub struct Manifest;
 
 const MANIFEST: &str = "hookrelay.manifest";
 
-/// The format this build writes and reads.
-pub const FORMAT: u64 = 1;
+/// The format this build writes and reads. 2: a new delivery has no record (`L`) until its
+/// first attempt, and its pending key (`P`) carries its event and creation time.
+pub const FORMAT: u64 = 2;
 
 impl Manifest {
     fn read(dir: &Path) -> Result<Option<Seq>, StoreError> {
