@@ -151,6 +151,8 @@ impl Failure {
 pub struct Batch {
     pub writes: Vec<(Vec<u8>, Slot)>,
     pub effects: Vec<Effect>,
+    /// Events to list in the group's pruning index (see [`super::prune::Ended`]).
+    pub ended: Vec<(super::prune::EndedAs, u64, uuid::Uuid)>,
 }
 
 impl Batch {
@@ -165,6 +167,12 @@ impl Batch {
 
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.writes.push((key.into(), Slot::Remove));
+    }
+
+    /// Lists `event` in the pruning index: a delivery of it ended at `ms` (or it was stored
+    /// with none then).
+    pub fn ended(&mut self, as_: super::prune::EndedAs, ms: u64, event: uuid::Uuid) {
+        self.ended.push((as_, ms, event));
     }
 }
 
@@ -191,6 +199,8 @@ pub struct Writer {
     pub ops: Vec<u8>,
     /// Where pruning's next sweeps of dedup keys and dead letters start.
     pub sweeps: super::prune::Sweeps,
+    /// The group's additions to the pruning index, written as its last record.
+    pub ended: super::prune::Ended,
     /// Stops and joins the applier (at close).
     pub applier: Option<super::apply::Handle>,
 }
@@ -265,10 +275,12 @@ impl Writer {
         self.shared.failure.fail(stage, error);
         self.writes.clear();
         self.effects.clear();
+        self.ended.clear();
     }
 
     /// Makes the group durable, makes it visible and answers it (see the module docs).
     fn end_group(&mut self, results: &mut Vec<Answer>) {
+        self.write_ended();
         let started = Instant::now();
         let keys = self.writes.len();
         let synced = self.wal.sync();
@@ -287,6 +299,7 @@ impl Writer {
                 tracing::error!(error = %e, "store write failed; the group is refused");
                 self.writes.clear();
                 self.effects.clear();
+                self.ended.clear();
                 self.counts.clear();
                 self.live.clear();
                 self.next_seq = self.group_seq;
@@ -380,6 +393,7 @@ impl Writer {
     /// Adds `batch` to the group as the next log record.
     pub fn commit(&mut self, batch: Batch) {
         self.effects.extend(batch.effects);
+        self.ended.add(batch.ended);
         if batch.writes.is_empty() {
             // Nothing to log (records are never empty: an empty one reads as the log's end).
             return;

@@ -7,8 +7,8 @@
 //! | `L` | seq (8) | delivery record, from its first attempt or change on (before it, the `P` key stands for it) |
 //! | `A` | seq (8), attempt (4) | an earlier attempt (the record holds the last one) |
 //! | `P` | seq (8) | target (4), due ms (8), place in its key's queue (8), created ms (8), event id (16), ordering key: the pending deliveries, from which the queue is rebuilt at opening; a delivery with no `L` record yet is this one, as created |
-//! | `Z` | ms (8), event id (16) | empty: an event to look at for pruning once `ms` is past the retention of delivered events (a delivery of it was delivered or skipped then, or it was stored with none) |
-//! | `Y` | ms (8), event id (16) | empty: the same for dead letters (a delivery of it died then) |
+//! | `Z` | ms (8), LSN (8), part (2) | event ids (16 each): events to look at for pruning once `ms` is past the retention of delivered events (a delivery of each was delivered or skipped by then, or it was stored with none); one key per write group (and per 256 events), `ms` the group's latest |
+//! | `Y` | ms (8), LSN (8), part (2) | the same for dead letters (a delivery of each died by then) |
 //! | `X` | target (4), dead ms (8), seq (8) | empty: dead letters |
 //! | `T` | target name | target id (4) |
 //! | `S` | target (4) | target state |
@@ -133,19 +133,16 @@ impl Pending<'_> {
     }
 }
 
-/// A pruning index key: `Z` for an event with a delivery delivered or skipped at `ms` (or
-/// stored with none then), `Y` for one with a delivery dead since `ms`.
-pub fn ended(tag: u8, ms: u64, event: &[u8; 16]) -> [u8; 25] {
-    let mut k = [0u8; 25];
+/// A pruning index key: `Z` for events with a delivery delivered or skipped by `ms` (or stored
+/// with none then), `Y` for events with a delivery dead by `ms`; `lsn` is the log record that
+/// writes it, `part` its place among that record's keys of the same tag.
+pub fn ended(tag: u8, ms: u64, lsn: u64, part: u16) -> [u8; 19] {
+    let mut k = [0u8; 19];
     k[0] = tag;
     k[1..9].copy_from_slice(&ms.to_be_bytes());
-    k[9..].copy_from_slice(event);
+    k[9..17].copy_from_slice(&lsn.to_be_bytes());
+    k[17..].copy_from_slice(&part.to_be_bytes());
     k
-}
-
-/// The event id of a `Z` key.
-pub fn ended_event(key: &[u8]) -> Option<uuid::Uuid> {
-    uuid::Uuid::from_slice(key.get(9..25)?).ok()
 }
 
 pub fn dead(target: TargetId, at_ms: u64, seq: Seq) -> [u8; 21] {

@@ -186,6 +186,7 @@ impl SledStore {
             manifest_at: std::time::Instant::now(),
             ops: Vec::new(),
             sweeps: prune::Sweeps::default(),
+            ended: prune::Ended::default(),
             applier: Some(applier),
         };
         let writer = std::thread::Builder::new()

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use super::commit::{Batch, Writer};
 use super::key_state::StateWrite;
 use super::keys;
+use super::prune::EndedAs;
 use super::queue::{key_hash, Effect, KeyHash};
 use super::to_json;
 use super::wal::{self, Lsn, Pointer};
@@ -80,7 +81,7 @@ impl Writer {
             self.bump_live(&mut batch, pointer.segment, 1)?;
             if new.deliveries.is_empty() {
                 // Nothing will end: pruning looks at it once delivered events' retention is up.
-                batch.insert(keys::ended(b'Z', received_ms(id), id.as_bytes()), []);
+                batch.ended(EndedAs::Done, received_ms(id), id);
             }
             entry.reserve_exact(8 * new.deliveries.len());
             for d in new.deliveries {
@@ -213,14 +214,14 @@ impl Writer {
                 if next == Next::Dead {
                     rec.state = DeliveryState::Dead;
                     batch.insert(keys::dead(target, now, seq).as_slice(), []);
-                    batch.insert(keys::ended(b'Y', now, event.as_bytes()), []);
+                    batch.ended(EndedAs::Dead, now, event);
                 } else {
                     rec.state = if next == Next::Done {
                         DeliveryState::Done
                     } else {
                         DeliveryState::Skipped
                     };
-                    batch.insert(keys::ended(b'Z', now, event.as_bytes()), []);
+                    batch.ended(EndedAs::Done, now, event);
                 }
                 self.bump(batch, target, -1, i64::from(next == Next::Dead))?;
             }

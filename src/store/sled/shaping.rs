@@ -70,7 +70,7 @@ impl Writer {
             rec.note = Some(format!("superseded by delivery #{}", kept.seq));
             rec.updated_ms = now;
             batch.remove(keys::pending(seq).as_slice());
-            batch.insert(keys::ended(b'Z', now, rec.event_id.as_bytes()), []);
+            batch.ended(super::prune::EndedAs::Done, now, rec.event_id);
             batch.insert(keys::delivery(seq).as_slice(), to_json(&rec));
             batch.effects.push(Effect::Remove { target, key, seq });
             self.bump(&mut batch, target, -1, 0)?;

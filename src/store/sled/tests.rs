@@ -233,6 +233,45 @@ async fn pruning_reads_each_index_key_once() {
     store.close().await.unwrap();
 }
 
+/// The events of one write group are listed for pruning in one index key, not one key each:
+/// under a flood every key is a sled insert. A pass that may take fewer events than the key
+/// lists takes those and leaves the rest listed. Guards the group's listing (five keys
+/// without it) and the partial take (without it the first pass takes all five).
+#[tokio::test]
+async fn a_write_group_lists_its_ended_events_in_one_index_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let batch = IngestBatch {
+        events: (1..=5).map(|n| new_event(n, &[])).collect(),
+        now_ms: 1_000,
+        dedup_until_ms: 2_000,
+    };
+    store.ingest(batch).await.unwrap();
+    let index = |store: &SledStore| {
+        store
+            .shared
+            .mem
+            .range(&store.shared.db, b"Z", b"[", false)
+            .map(|r| r.unwrap().1.len() / 16)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(index(&store), [5], "one key lists all five");
+    let step = Prune {
+        done_before_ms: u64::MAX / 2,
+        dead_before_ms: u64::MAX / 2,
+        now_ms: 1_500,
+        max_events: 2,
+    };
+    let p = store.prune(step).await.unwrap();
+    assert_eq!((p.events, p.more), (2, true));
+    assert_eq!(index(&store), [3]);
+    assert_eq!(store.prune(step).await.unwrap().events, 2);
+    assert_eq!(store.prune(step).await.unwrap().events, 1);
+    assert!(index(&store).is_empty());
+    assert_eq!(store.stats().await.unwrap(), Stats::default());
+    store.close().await.unwrap();
+}
+
 /// Pruning sweeps the dedup keys themselves a slice per call, resuming where it stopped:
 /// keys still in their window never hold the sweep back from the expired ones behind them.
 #[tokio::test]
