@@ -29,7 +29,13 @@ pub fn answers(port: u16) -> std::io::Result<()> {
 /// The fields of /proc/PID/stat after the command name (which may hold spaces), so that
 /// `ppid` is field 1, `utime` 11, `stime` 12, `cutime` 13 and `cstime` 14.
 pub fn stat_fields(pid: u32) -> Vec<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_fields_at(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// The same from a stat file by path (a thread's: /proc/PID/task/TID/stat; /proc/TID/stat
+/// counts the whole process).
+pub fn stat_fields_at(path: &Path) -> Vec<String> {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     stat.rsplit_once(')')
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
@@ -40,7 +46,11 @@ pub fn stat_fields(pid: u32) -> Vec<String> {
 /// Microseconds of CPU in two fields of /proc/PID/stat, counted in ticks of USER_HZ (100 per
 /// second on Linux).
 pub fn stat_us(pid: u32, fields: [usize; 2]) -> u64 {
-    let f = stat_fields(pid);
+    stat_us_in(&stat_fields(pid), fields)
+}
+
+/// The same from fields read already.
+pub fn stat_us_in(f: &[String], fields: [usize; 2]) -> u64 {
     fields
         .iter()
         .filter_map(|&i| f.get(i)?.parse::<u64>().ok())

@@ -172,6 +172,7 @@ async fn relay_run(
     sink.reset();
     let load_before = procs::load_average();
     let start = Clocks::read(wrk, &[relay.pid()]);
+    let threads_start = relay::thread_cpu_us(relay.pid());
     let run = wrk.run(&setup.url(), args.seconds).await?;
     let ended = Instant::now();
     let wrk_us = start.since(&Clocks::read(wrk, &[])).wrk_us;
@@ -187,6 +188,7 @@ async fn relay_run(
         wrk_us,
         ..start.since(&Clocks::read(wrk, &[relay.pid()]))
     };
+    let threads = relay::thread_cpu_us(relay.pid());
     // ... and then a moment more for the events the relay stored while wrk stopped (wrk
     // drops the answers still in flight when its time is up).
     let mut seen = delivered();
@@ -212,6 +214,13 @@ async fn relay_run(
     );
     m.peak_rss_mb = Some(procs::peak_rss_kb(relay.pid()) / 1024);
     m.sink_connections = sink.connections();
+    m.threads_us_per_event = threads
+        .into_iter()
+        .map(|(kind, us)| {
+            let before = threads_start.get(&kind).copied().unwrap_or(0);
+            (kind, us.saturating_sub(before) as f64 / acked.max(1) as f64)
+        })
+        .collect();
     Ok(m)
 }
 

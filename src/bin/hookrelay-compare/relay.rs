@@ -143,3 +143,26 @@ impl Drop for Relay {
         }
     }
 }
+
+/// CPU time (user + system, µs) of `pid`'s threads, summed by kind: the thread's name without
+/// a trailing `-N` (`sled-io-3` is `sled-io`). Where the relay's CPU goes: `tokio-rt-worker`
+/// (HTTP in and out, normalizing, delivery lanes), `hookrelay-store` (the log writer),
+/// `hookrelay-apply` (the applier into sled), `sled-io` (sled's own writes).
+pub fn thread_cpu_us(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_kind = std::collections::BTreeMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim_end();
+        let kind = match name.rsplit_once('-') {
+            Some((kind, n)) if n.bytes().all(|b| b.is_ascii_digit()) => kind,
+            _ => name,
+        };
+        let us = procs::stat_us_in(&procs::stat_fields_at(&dir.join("stat")), [11, 12]);
+        *by_kind.entry(kind.to_owned()).or_default() += us;
+    }
+    by_kind
+}
