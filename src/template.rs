@@ -178,10 +178,9 @@ pub fn compile_vo_variables(source: &str) -> Result<String, String> {
         out.push_str(&rest[..start]);
         let after = &rest[start + 3..];
         let end = after.find("}}").ok_or_else(|| {
-            format!(
-                "unclosed variable at {:?}",
-                &rest[start..rest.len().min(start + 40)]
-            )
+            // The first 40 characters, never cut inside one.
+            let shown: String = rest[start..].chars().take(40).collect();
+            format!("unclosed variable at {shown:?}")
         })?;
         let name = after[..end].trim();
         if name.is_empty() || name.contains(['"', '\\', '{', '}']) {
@@ -406,6 +405,13 @@ mod tests {
     #[test]
     fn variable_syntax_errors() {
         assert!(compile_vo_variables("x ${{ALERT.a").is_err());
+        // The error quotes the start of the variable: 40 characters, not bytes, so a
+        // character that straddles byte 40 is not cut (this panicked once).
+        let long = "${{ A ¡0ა ে𐏈A\u{e0100}𑘀 𒾐A®𐞲";
+        assert_eq!(
+            compile_vo_variables(long).unwrap_err(),
+            format!("unclosed variable at {long:?}")
+        );
         assert!(compile_vo_variables("${{}}").is_err());
         assert_eq!(
             compile_vo_variables("a${{ ALERT.x }}b").unwrap(),
