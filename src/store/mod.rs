@@ -161,16 +161,12 @@ pub struct Delivery {
     pub response_excerpt: Option<String>,
     /// `attempts` when the delivery was last replayed from the dead letters: retries count
     /// from there, so a replay gets a fresh retry budget while its history stays.
-    #[serde(default)]
     pub retry_base: u32,
     /// When the last attempt started and how long it took. With `attempts`, `last_status`,
     /// `last_error` and `response_excerpt` this is the last attempt's record, which the sled
     /// store keeps only here until the next attempt: a delivery that succeeds at once costs
-    /// one write fewer. 0 where the store keeps every attempt apart (PostgreSQL, and sled
-    /// records written before).
-    #[serde(default)]
+    /// one write fewer. 0 where the store keeps every attempt apart (PostgreSQL).
     pub last_at_ms: u64,
-    #[serde(default)]
     pub last_latency_ms: u64,
     /// Why traffic shaping acted on it without an attempt: held (until when, by what) or
     /// superseded (by which delivery). `None` otherwise.
