@@ -101,6 +101,7 @@ async fn compacted_bodies_survive_a_power_cut() {
     let log = LogOptions {
         segment_bytes: 4096,
         compact_every: Duration::from_millis(50),
+        ..Default::default()
     };
     let store = SledStore::open_with_log(&path, log).unwrap();
     let target = store.target_ids(&["hook".into()]).await.unwrap()[0];

@@ -657,6 +657,7 @@ fn small_segments() -> hookrelay::store::LogOptions {
     hookrelay::store::LogOptions {
         segment_bytes: 4096,
         compact_every: std::time::Duration::from_millis(50),
+        ..Default::default()
     }
 }
 

@@ -17,7 +17,7 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::sled::{LogOptions, Manifest, SledStore};
+pub use self::sled::{Gather, LogOptions, Manifest, SledStore};
 pub use any::AnyStore;
 pub use postgres::{check_connection, redact_url, PgOptions, PgStore, Waker};
 pub use rate::RateLimit;

@@ -55,6 +55,7 @@ use crate::store::{
 use commit::{Failure, Job, Op, Reply, Writer};
 use queue::{Claimed, Queue};
 
+pub use commit::Gather;
 pub use recovery::Manifest;
 
 /// Where the write-ahead log lives, inside the store's directory.
@@ -79,6 +80,9 @@ pub(crate) struct Shared {
     /// The last LSN applied to sled, and the last one a checkpoint made durable there.
     applied: AtomicU64,
     checkpointed: AtomicU64,
+    /// Log syncs that succeeded, and the operations they made durable.
+    syncs: AtomicU64,
+    synced_ops: AtomicU64,
 }
 
 impl Shared {
@@ -113,11 +117,12 @@ pub struct SledStore {
     threads: Mutex<Option<(std::thread::JoinHandle<()>, compact::Handle)>>,
 }
 
-/// Log segment sizes and how often the log is compacted.
+/// Log segment sizes, how often the log is compacted, and how long a write group gathers.
 #[derive(Debug, Clone, Copy)]
 pub struct LogOptions {
     pub segment_bytes: u64,
     pub compact_every: Duration,
+    pub gather: commit::Gather,
 }
 
 impl Default for LogOptions {
@@ -125,6 +130,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_bytes: wal::SEGMENT_BYTES,
             compact_every: COMPACT_EVERY,
+            gather: commit::Gather::default(),
         }
     }
 }
@@ -159,6 +165,8 @@ impl SledStore {
             failure: Failure::default(),
             applied: AtomicU64::new(opened.last_lsn),
             checkpointed: AtomicU64::new(opened.last_lsn),
+            syncs: AtomicU64::new(0),
+            synced_ops: AtomicU64::new(0),
         });
         let loader = recovery::load_queue(shared.clone()).map_err(io_error)?;
         let (tx, rx) = mpsc::channel(commit::MAX_GROUP);
@@ -188,6 +196,7 @@ impl SledStore {
             sweeps: prune::Sweeps::default(),
             ended: prune::Ended::default(),
             applier: Some(applier),
+            gather: log.gather,
         };
         let writer = std::thread::Builder::new()
             .name("hookrelay-store".into())
@@ -218,6 +227,15 @@ impl SledStore {
             .check()
             .err()
             .unwrap_or(StoreError::Closed)
+    }
+
+    /// Since opening: the log syncs that succeeded, and the operations they made durable (the
+    /// mean write group is their ratio; see [`Gather`]).
+    pub fn log_syncs(&self) -> (u64, u64) {
+        (
+            self.shared.syncs.load(Ordering::Relaxed),
+            self.shared.synced_ops.load(Ordering::Relaxed),
+        )
     }
 
     /// Resolves with the cause if the store stops on a failure it cannot recover from while

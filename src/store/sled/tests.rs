@@ -394,3 +394,62 @@ async fn claims_wait_for_the_queue_read_at_opening_and_writes_do_not() {
     assert!(matches!(store.claim(1, 1_000).await.unwrap(), Claim::Empty));
     store.close().await.unwrap();
 }
+
+/// A write group gathers while callers are many (`commit::Gather`): two operations that queued
+/// during the writer's previous group and one that comes 100 ms later are made durable by one
+/// sync; a lone operation is synced at once, without gathering. Guards the gathering (without
+/// it the late operation took a sync of its own: 3 syncs after the release, not 2) and its
+/// condition (gathering for a lone operation too, that one waited out its 60 s window).
+#[tokio::test]
+async fn a_write_group_gathers_while_callers_are_many_and_never_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let gather = |window, slice| LogOptions {
+        gather: Gather { window, slice },
+        ..Default::default()
+    };
+    let log = gather(Duration::from_secs(3), Duration::from_secs(1));
+    let store = Arc::new(SledStore::open_with_log(dir.path(), log).unwrap());
+    store.target_ids(&["t".into()]).await.unwrap();
+    let ingest = |n| {
+        let store = store.clone();
+        tokio::spawn(async move { store.ingest(one_event(n, &[1], 1_000)).await })
+    };
+    // The writer is held in a group of its own while two operations queue behind it.
+    let (release, until) = std::sync::mpsc::channel();
+    let held = tokio::spawn({
+        let store = store.clone();
+        async move { store.submit(Op::Hold(until)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (a, b) = (ingest(1), ingest(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (syncs, ops) = store.log_syncs();
+    release.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = ingest(3);
+    for task in [a, b, c] {
+        let outcomes = task.await.unwrap().unwrap();
+        assert!(matches!(outcomes[..], [EventOutcome::Stored]));
+    }
+    let (syncs_after, ops_after) = store.log_syncs();
+    assert_eq!(
+        (syncs_after - syncs, ops_after - ops),
+        (2, 4),
+        "the held group, then one for the three ingests"
+    );
+    store.close().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = gather(Duration::from_secs(60), Duration::from_secs(60));
+    let store = SledStore::open_with_log(dir.path(), log).unwrap();
+    store.target_ids(&["t".into()]).await.unwrap();
+    let lone = store.ingest(one_event(4, &[1], 1_000));
+    let outcomes = tokio::time::timeout(Duration::from_secs(20), lone)
+        .await
+        .expect("a lone operation is synced at once")
+        .unwrap();
+    assert!(matches!(outcomes[..], [EventOutcome::Stored]));
+    assert_eq!(store.log_syncs(), (2, 2), "the targets, then the ingest");
+    store.close().await.unwrap();
+}
