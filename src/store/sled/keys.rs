@@ -80,7 +80,8 @@ pub fn pending(seq: Seq) -> [u8; 9] {
 /// Where a pending delivery waits: its target, when it is due, its place in its key's queue
 /// and the key; and enough to stand for its record until it has one (`L`): a new delivery
 /// gets no record of its own until its first attempt, so under a backlog each delivery costs
-/// sled one write fewer.
+/// sled one write fewer. `recorded` says whether it has one, so that a read of a pending
+/// delivery takes one key, not two (see `delivery_with`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pending<'a> {
     pub target: TargetId,
@@ -88,11 +89,13 @@ pub struct Pending<'a> {
     pub pos: u64,
     pub created_ms: u64,
     pub event: uuid::Uuid,
+    pub recorded: bool,
     pub ordering_key: &'a str,
 }
 
-/// Where a pending value's ordering key begins.
-const PENDING_KEY_AT: usize = 44;
+/// Where a pending value's `recorded` byte lies, and where its ordering key begins.
+pub const PENDING_RECORDED_AT: usize = 44;
+const PENDING_KEY_AT: usize = 45;
 
 impl Pending<'_> {
     pub fn value(&self) -> Vec<u8> {
@@ -102,6 +105,7 @@ impl Pending<'_> {
         v.extend_from_slice(&self.pos.to_be_bytes());
         v.extend_from_slice(&self.created_ms.to_be_bytes());
         v.extend_from_slice(self.event.as_bytes());
+        v.push(u8::from(self.recorded));
         v.extend_from_slice(self.ordering_key.as_bytes());
         v
     }
@@ -113,7 +117,12 @@ impl Pending<'_> {
             due_ms: u64_at(4)?,
             pos: u64_at(12)?,
             created_ms: u64_at(20)?,
-            event: uuid::Uuid::from_slice(v.get(28..PENDING_KEY_AT)?).ok()?,
+            event: uuid::Uuid::from_slice(v.get(28..PENDING_RECORDED_AT)?).ok()?,
+            recorded: match v.get(PENDING_RECORDED_AT)? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
             ordering_key: std::str::from_utf8(&v[PENDING_KEY_AT..]).ok()?,
         })
     }
@@ -194,10 +203,13 @@ mod tests {
             pos: 7,
             created_ms: 98,
             event: uuid::Uuid::from_u128(5),
+            recorded: true,
             ordering_key: "key é",
         };
-        let v = p.value();
+        let mut v = p.value();
         assert_eq!(Pending::parse(&v), Some(p));
-        assert_eq!(Pending::parse(&v[..43]), None);
+        assert_eq!(Pending::parse(&v[..44]), None);
+        v[PENDING_RECORDED_AT] = 2;
+        assert_eq!(Pending::parse(&v), None);
     }
 }

@@ -309,24 +309,24 @@ fn decode_delivery(seq: Seq, v: &[u8]) -> Result<Delivery, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("delivery {seq}: {e}")))
 }
 
-/// Delivery `seq` as `get` reads the store: its record, or while it has none (it was never
-/// attempted or changed), what its pending key says. A reader other than the writer can see a
-/// group that writes the record and removes the pending key land between its two reads: it
-/// then finds neither, and reads the record once more.
+/// Delivery `seq` as `get` reads the store: while it is pending, its pending key says whether
+/// it has a record of its own (it was attempted or changed) or stands for one; once it has
+/// ended, its record. One key for a delivery never attempted, the common read under a backlog.
+/// A reader other than the writer can see a group land between its two reads; whatever it
+/// finds then is still a state the delivery was in: a group that ends a delivery or gives it
+/// its record writes the record with the pending key.
 fn delivery_with(
     seq: Seq,
     get: impl Fn(&[u8]) -> Result<Option<sled::IVec>, StoreError>,
 ) -> Result<Option<Delivery>, StoreError> {
-    let record = keys::delivery(seq);
-    if let Some(v) = get(&record)? {
-        return decode_delivery(seq, &v).map(Some);
-    }
     if let Some(v) = get(&keys::pending(seq))? {
         let pending = keys::Pending::parse(&v)
             .ok_or_else(|| StoreError::Corrupt(format!("pending delivery {seq} is malformed")))?;
-        return Ok(Some(pending.record(seq)));
+        if !pending.recorded {
+            return Ok(Some(pending.record(seq)));
+        }
     }
-    match get(&record)? {
+    match get(&keys::delivery(seq))? {
         Some(v) => decode_delivery(seq, &v).map(Some),
         None => Ok(None),
     }

@@ -117,6 +117,7 @@ impl Writer {
             pos: seq,
             created_ms: now_ms,
             event,
+            recorded: false,
             ordering_key: &d.ordering_key,
         };
         batch.insert_new(keys::pending(seq).as_slice(), pending.value());
@@ -230,13 +231,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes a pending delivery's new due time into its `P` key.
+    /// Writes a pending delivery's new due time into its `P` key, which from then on says the
+    /// delivery has a record: the caller writes it (`L`) in the same batch.
     pub fn reschedule(&self, batch: &mut Batch, seq: Seq, due_ms: u64) -> Result<(), StoreError> {
         let mut pending = self
             .get(&keys::pending(seq))?
+            .filter(|v| keys::Pending::parse(v).is_some())
             .ok_or_else(|| StoreError::Corrupt(format!("pending delivery {seq} is not queued")))?
             .to_vec();
         pending[4..12].copy_from_slice(&due_ms.to_be_bytes());
+        pending[keys::PENDING_RECORDED_AT] = 1;
         batch.insert(keys::pending(seq).as_slice(), pending);
         Ok(())
     }
@@ -268,6 +272,7 @@ impl Writer {
                 pos,
                 created_ms: rec.created_ms,
                 event: rec.event_id,
+                recorded: true,
                 ordering_key: &rec.ordering_key,
             };
             batch.insert(keys::pending(seq).as_slice(), pending.value());

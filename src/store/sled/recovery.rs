@@ -309,9 +309,10 @@ pub struct Manifest;
 
 const MANIFEST: &str = "hookrelay.manifest";
 
-/// The format this build writes and reads. 2: a new delivery has no record (`L`) until its
-/// first attempt, and its pending key (`P`) carries its event and creation time.
-pub const FORMAT: u64 = 2;
+/// The format this build writes and reads. 3: a new delivery has no record (`L`) until its
+/// first attempt, and its pending key (`P`) carries its event, its creation time and whether
+/// it has a record.
+pub const FORMAT: u64 = 3;
 
 impl Manifest {
     fn read(dir: &Path) -> Result<Option<Seq>, StoreError> {
