@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::admin::metrics::IngestMetrics;
+use crate::admin::metrics::{IngestMetrics, StoreGauges};
 use crate::admin::Admin;
 use crate::config::Backend;
 use crate::config::Config;
@@ -203,7 +203,10 @@ impl Relay {
                         &config.admin.allowed_hosts,
                     ),
                     config: shared_config.clone(),
-                    store_size: Box::new(move || sized.size_on_disk()),
+                    store_gauges: Box::new(move || StoreGauges {
+                        size_bytes: sized.size_on_disk(),
+                        log_syncs: sized.log_syncs(),
+                    }),
                 });
                 let handler = move |req| {
                     let admin = admin.clone();

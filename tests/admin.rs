@@ -171,6 +171,15 @@ async fn health_auth_metrics_and_events() {
     assert_eq!(m["hookrelay_queue_depth{target=\"hook\"}"], 0.0);
     assert_eq!(m["hookrelay_target_suspended{target=\"hook\"}"], 0.0);
     assert!(m["hookrelay_store_size_bytes"] > 0.0);
+    // Two ingests and two outcomes at least, each made durable by a sync.
+    let (syncs, ops) = (
+        m["hookrelay_store_log_syncs_total"],
+        m["hookrelay_store_log_operations_total"],
+    );
+    assert!(
+        ops >= 4.0 && syncs >= 1.0 && syncs <= ops,
+        "{syncs} syncs, {ops} operations"
+    );
 
     let (status, list) = admin(&relay, "GET", "/events?limit=1").await;
     assert_eq!(status, 200);

@@ -164,8 +164,15 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The store's figures for `/metrics`.
+pub struct StoreGauges {
+    pub size_bytes: u64,
+    /// The embedded store's log syncs and the operations they made durable.
+    pub log_syncs: Option<(u64, u64)>,
+}
+
 /// Label values are config names (letters, digits, `-_.`), so they need no escaping.
-pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store_bytes: u64) -> String {
+pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store: StoreGauges) -> String {
     let mut out = String::with_capacity(4096);
     let sources = ingest
         .sources
@@ -357,6 +364,23 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store_bytes:
         "gauge",
         "Size of the store on disk.",
     );
-    let _ = writeln!(out, "hookrelay_store_size_bytes {store_bytes}");
+    let _ = writeln!(out, "hookrelay_store_size_bytes {}", store.size_bytes);
+    if let Some((syncs, ops)) = store.log_syncs {
+        header(
+            &mut out,
+            "hookrelay_store_log_syncs_total",
+            "counter",
+            "Syncs of the embedded store's write-ahead log, each making a write group durable.",
+        );
+        let _ = writeln!(out, "hookrelay_store_log_syncs_total {syncs}");
+        header(
+            &mut out,
+            "hookrelay_store_log_operations_total",
+            "counter",
+            "Operations (requests' ingests, deliveries' outcomes, ...) those syncs made durable; \
+             divided by the syncs, the mean write group.",
+        );
+        let _ = writeln!(out, "hookrelay_store_log_operations_total {ops}");
+    }
     out
 }

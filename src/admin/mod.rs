@@ -41,8 +41,8 @@ pub struct Admin<S> {
     pub guard: guard::Guard,
     /// The config in force (swapped on reload): sources and the dry run.
     pub config: Arc<ArcSwap<Config>>,
-    /// Reports the store's size on disk for `/metrics`.
-    pub store_size: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Reports the store's size on disk and its log syncs for `/metrics`.
+    pub store_gauges: Box<dyn Fn() -> metrics::StoreGauges + Send + Sync>,
 }
 
 #[derive(Debug)]
@@ -232,7 +232,7 @@ impl<S: Store> Admin<S> {
                 maintenance: t.in_maintenance(now),
             });
         }
-        let text = metrics::render(&self.metrics, &gauges, (self.store_size)());
+        let text = metrics::render(&self.metrics, &gauges, (self.store_gauges)());
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             CONTENT_TYPE,

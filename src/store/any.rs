@@ -27,6 +27,15 @@ impl AnyStore {
         each!(self, s => s.size_on_disk())
     }
 
+    /// The embedded store's log syncs and the operations they made durable (`None` for
+    /// PostgreSQL, whose commits are its own).
+    pub fn log_syncs(&self) -> Option<(u64, u64)> {
+        match self {
+            AnyStore::Sled(s) => Some(s.log_syncs()),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+
     /// Flushes and stops background work; call once, at shutdown.
     pub async fn close(&self) -> Result<(), StoreError> {
         each!(self, s => s.close().await)
