@@ -174,7 +174,7 @@ impl Relay {
             dedup_window_ms: config.store.dedup_window.as_millis() as u64,
             disk: disk.clone(),
             write_timeout: config.store.write_timeout,
-            events,
+            events: events.clone(),
         });
         lanes.spawn(housekeeping(
             store.clone(),
@@ -193,7 +193,7 @@ impl Relay {
                     }
                 })?;
                 let addr = admin_listener.local_addr()?;
-                let sized = store.clone();
+                let (sized, cache) = (store.clone(), events.clone());
                 let admin = Arc::new(Admin {
                     store: store.clone(),
                     targets: targets.clone(),
@@ -206,6 +206,7 @@ impl Relay {
                     store_gauges: Box::new(move || StoreGauges {
                         size_bytes: sized.size_on_disk(),
                         log_syncs: sized.log_syncs(),
+                        cached: cache.held(),
                     }),
                 });
                 let handler = move |req| {

@@ -471,6 +471,44 @@ async fn pause_resume_and_state_survive_a_restart() {
     relay.shutdown().await.unwrap();
 }
 
+/// The delivery cache keeps an event for the deliveries that will take it soon: a paused
+/// target's are not counted (they read the event from the store when resumed), so once the
+/// active target has delivered, the cache is empty. Guards ingest's count (counting the paused
+/// target too, the three events stayed in the cache, each waiting for a delivery that did not
+/// come, until their 30 s were up).
+#[tokio::test]
+async fn a_paused_target_holds_no_event_in_the_cache() {
+    let dir = tempdir();
+    let (hook, held) = (Receiver::ok().await, Receiver::ok().await);
+    let config = with_admin_token(&format!(
+        "{}{}",
+        target("hook", &hook.url("/h"), ""),
+        target("held", &held.url("/h"), "")
+    ));
+    let relay = spawn_relay(&config, dir.path()).await;
+    let (status, _) = admin(&relay, "POST", "/targets/held/pause").await;
+    assert_eq!(status, 200);
+    for n in ["one", "two", "three"] {
+        accept(&relay, n, n).await;
+    }
+    hook.wait_for(3, Duration::from_secs(5)).await;
+    let metric = |name: &'static str| {
+        let relay = &relay;
+        async move { prometheus(admin(relay, "GET", "/metrics").await.1.as_str().unwrap())[name] }
+    };
+    assert_eq!(metric("hookrelay_event_cache_events").await, 0.0);
+    assert_eq!(metric("hookrelay_event_cache_bytes").await, 0.0);
+    assert_eq!(held.count(), 0);
+
+    let (status, _) = admin(&relay, "POST", "/targets/held/resume").await;
+    assert_eq!(status, 200);
+    let got = held.wait_for(3, Duration::from_secs(5)).await;
+    let mut titles: Vec<_> = got.iter().map(|r| r.json()["title"].clone()).collect();
+    titles.sort_by_key(|t| t.to_string());
+    assert_eq!(titles, ["one", "three", "two"], "read from the store");
+    relay.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn dead_letters_listed_and_replayed_by_target_and_time_range() {
     let dir = tempdir();

@@ -151,7 +151,9 @@ async fn a_burst_reaches_a_rate_limited_receiver_without_a_429_in_per_entity_ord
 /// probe of a suspended target shaped like a lane's step): without it the target gets all 31
 /// alerts when it returns. A target is down while 30 flips of one entity and 1 alert of
 /// another arrive; when it is back it gets exactly one request per entity, each the latest
-/// state, and the event log shows the other 29 as superseded by that one.
+/// state, and the event log shows the other 29 as superseded by that one. Also guards the
+/// superseded deliveries' letting go of their events in the delivery cache (without it the
+/// cache still held 28 of them after the last request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_each_entity_gets_one_request_with_its_latest_state() {
     let dir = tempdir();
@@ -235,6 +237,12 @@ async fn after_an_outage_each_entity_gets_one_request_with_its_latest_state() {
         .unwrap();
     assert!(
         metrics.contains("hookrelay_deliveries_superseded_total{target=\"page\"} 29"),
+        "{metrics}"
+    );
+    // Each superseded delivery let go of its event in the delivery cache: none is left
+    // waiting there for a delivery that will never be attempted.
+    assert!(
+        metrics.contains("\nhookrelay_event_cache_events 0\n"),
         "{metrics}"
     );
     relay.shutdown().await.unwrap();

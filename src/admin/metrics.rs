@@ -164,11 +164,13 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// The store's figures for `/metrics`.
+/// The store's and the event cache's figures for `/metrics`.
 pub struct StoreGauges {
     pub size_bytes: u64,
     /// The embedded store's log syncs and the operations they made durable.
     pub log_syncs: Option<(u64, u64)>,
+    /// Events the delivery cache holds, and their bytes (`deliver::EventCache`).
+    pub cached: (usize, usize),
 }
 
 /// Label values are config names (letters, digits, `-_.`), so they need no escaping.
@@ -382,5 +384,20 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store: Store
         );
         let _ = writeln!(out, "hookrelay_store_log_operations_total {ops}");
     }
+    let (events, bytes) = store.cached;
+    header(
+        &mut out,
+        "hookrelay_event_cache_events",
+        "gauge",
+        "Stored events kept decoded for the deliveries still to take them.",
+    );
+    let _ = writeln!(out, "hookrelay_event_cache_events {events}");
+    header(
+        &mut out,
+        "hookrelay_event_cache_bytes",
+        "gauge",
+        "Bytes the kept events are counted for (bodies, and 512 for the rest of each).",
+    );
+    let _ = writeln!(out, "hookrelay_event_cache_bytes {bytes}");
     out
 }

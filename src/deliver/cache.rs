@@ -66,6 +66,12 @@ impl EventCache {
         Some(event)
     }
 
+    /// Events kept now, and the bytes they are counted for (`/metrics`).
+    pub fn held(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (inner.events.len(), inner.bytes)
+    }
+
     /// Keeps an event ingest has just stored, until each of its `deliveries` has been
     /// attempted. Its body is copied to an allocation of its own first: the request's buffer
     /// it is a slice of can be many times larger, and would be held as long.
@@ -134,7 +140,9 @@ mod tests {
         let inner = cache.inner.lock().unwrap();
         let bytes = inner.events.values().map(|k| size(&k.event)).sum::<usize>();
         assert_eq!(inner.bytes, bytes);
-        (inner.events.len(), bytes)
+        drop(inner);
+        assert_eq!(cache.held(), (cache.held().0, bytes));
+        cache.held()
     }
 
     /// An event is taken once per delivery it was stored with, then leaves; one stored with
