@@ -225,19 +225,23 @@ fn take_queued(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
 /// How long the writer gathers a group before it syncs it.
 ///
 /// A sync costs about the same whether it makes one operation durable or a hundred. Syncing
-/// as soon as something is queued gave groups of about 7 operations under wrk's flood on the
-/// 2-core machine of BENCHMARKS.md (about 1,000 syncs a second), and the syncs took 44 % of
-/// the writer's CPU. So when the group the writer takes holds more than one operation (they
-/// queued during the previous sync: several callers are writing at once), it waits a
-/// `slice` and takes what queued meanwhile, again until a slice brings nothing or `window`
-/// has passed, and only then syncs. A lone caller (one operation queued) never waits: its
-/// group is synced at once. Like PostgreSQL's `commit_delay`, which waits only while other
-/// transactions are active. The defaults, 1 ms in slices of 250 µs, were the best of four
-/// pairs tried (BENCHMARKS.md); a wait adds at most `window` to an acknowledgement.
+/// as soon as something is queued gave a sync per 7 events (each two operations: its ingest
+/// and its delivery's outcome) under wrk's flood on the 2-core machine of BENCHMARKS.md,
+/// about 1,000 syncs a second, and the syncs took 44 % of the writer's CPU. So when the
+/// group the writer takes holds at least `min_group` operations (they queued during the
+/// previous sync: many callers are writing at once), it waits a `slice` and takes what
+/// queued meanwhile, again until a slice brings nothing or `window` has passed, and only then
+/// syncs. A smaller group is synced at once: one client's request and the outcomes of its
+/// deliveries in flight never wait (gathering from two operations on doubled one
+/// connection's latency at times, 0.8 – 2.1 ms against 0.7 – 1.1 ms at the median). Like
+/// PostgreSQL's `commit_delay`, which waits only while `commit_siblings` other transactions
+/// are active. The defaults, 1 ms in slices of 250 µs from 6 operations, were chosen by
+/// measurement (BENCHMARKS.md); a wait adds at most `window` to an acknowledgement.
 #[derive(Debug, Clone, Copy)]
 pub struct Gather {
     pub window: Duration,
     pub slice: Duration,
+    pub min_group: usize,
 }
 
 impl Default for Gather {
@@ -245,6 +249,7 @@ impl Default for Gather {
         Gather {
             window: Duration::from_millis(1),
             slice: Duration::from_micros(250),
+            min_group: 6,
         }
     }
 }
@@ -315,7 +320,7 @@ impl Writer {
     /// see [`Gather`].
     fn gather(&mut self, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
         let gather = self.gather;
-        if jobs.len() < 2 || gather.window.is_zero() {
+        if jobs.len() < gather.min_group.max(2) || gather.window.is_zero() {
             return;
         }
         let deadline = Instant::now() + gather.window;

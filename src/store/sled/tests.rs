@@ -397,26 +397,20 @@ async fn claims_wait_for_the_queue_read_at_opening_and_writes_do_not() {
     store.close().await.unwrap();
 }
 
-/// A write group gathers while callers are many (`commit::Gather`): two operations that queued
-/// during the writer's previous group and one that comes 100 ms later are made durable by one
-/// sync; a lone operation is synced at once, without gathering. Guards the gathering (without
-/// it the late operation took a sync of its own: 3 syncs after the release, not 2) and its
-/// condition (gathering for a lone operation too, that one waited out its 60 s window).
-#[tokio::test]
-async fn a_write_group_gathers_while_callers_are_many_and_never_for_one() {
+/// Holds the writer in a group of its own while two ingests queue behind it, releases it, and
+/// sends a third ingest 100 ms later: the syncs the three took, with `gather`.
+async fn syncs_for_two_queued_and_one_late(gather: Gather) -> u64 {
     let dir = tempfile::tempdir().unwrap();
-    let gather = |window, slice| LogOptions {
-        gather: Gather { window, slice },
+    let log = LogOptions {
+        gather,
         ..Default::default()
     };
-    let log = gather(Duration::from_secs(3), Duration::from_secs(1));
     let store = Arc::new(SledStore::open_with_log(dir.path(), log).unwrap());
     store.target_ids(&["t".into()]).await.unwrap();
     let ingest = |n| {
         let store = store.clone();
         tokio::spawn(async move { store.ingest(one_event(n, &[1], 1_000)).await })
     };
-    // The writer is held in a group of its own while two operations queue behind it.
     let (release, until) = std::sync::mpsc::channel();
     let held = tokio::spawn({
         let store = store.clone();
@@ -425,9 +419,9 @@ async fn a_write_group_gathers_while_callers_are_many_and_never_for_one() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (a, b) = (ingest(1), ingest(2));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (syncs, ops) = store.log_syncs();
     release.send(()).unwrap();
     held.await.unwrap().unwrap();
+    let (syncs, ops) = store.log_syncs();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let c = ingest(3);
     for task in [a, b, c] {
@@ -435,15 +429,36 @@ async fn a_write_group_gathers_while_callers_are_many_and_never_for_one() {
         assert!(matches!(outcomes[..], [EventOutcome::Stored]));
     }
     let (syncs_after, ops_after) = store.log_syncs();
-    assert_eq!(
-        (syncs_after - syncs, ops_after - ops),
-        (2, 4),
-        "the held group, then one for the three ingests"
-    );
+    assert_eq!(ops_after - ops, 3);
     store.close().await.unwrap();
+    syncs_after - syncs
+}
+
+/// A write group gathers while callers are many (`commit::Gather`): with a threshold of two
+/// operations, the two that queued during the writer's previous group and one that comes
+/// 100 ms later are made durable by one sync; with a threshold of three, the two are synced at
+/// once and the late one alone; a lone operation is never held. Guards the gathering (without
+/// it the late operation took a sync of its own with the threshold of two: 2 syncs, not 1),
+/// the threshold (ignored, the two were gathered with the late one at three as well) and the
+/// lone operation's sync at once (gathering for it too, it waited out its 60 s window).
+#[tokio::test]
+async fn a_write_group_gathers_while_callers_are_many_and_never_for_one() {
+    let gather = |window, slice, min_group| Gather {
+        window,
+        slice,
+        min_group,
+    };
+    let (window, slice) = (Duration::from_secs(3), Duration::from_secs(1));
+    let gathered = syncs_for_two_queued_and_one_late(gather(window, slice, 2)).await;
+    assert_eq!(gathered, 1, "the two queued and the late one, together");
+    let below = syncs_for_two_queued_and_one_late(gather(window, slice, 3)).await;
+    assert_eq!(below, 2, "the two queued at once, then the late one");
 
     let dir = tempfile::tempdir().unwrap();
-    let log = gather(Duration::from_secs(60), Duration::from_secs(60));
+    let log = LogOptions {
+        gather: gather(Duration::from_secs(60), Duration::from_secs(60), 1),
+        ..Default::default()
+    };
     let store = SledStore::open_with_log(dir.path(), log).unwrap();
     store.target_ids(&["t".into()]).await.unwrap();
     let lone = store.ingest(one_event(4, &[1], 1_000));
