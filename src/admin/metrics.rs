@@ -379,8 +379,8 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store: Store
             &mut out,
             "hookrelay_store_log_operations_total",
             "counter",
-            "Operations (requests' ingests, deliveries' outcomes, ...) those syncs made durable; \
-             divided by the syncs, the mean write group.",
+            "Operations (requests' ingests, deliveries' outcomes, ...) in the write groups \
+             those syncs made durable; divided by the syncs, the mean write group.",
         );
         let _ = writeln!(out, "hookrelay_store_log_operations_total {ops}");
     }

@@ -231,9 +231,10 @@ fn take_queued(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
 /// group the writer takes holds at least `min_group` operations (they queued during the
 /// previous sync: many callers are writing at once), it waits a `slice` and takes what
 /// queued meanwhile, again until a slice brings nothing or `window` has passed, and only then
-/// syncs. A smaller group is synced at once: one client's request and the outcomes of its
-/// deliveries in flight never wait (gathering from two operations on doubled one
-/// connection's latency at times, 0.8 – 2.1 ms against 0.7 – 1.1 ms at the median). Like
+/// syncs. A smaller group is synced at once, so one client's request is not held back by the
+/// few outcomes of its own deliveries it meets in a group (gathering from two operations on
+/// doubled one connection's latency at times, 0.8 – 2.1 ms against 0.7 – 1.1 ms at the
+/// median; a lone operation is never held, whatever `min_group` says). Like
 /// PostgreSQL's `commit_delay`, which waits only while `commit_siblings` other transactions
 /// are active. The defaults, 1 ms in slices of 250 µs from 6 operations, were chosen by
 /// measurement (BENCHMARKS.md); a wait adds at most `window` to an acknowledgement.

@@ -80,7 +80,7 @@ pub(crate) struct Shared {
     /// The last LSN applied to sled, and the last one a checkpoint made durable there.
     applied: AtomicU64,
     checkpointed: AtomicU64,
-    /// Log syncs that succeeded, and the operations they made durable.
+    /// Log syncs that succeeded, and the operations of the groups they synced.
     syncs: AtomicU64,
     synced_ops: AtomicU64,
 }
@@ -229,8 +229,8 @@ impl SledStore {
             .unwrap_or(StoreError::Closed)
     }
 
-    /// Since opening: the log syncs that succeeded, and the operations they made durable (the
-    /// mean write group is their ratio; see [`Gather`]).
+    /// Since opening: the log syncs that succeeded, and the operations of the groups they
+    /// synced (the mean write group is their ratio; see [`Gather`]).
     pub fn log_syncs(&self) -> (u64, u64) {
         (
             self.shared.syncs.load(Ordering::Relaxed),
