@@ -475,7 +475,10 @@ async fn pause_resume_and_state_survive_a_restart() {
 /// target's are not counted (they read the event from the store when resumed), so once the
 /// active target has delivered, the cache is empty. Guards ingest's count (counting the paused
 /// target too, the three events stayed in the cache, each waiting for a delivery that did not
-/// come, until their 30 s were up).
+/// come, until their 30 s were up), and ingest's putting events in the cache before it stores
+/// them (putting them after, a lane that claimed a delivery as its write landed read the event
+/// from the store, and the event put a moment later was left waiting: a race, which failed
+/// this test in 2 of 14 runs here and once in CI).
 #[tokio::test]
 async fn a_paused_target_holds_no_event_in_the_cache() {
     let dir = tempdir();
@@ -488,18 +491,10 @@ async fn a_paused_target_holds_no_event_in_the_cache() {
     let relay = spawn_relay(&config, dir.path()).await;
     let (status, _) = admin(&relay, "POST", "/targets/held/pause").await;
     assert_eq!(status, 200);
-    // One at a time, each delivered and recorded before the next is sent: the lanes are then
-    // idle, woken by ingest after it has put the event in the cache. (A lane still claiming
-    // when a group lands can take a delivery before ingest has put its event there: it reads
-    // the event from the store, and the event put a moment later waits out its 30 s. Seen
-    // here with the three sent at once, and with the next sent as soon as the receiver had
-    // the previous one.)
-    for (sent, n) in (1..).zip(["one", "two", "three"]) {
+    for n in ["one", "two", "three"] {
         accept(&relay, n, n).await;
-        hook.wait_for(sent, Duration::from_secs(5)).await;
-        let recorded = || async { relay.store().stats().await.unwrap().done == sent as u64 };
-        assert!(wait_until_async(recorded).await);
     }
+    hook.wait_for(3, Duration::from_secs(5)).await;
     let metric = |name: &'static str| {
         let relay = &relay;
         async move { prometheus(admin(relay, "GET", "/metrics").await.1.as_str().unwrap())[name] }

@@ -2,7 +2,7 @@
 //!
 //! An event is delivered moments after it is stored, once per target it is routed to, and
 //! again on every retry. Reading it back from the store for each would cost a read of its body
-//! and a decode of its JSON every time. Ingest puts the events it stored here, decoded, with
+//! and a decode of its JSON every time. Ingest puts the events it stores here, decoded, with
 //! the number of deliveries that will take them (not a paused or suspended target's); each
 //! delivery takes it from here once (a shaped target's too, also for the deliveries it
 //! supersedes), and it leaves when all have. What is not here (a retry, an event after a restart, one that found
@@ -13,7 +13,9 @@
 //! store when its turn comes) rather than pushing out an older one: deliveries take the
 //! oldest events first, so under a flood whose backlog outgrows the cache, pushing out the
 //! oldest would have every delivery miss. An event whose deliveries are not attempted (a
-//! paused target) leaves after [`MAX_AGE`]. The cache never holds anything the store does not.
+//! paused target) leaves after [`MAX_AGE`]. Ingest puts events here just before it stores them
+//! (a lane may claim a delivery the moment its write lands) and takes out again what was not
+//! stored; no delivery can ask for an event before the store holds it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -66,14 +68,23 @@ impl EventCache {
         Some(event)
     }
 
+    /// Lets go of an event that was not stored after all (a duplicate, a refused write).
+    pub fn forget(&self, id: &uuid::Uuid) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gone) = inner.events.remove(id) {
+            inner.bytes -= size(&gone.event);
+        }
+    }
+
     /// Events kept now, and the bytes they are counted for (`/metrics`).
     pub fn held(&self) -> (usize, usize) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         (inner.events.len(), inner.bytes)
     }
 
-    /// Keeps an event ingest has just stored, until each of its `deliveries` has been
-    /// attempted. Its body is copied to an allocation of its own first: the request's buffer
+    /// Keeps an event ingest is about to store, until each of its `deliveries` has been
+    /// attempted (ingest puts it before the write, so that a lane claiming a delivery the
+    /// moment its write lands finds it here; [`EventCache::forget`] if it is not stored). Its body is copied to an allocation of its own first: the request's buffer
     /// it is a slice of can be many times larger, and would be held as long.
     pub fn put(&self, id: uuid::Uuid, mut event: Event, deliveries: usize) {
         if deliveries == 0 {

@@ -306,30 +306,48 @@ impl<S: Store> Ingest<S> {
             })
             .map(|(i, _)| i)
             .collect();
+        // In the cache before the write: a lane may claim a delivery the moment its write group
+        // lands, and must find the event there. What is not stored after all leaves again.
+        let cached: Vec<Option<uuid::Uuid>> = ids
+            .iter()
+            .zip(events)
+            .zip(&deliveries)
+            .map(|((id, event), deliveries)| {
+                let uuid = uuid::Uuid::parse_str(id).ok()?;
+                self.events.put(uuid, event, *deliveries);
+                Some(uuid)
+            })
+            .collect();
         // A write stuck in the storage engine must not hold the sender past its own timeout:
         // answer 503 (it retries; if the write lands after all, dedup absorbs the repeat).
-        let outcomes = tokio::time::timeout(self.write_timeout, self.store.ingest(batch))
+        let written = tokio::time::timeout(self.write_timeout, self.store.ingest(batch))
             .await
-            .map_err(|_| {
-                IngestError::Unavailable(StoreError::Stalled(self.write_timeout.as_millis()))
-            })?
-            .map_err(IngestError::Unavailable)?;
+            .map_err(|_| StoreError::Stalled(self.write_timeout.as_millis()))
+            .and_then(|r| r);
+        let outcomes = match written {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                cached
+                    .iter()
+                    .flatten()
+                    .for_each(|id| self.events.forget(id));
+                return Err(IngestError::Unavailable(e));
+            }
+        };
         let mut accepted = Accepted {
             kind: source.kind,
             stored: Vec::new(),
             duplicates: 0,
         };
-        for (((id, outcome), event), deliveries) in
-            ids.into_iter().zip(outcomes).zip(events).zip(deliveries)
-        {
+        for ((id, outcome), uuid) in ids.into_iter().zip(outcomes).zip(cached) {
             match outcome {
-                EventOutcome::Stored => {
-                    if let Ok(uuid) = uuid::Uuid::parse_str(&id) {
-                        self.events.put(uuid, event, deliveries);
+                EventOutcome::Stored => accepted.stored.push(id),
+                EventOutcome::Duplicate => {
+                    if let Some(uuid) = uuid {
+                        self.events.forget(&uuid);
                     }
-                    accepted.stored.push(id)
+                    accepted.duplicates += 1
                 }
-                EventOutcome::Duplicate => accepted.duplicates += 1,
             }
         }
         // After the cache has the events: the lanes woken find them there.
