@@ -114,12 +114,7 @@ impl Relay {
         });
         let names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
         let ids = store.target_ids(&names).await.map_err(store_err)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.delivery.connect_timeout)
-            .timeout(config.delivery.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(config.delivery.user_agent.clone())
-            .build()?;
+        let client = crate::targets::Client::new(&config.delivery)?;
         // Paused and suspended targets stay so across restarts.
         let mut targets: Vec<Arc<TargetRuntime>> = Vec::with_capacity(ids.len());
         for (t, id) in config.targets.iter().zip(ids) {

@@ -579,10 +579,17 @@ impl Validator<'_> {
                 "delivery.timeout",
                 Duration::from_secs(30),
             )?,
-            user_agent: raw.delivery.user_agent.as_ref().map_or_else(
-                || concat!("hookrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
-                |u| u.get_ref().clone(),
-            ),
+            user_agent: match &raw.delivery.user_agent {
+                None => concat!("hookrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
+                Some(u) if reqwest::header::HeaderValue::from_str(u.get_ref()).is_err() => {
+                    return self.err(
+                        Some(u.span()),
+                        "delivery.user_agent",
+                        format!("{:?} is not a valid header value", u.get_ref()),
+                    )
+                }
+                Some(u) => u.get_ref().clone(),
+            },
         };
         let default_concurrency = self.int(
             &raw.delivery.concurrency,

@@ -204,7 +204,7 @@ pub(super) async fn record_of<S: Store>(
 /// Makes one attempt (sends, or decides not to) and says what to record with it.
 pub(super) async fn attempt<S: Store>(
     store: &S,
-    client: &reqwest::Client,
+    client: &crate::targets::Client,
     spec: &Arc<TargetSpec>,
     target: &str,
     event: &Event,
@@ -281,7 +281,7 @@ pub(super) async fn decide_off_thread(
 
 /// Renders the request from `ctx` (on a blocking thread when `heavy`) and sends it.
 pub(super) async fn send(
-    client: &reqwest::Client,
+    client: &crate::targets::Client,
     spec: &Arc<TargetSpec>,
     ctx: Context,
     heavy: bool,

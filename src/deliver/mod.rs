@@ -217,7 +217,7 @@ pub struct Worker<S> {
     /// Decoded events, shared with ingest and every target's lanes.
     pub events: Arc<EventCache>,
     pub target: Arc<TargetRuntime>,
-    pub client: reqwest::Client,
+    pub client: crate::targets::Client,
 }
 
 pub fn now_ms() -> u64 {

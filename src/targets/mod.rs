@@ -4,6 +4,7 @@
 //! a target would receive without sending it, and results are reported without being judged
 //! (judging is `deliver::classify`'s job).
 
+mod client;
 mod file;
 pub mod incident;
 pub mod signing;
@@ -12,10 +13,11 @@ mod statushub;
 mod victorops;
 mod webhook;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::HeaderMap;
 
+pub use client::Client;
 pub use snowplow::PLATFORMS;
 pub use statushub::{
     DEFAULT_BODY as STATUSHUB_BODY, DEFAULT_KEY_FIELD, DEFAULT_URL as STATUSHUB_DEFAULT_URL,
@@ -23,8 +25,6 @@ pub use statushub::{
 pub use victorops::{VictoropsSpec, REST_PATH as VICTOROPS_REST_PATH};
 
 use crate::config::{TargetConfig, TargetKind};
-use crate::deliver::parse_retry_after;
-use crate::error_chain;
 use crate::template::{Context, Templates};
 
 /// What one attempt produced.
@@ -121,7 +121,7 @@ impl Target {
     /// One attempt with a request [`Target::prepare`] built.
     pub async fn send(
         &self,
-        client: &reqwest::Client,
+        client: &Client,
         prepared: Result<Prepared, String>,
         timeout: Duration,
     ) -> AttemptResult {
@@ -137,62 +137,8 @@ impl Target {
                 url,
                 headers,
                 body,
-            }) => send_http(client, method, url, headers, body, timeout).await,
+            }) => client.send(method, url, headers, body, timeout).await,
         }
-    }
-}
-
-async fn send_http(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: reqwest::Url,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> AttemptResult {
-    let request = client
-        .request(method, url)
-        .headers(headers)
-        .body(body)
-        .timeout(timeout);
-    let mut response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => return transport_error(e),
-    };
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let mut excerpt = Vec::new();
-    while excerpt.len() < EXCERPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                excerpt.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())])
-            }
-            Ok(None) => break,
-            // The status is what counts; a body cut short only shortens the excerpt.
-            Err(_) => break,
-        }
-    }
-    AttemptResult::Response {
-        status,
-        retry_after,
-        excerpt: (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned()),
-    }
-}
-
-/// The URL is left out: its query may hold a secret (a StatusHub key is the `token` parameter),
-/// and attempt errors are stored and logged.
-fn transport_error(e: reqwest::Error) -> AttemptResult {
-    let e = e.without_url();
-    if e.is_timeout() {
-        AttemptResult::Timeout
-    } else if e.is_connect() {
-        AttemptResult::Connect(error_chain(&e))
-    } else {
-        AttemptResult::Io(error_chain(&e))
     }
 }
 

@@ -1,0 +1,337 @@
+//! The HTTP client deliveries are sent with.
+//!
+//! A plain `http://` request goes out on the relay's own HTTP/1.1 connections: one hyper
+//! connection per request in flight, kept open between requests, at most [`IDLE_PER_ORIGIN`]
+//! idle per origin. A target's URL never leaves its configured origin, so a target's lanes
+//! share a handful of connections and each request costs the exchange and little else. On the
+//! delivery path, reqwest's own handling (its URL and header conversions, boxed bodies and
+//! timers, the pool in front of hyper) was about an eighth of the async threads' time.
+//!
+//! An `https://` request, and every request when a proxy for plain HTTP is set in the
+//! environment (`http_proxy`, `HTTP_PROXY`, `all_proxy`, `ALL_PROXY`, with `no_proxy` as
+//! reqwest reads them), is sent by reqwest, which does the TLS and the proxying.
+//!
+//! Both send the same request: the target's method, path, query, headers and body, plus
+//! `host`, `user-agent` (the configured one unless the target sets its own) and `accept: */*`,
+//! with the body's `content-length`. Both report the same outcomes: a connection that could
+//! not be opened is [`AttemptResult::Connect`], a request that ran out of the target's timeout
+//! (or of the connect timeout) is [`AttemptResult::Timeout`], anything else that went wrong on
+//! the wire is [`AttemptResult::Io`]. Neither follows redirects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, HOST, RETRY_AFTER, USER_AGENT};
+use reqwest::{Method, Url};
+
+use super::{AttemptResult, EXCERPT_BYTES};
+use crate::config::DeliveryConfig;
+use crate::deliver::parse_retry_after;
+use crate::error_chain;
+
+/// Idle connections kept per origin; more are closed when their request ends.
+pub const IDLE_PER_ORIGIN: usize = 64;
+
+/// A response body is read to its end, so its connection can carry the next request, when it
+/// is at most this long; a longer one closes the connection once the excerpt is read.
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Environment variables that send plain-HTTP requests through a proxy (reqwest's reading).
+const HTTP_PROXY_VARS: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Cheap to clone: every clone shares the connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// For `https://`, and for everything when a proxy is set.
+    reqwest: reqwest::Client,
+    /// Whether plain-HTTP requests use the connections below (no proxy is set).
+    own_http: bool,
+    connect_timeout: Duration,
+    user_agent: HeaderValue,
+    idle: Mutex<HashMap<(String, u16), Vec<Sender>>>,
+}
+
+impl Client {
+    pub fn new(config: &DeliveryConfig) -> Result<Client, reqwest::Error> {
+        let reqwest = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(config.user_agent.clone())
+            .build()?;
+        let own_http = !HTTP_PROXY_VARS
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+        // The configuration checked that it is a header value.
+        let user_agent = HeaderValue::from_str(&config.user_agent)
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                reqwest,
+                own_http,
+                connect_timeout: config.connect_timeout,
+                user_agent,
+                idle: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Whether plain-HTTP requests go out on the relay's own connections (no proxy is set).
+    pub fn own_http(&self) -> bool {
+        self.inner.own_http
+    }
+
+    /// One request, its whole exchange (connecting, sending, reading the status, headers and
+    /// up to [`EXCERPT_BYTES`] of the body) within `timeout`.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> AttemptResult {
+        if url.scheme() != "http" || !self.inner.own_http {
+            return via_reqwest(&self.inner.reqwest, method, url, headers, body, timeout).await;
+        }
+        tokio::time::timeout(timeout, self.exchange(method, url, headers, body))
+            .await
+            .unwrap_or(AttemptResult::Timeout)
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> AttemptResult {
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return AttemptResult::Invalid("the URL has no host".into());
+        };
+        let origin = (host.to_owned(), port);
+        let request = match self.request(method, &url, headers, body) {
+            Ok(r) => r,
+            Err(e) => return AttemptResult::Invalid(e),
+        };
+        let (sender, response) = match self.checkout(&origin).await {
+            Some(mut sender) => match sender.try_send_request(request).await {
+                Ok(response) => (sender, response),
+                // The kept connection closed before the request went out on it (the server
+                // timed it out): nothing was sent, so a new connection sends it.
+                Err(mut e) => match e.take_message() {
+                    Some(request) => match self.send_fresh(&origin, request).await {
+                        Ok(sent) => sent,
+                        Err(failed) => return failed,
+                    },
+                    None => return AttemptResult::Io(error_chain(&e.into_error())),
+                },
+            },
+            None => match self.send_fresh(&origin, request).await {
+                Ok(sent) => sent,
+                Err(failed) => return failed,
+            },
+        };
+        let (status, headers) = (response.status(), response.headers().clone());
+        let mut body = response.into_body();
+        let mut excerpt = Vec::new();
+        let mut read = 0;
+        let ended = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        read += data.len();
+                        let room = EXCERPT_BYTES - excerpt.len();
+                        excerpt.extend_from_slice(&data[..data.len().min(room)]);
+                        if read > DRAIN_BYTES {
+                            break false;
+                        }
+                    }
+                }
+                None => break true,
+                // The status is what counts; a body cut short only shortens the excerpt.
+                Some(Err(_)) => break false,
+            }
+        };
+        if ended && !sender.is_closed() {
+            self.checkin(origin, sender);
+        }
+        responded(status, &headers, &excerpt)
+    }
+
+    /// The request in origin form, with `host` and the default headers the target did not set.
+    fn request(
+        &self,
+        method: Method,
+        url: &Url,
+        mut headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let uri: hyper::Uri = target
+            .parse()
+            .map_err(|e| format!("the URL's path and query: {e}"))?;
+        let host = match url.port() {
+            Some(port) => {
+                HeaderValue::from_str(&format!("{}:{port}", url.host_str().unwrap_or("")))
+            }
+            None => HeaderValue::from_str(url.host_str().unwrap_or("")),
+        }
+        .map_err(|_| "the URL's host".to_owned())?;
+        headers.insert(HOST, host);
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(USER_AGENT, self.inner.user_agent.clone());
+        }
+        if !headers.contains_key(ACCEPT) {
+            headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        let mut request = hyper::Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    /// An idle connection to `origin` that is ready for a request now, the one used last
+    /// first. One that is closed, or not ready at once (still finishing its last exchange,
+    /// which it should not be), is dropped rather than waited for.
+    async fn checkout(&self, origin: &(String, u16)) -> Option<Sender> {
+        loop {
+            let mut sender = {
+                let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.get_mut(origin)?.pop()?
+            };
+            let ready = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
+            if let Poll::Ready(Ok(())) = ready {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin(&self, origin: (String, u16), sender: Sender) {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = idle.entry(origin).or_default();
+        if kept.len() < IDLE_PER_ORIGIN {
+            kept.push(sender);
+        }
+    }
+
+    /// Opens a connection to `origin` and sends `request` on it.
+    async fn send_fresh(
+        &self,
+        origin: &(String, u16),
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<(Sender, hyper::Response<hyper::body::Incoming>), AttemptResult> {
+        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect(origin)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(AttemptResult::Connect(e)),
+            Err(_) => return Err(AttemptResult::Timeout),
+        };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| AttemptResult::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            // Its end (the server closed it, or it was dropped) is seen by its sender.
+            let _ = connection.await;
+        });
+        match sender.send_request(request).await {
+            Ok(response) => Ok((sender, response)),
+            Err(e) => Err(AttemptResult::Io(error_chain(&e))),
+        }
+    }
+}
+
+/// A TCP connection to the URL's host, trying its addresses in turn. The message names the
+/// host and port, never the URL (its query may hold a secret).
+async fn connect(origin: &(String, u16)) -> Result<tokio::net::TcpStream, String> {
+    let (host, port) = (origin.0.as_str(), origin.1);
+    // An address is taken as it is; a name is resolved (on a blocking thread).
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((name, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Err(format!("resolving {host}: {e}")),
+    };
+    let mut last = format!("{}:{port} has no address", origin.0);
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = format!("connecting to {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+async fn via_reqwest(
+    client: &reqwest::Client,
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> AttemptResult {
+    let request = client
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .timeout(timeout);
+    let mut response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return transport_error(e),
+    };
+    let mut excerpt = Vec::new();
+    while excerpt.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())])
+            }
+            Ok(None) => break,
+            // The status is what counts; a body cut short only shortens the excerpt.
+            Err(_) => break,
+        }
+    }
+    responded(response.status(), response.headers(), &excerpt)
+}
+
+/// What a response says: its status, the delay its `retry-after` asks for, the start of its
+/// body.
+fn responded(status: reqwest::StatusCode, headers: &HeaderMap, excerpt: &[u8]) -> AttemptResult {
+    AttemptResult::Response {
+        status: status.as_u16(),
+        retry_after: headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now())),
+        excerpt: (!excerpt.is_empty()).then(|| String::from_utf8_lossy(excerpt).into_owned()),
+    }
+}
+
+/// The URL is left out: its query may hold a secret (a StatusHub key is the `token` parameter),
+/// and attempt errors are stored and logged.
+fn transport_error(e: reqwest::Error) -> AttemptResult {
+    let e = e.without_url();
+    if e.is_timeout() {
+        AttemptResult::Timeout
+    } else if e.is_connect() {
+        AttemptResult::Connect(error_chain(&e))
+    } else {
+        AttemptResult::Io(error_chain(&e))
+    }
+}
