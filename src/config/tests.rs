@@ -107,6 +107,10 @@ fn bad_values_name_key_and_line() {
             "[retry]\nmultiplier = 0.5\n",
             "test.toml:2: retry.multiplier: must be between 1.0 and 100.0",
         ),
+        (
+            "[delivery]\nuser_agent = \"relay\\nx-injected: 1\"\n",
+            "test.toml:2: delivery.user_agent: \"relay\\nx-injected: 1\" is not a valid header value",
+        ),
     ];
     for (text, want) in cases {
         let e = error(&format!("{text}{SOURCE}"));

@@ -80,6 +80,35 @@ pub struct Event {
     /// rather than inside its JSON, so the bytes are kept verbatim and never escaped.
     #[serde(skip)]
     pub raw: Raw,
+    /// [`Event::template_json`]'s bytes once made; see [`JsonMemo`].
+    #[serde(skip)]
+    pub json_memo: JsonMemo,
+}
+
+/// The bytes of `{{json event}}`, made once per event and shared by every delivery of it and
+/// by the store's encoding. Made on first use, which comes after ingest's rules have changed
+/// the event for the last time (it is stored, then delivered); an event is not changed after
+/// it was stored. A copy of an event starts without it (a copy may be changed), and two events
+/// compare equal whatever their memos hold.
+#[derive(Default)]
+pub struct JsonMemo(std::sync::OnceLock<bytes::Bytes>);
+
+impl Clone for JsonMemo {
+    fn clone(&self) -> JsonMemo {
+        JsonMemo::default()
+    }
+}
+
+impl PartialEq for JsonMemo {
+    fn eq(&self, _: &JsonMemo) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for JsonMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonMemo")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -152,6 +181,7 @@ impl Event {
             alert,
             matched_rules: _,
             raw: _,
+            json_memo: _,
         } = self;
         ForTemplates {
             id,
@@ -173,9 +203,17 @@ impl Event {
         }
     }
 
-    /// What `{{json event}}` writes, without building a template context.
-    pub fn template_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.for_templates()).expect("an event serializes")
+    /// What `{{json event}}` writes, without building a template context: made once, then
+    /// shared ([`JsonMemo`]).
+    pub fn template_json(&self) -> bytes::Bytes {
+        self.json_memo
+            .0
+            .get_or_init(|| {
+                serde_json::to_vec(&self.for_templates())
+                    .expect("an event serializes")
+                    .into()
+            })
+            .clone()
     }
 
     /// The sender's payload as a JSON value: the parsed body, the decoded form for StatusGator
@@ -376,6 +414,7 @@ impl Parsed {
             query: received.query.clone(),
             alert,
             matched_rules: Vec::new(),
+            json_memo: JsonMemo::default(),
             raw: Raw {
                 content_type: received.content_type.map(str::to_owned),
                 // A slice shares the request's buffer: no copy until the store encodes it.

@@ -9,8 +9,30 @@ use bytes::Bytes;
 use super::StoreError;
 use crate::normalize::{Event, Raw};
 
+/// An event's record: its JSON (as `serde_json` writes an [`Event`]), content type and raw
+/// body. The JSON is the one `{{json event}}` writes with the names of the rules that matched
+/// as a last member: the same bytes, made from the event's [`Event::template_json`], which its
+/// deliveries then share.
 pub fn encode_event(event: &Event) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let shown = event.template_json();
+    let rules = if event.matched_rules.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_vec(&event.matched_rules)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )
+    };
+    let mut json = Vec::with_capacity(shown.len() + rules.as_ref().map_or(0, |r| r.len() + 18));
+    match &rules {
+        None => json.extend_from_slice(&shown),
+        Some(rules) => {
+            json.extend_from_slice(&shown[..shown.len() - 1]);
+            json.extend_from_slice(b",\"matched_rules\":");
+            json.extend_from_slice(rules);
+            json.push(b'}');
+        }
+    }
     let ct = event.raw.content_type.as_deref().map(str::as_bytes);
     let mut out =
         Vec::with_capacity(6 + json.len() + ct.map_or(0, <[u8]>::len) + event.raw.body.len());
@@ -55,4 +77,62 @@ pub fn decode_event(value: &[u8]) -> Result<Event, StoreError> {
         body: Bytes::copy_from_slice(body),
     };
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{normalize, Received, SourceKind};
+
+    fn event() -> Event {
+        let body = include_str!("../../tests/fixtures/pagerduty-v3-incident-triggered.json");
+        normalize(&Received {
+            source: "pd",
+            kind: SourceKind::Pagerduty,
+            content_type: Some("application/json"),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            query: [("q".to_owned(), "v\"1".to_owned())].into(),
+            received_at: chrono::Utc::now(),
+            webhook_id: None,
+        })
+        .unwrap()
+        .remove(0)
+    }
+
+    /// The record's JSON is the event as `serde_json` writes it, byte for byte, with and
+    /// without rules that matched, though it is made from `{{json event}}`'s bytes; and it
+    /// reads back as the same event. Guards the splice of the rules into the shared bytes:
+    /// with the rules left out, or put anywhere but last, this fails.
+    #[test]
+    fn the_record_is_the_event_as_json_made_from_its_shared_bytes() {
+        for rules in [
+            vec![],
+            vec!["first".to_owned(), "a \"quoted\" one".to_owned()],
+        ] {
+            let mut event = event();
+            event.matched_rules = rules;
+            let record = encode_event(&event).unwrap();
+            let json_len = u32::from_be_bytes(record[..4].try_into().unwrap()) as usize;
+            assert_eq!(
+                String::from_utf8_lossy(&record[4..4 + json_len]),
+                serde_json::to_string(&event).unwrap()
+            );
+            assert_eq!(decode_event(&record).unwrap(), event);
+        }
+    }
+
+    /// A copy of an event makes its own `{{json event}}` bytes, so a copy changed after the
+    /// original's were made shows its change. Guards `JsonMemo`'s clone: with the memo
+    /// copied, the copy's JSON shows the original's title.
+    #[test]
+    fn a_changed_copy_of_an_event_shows_its_change() {
+        let event = event();
+        let before = event.template_json();
+        let mut copy = event.clone();
+        copy.title = "changed".into();
+        let after = copy.template_json();
+        assert_ne!(before, after);
+        assert!(String::from_utf8_lossy(&after).contains("\"title\":\"changed\""));
+        assert_eq!(event.template_json(), before);
+    }
 }

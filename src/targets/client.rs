@@ -99,7 +99,7 @@ impl Client {
         method: Method,
         url: Url,
         headers: HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
         timeout: Duration,
     ) -> AttemptResult {
         if url.scheme() != "http" || !self.inner.own_http {
@@ -115,7 +115,7 @@ impl Client {
         method: Method,
         url: Url,
         headers: HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> AttemptResult {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return AttemptResult::Invalid("the URL has no host".into());
@@ -176,7 +176,7 @@ impl Client {
         method: Method,
         url: &Url,
         mut headers: HeaderMap,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<hyper::Request<Full<Bytes>>, String> {
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
@@ -199,7 +199,7 @@ impl Client {
         if !headers.contains_key(ACCEPT) {
             headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         }
-        let mut request = hyper::Request::new(Full::new(Bytes::from(body)));
+        let mut request = hyper::Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
@@ -284,7 +284,7 @@ async fn via_reqwest(
     method: Method,
     url: Url,
     headers: HeaderMap,
-    body: Vec<u8>,
+    body: Bytes,
     timeout: Duration,
 ) -> AttemptResult {
     let request = client

@@ -57,7 +57,8 @@ pub enum Prepared {
         method: reqwest::Method,
         url: reqwest::Url,
         headers: HeaderMap,
-        body: Vec<u8>,
+        /// Shared with the event when it is `{{json event}}` (see `Event::template_json`).
+        body: bytes::Bytes,
     },
     /// One line to append to a file.
     Line {

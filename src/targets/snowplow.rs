@@ -92,7 +92,7 @@ impl Snowplow {
             method: reqwest::Method::POST,
             url,
             headers,
-            body,
+            body: body.into(),
         })
     }
 }

@@ -53,7 +53,9 @@ impl Victorops {
             method: reqwest::Method::POST,
             url,
             headers,
-            body: serde_json::to_vec(&body).expect("JSON values serialize"),
+            body: serde_json::to_vec(&body)
+                .expect("JSON values serialize")
+                .into(),
         })
     }
 }

@@ -121,7 +121,7 @@ impl Webhook {
             method: self.spec.method.clone(),
             url: parsed,
             headers,
-            body,
+            body: body.into(),
         })
     }
 }
@@ -220,7 +220,7 @@ url = "http://127.0.0.1:9/{{alert.entity_id}}"
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
             .collect();
-        (method, url.to_string(), headers, body)
+        (method, url.to_string(), headers, body.to_vec())
     }
 
     /// A webhook with a constant URL and headers and the default body builds its request
