@@ -396,7 +396,7 @@ pub fn render(ingest: &IngestMetrics, targets: &[TargetGauges<'_>], store: Store
         &mut out,
         "hookrelay_event_cache_bytes",
         "gauge",
-        "Bytes the kept events are counted for (bodies, and 512 for the rest of each).",
+        "Bytes the kept events are counted for (bodies, their JSON, and 512 for the rest of each).",
     );
     let _ = writeln!(out, "hookrelay_event_cache_bytes {bytes}");
     out

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use crate::normalize::Event;
 
-/// Events kept at most, and bytes of their bodies (the decoded rest of an event is a few
-/// kilobytes more).
+/// Events kept at most, and bytes of their bodies and JSON (the decoded rest of an event is a
+/// few kilobytes more).
 const MAX_EVENTS: usize = 8192;
 const MAX_BYTES: usize = 32 << 20;
 /// An event kept this long leaves whether or not its deliveries were attempted.
@@ -49,9 +49,11 @@ struct Inner {
     bytes: usize,
 }
 
+/// What a kept event is counted for: its body and its `{{json event}}` bytes dominate; the
+/// rest of an event is a few hundred bytes. Stable while it is kept: its JSON is made before
+/// it is counted (see [`EventCache::put`]).
 fn size(event: &Event) -> usize {
-    // The body dominates; the rest of an event is a few hundred bytes.
-    event.raw.body.len() + 512
+    event.raw.body.len() + event.json_memo.made_len() + 512
 }
 
 impl EventCache {
@@ -90,6 +92,9 @@ impl EventCache {
         if deliveries == 0 {
             return;
         }
+        // Made now if the store's encoding did not (each delivery uses them), so the size
+        // counted here is the size let go of later.
+        event.template_json();
         let now = Instant::now();
         let added = size(&event);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

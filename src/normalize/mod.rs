@@ -93,6 +93,13 @@ pub struct Event {
 #[derive(Default)]
 pub struct JsonMemo(std::sync::OnceLock<bytes::Bytes>);
 
+impl JsonMemo {
+    /// The length of the bytes made, 0 before they are.
+    pub fn made_len(&self) -> usize {
+        self.0.get().map_or(0, |b| b.len())
+    }
+}
+
 impl Clone for JsonMemo {
     fn clone(&self) -> JsonMemo {
         JsonMemo::default()
