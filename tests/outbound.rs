@@ -289,3 +289,25 @@ async fn a_proxy_in_the_environment_carries_plain_http_deliveries() {
     );
     assert_eq!(got[0].header("x-team"), Some("ops"));
 }
+
+/// Credentials in a target's URL are sent as basic authentication and never in the request
+/// line, as before the relay had its own connections. Guards the client's handing of such a
+/// URL to reqwest: sent on the relay's own connections, the request has no `authorization`.
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_authentication() {
+    let dir = tempdir();
+    let receiver = RawReceiver::start(false).await;
+    let target = format!("http://ops:s%40cret@127.0.0.1:{}/hook", receiver.port);
+    let relay = spawn_relay(&config(&target), dir.path()).await;
+    let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(0)).await;
+    assert_eq!(status, 200);
+    let got = receiver.wait_for(1).await;
+    let mut lines = got[0].head.lines();
+    assert_eq!(lines.next(), Some("POST /hook HTTP/1.1"));
+    // "ops:s@cret" in base64.
+    assert!(
+        lines.any(|l| l == "authorization: Basic b3BzOnNAY3JldA=="),
+        "{}",
+        got[0].head
+    );
+}

@@ -7,9 +7,11 @@
 //! delivery path, reqwest's own handling (its URL and header conversions, boxed bodies and
 //! timers, the pool in front of hyper) was about an eighth of the async threads' time.
 //!
-//! An `https://` request, and every request when a proxy for plain HTTP is set in the
-//! environment (`http_proxy`, `HTTP_PROXY`, `all_proxy`, `ALL_PROXY`, with `no_proxy` as
-//! reqwest reads them), is sent by reqwest, which does the TLS and the proxying.
+//! An `https://` request, one whose URL holds credentials (`http://user:password@host/`, sent
+//! as basic authentication unless the target sets its own `authorization`), and every request
+//! when a proxy for plain HTTP is set in the environment (`http_proxy`, `HTTP_PROXY`,
+//! `all_proxy`, `ALL_PROXY`, with `no_proxy` as reqwest reads them), is sent by reqwest, which
+//! does the TLS, the credentials and the proxying.
 //!
 //! Both send the same request: the target's method, path, query, headers and body, plus
 //! `host`, `user-agent` (the configured one unless the target sets its own) and `accept: */*`,
@@ -102,7 +104,8 @@ impl Client {
         body: Bytes,
         timeout: Duration,
     ) -> AttemptResult {
-        if url.scheme() != "http" || !self.inner.own_http {
+        let credentials = !url.username().is_empty() || url.password().is_some();
+        if url.scheme() != "http" || credentials || !self.inner.own_http {
             return via_reqwest(&self.inner.reqwest, method, url, headers, body, timeout).await;
         }
         tokio::time::timeout(timeout, self.exchange(method, url, headers, body))
@@ -170,7 +173,8 @@ impl Client {
         responded(status, &headers, &excerpt)
     }
 
-    /// The request in origin form, with `host` and the default headers the target did not set.
+    /// The request in origin form, with `host` (the URL's) and the default headers, where the
+    /// target did not set them.
     fn request(
         &self,
         method: Method,
@@ -185,14 +189,16 @@ impl Client {
         let uri: hyper::Uri = target
             .parse()
             .map_err(|e| format!("the URL's path and query: {e}"))?;
-        let host = match url.port() {
-            Some(port) => {
-                HeaderValue::from_str(&format!("{}:{port}", url.host_str().unwrap_or("")))
+        if !headers.contains_key(HOST) {
+            let host = match url.port() {
+                Some(port) => {
+                    HeaderValue::from_str(&format!("{}:{port}", url.host_str().unwrap_or("")))
+                }
+                None => HeaderValue::from_str(url.host_str().unwrap_or("")),
             }
-            None => HeaderValue::from_str(url.host_str().unwrap_or("")),
+            .map_err(|_| "the URL's host".to_owned())?;
+            headers.insert(HOST, host);
         }
-        .map_err(|_| "the URL's host".to_owned())?;
-        headers.insert(HOST, host);
         if !headers.contains_key(USER_AGENT) {
             headers.insert(USER_AGENT, self.inner.user_agent.clone());
         }
