@@ -23,10 +23,19 @@ struct Raw {
     connection: usize,
 }
 
-/// A receiver speaking HTTP/1.1 by hand, so the test sees the bytes the relay wrote. It
-/// answers `200 ok` to each request and, when `close_after` is set, closes the connection
-/// 20 ms after its answer without having said so (as a server whose keep-alive timeout fired
-/// would).
+/// How a [`RawReceiver`] answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// `200 ok`, the connection kept open.
+    Keep,
+    /// `200 ok`, then the connection closed 20 ms later without having said so (as a server
+    /// whose keep-alive timeout fired would).
+    CloseAfter,
+    /// `200` with a head promising 10 bytes of body, 2 of them sent, and the rest never.
+    Stall,
+}
+
+/// A receiver speaking HTTP/1.1 by hand, so the test sees the bytes the relay wrote.
 struct RawReceiver {
     port: u16,
     seen: Arc<Mutex<Vec<Raw>>>,
@@ -40,7 +49,7 @@ impl Drop for RawReceiver {
 }
 
 impl RawReceiver {
-    async fn start(close_after: bool) -> RawReceiver {
+    async fn start(answer: Answer) -> RawReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Raw>>> = Arc::default();
@@ -50,7 +59,7 @@ impl RawReceiver {
                 let mut connection = 0;
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
-                    tokio::spawn(serve(stream, connection, close_after, seen.clone()));
+                    tokio::spawn(serve(stream, connection, answer, seen.clone()));
                     connection += 1;
                 }
             })
@@ -73,7 +82,7 @@ impl RawReceiver {
 async fn serve(
     mut stream: TcpStream,
     connection: usize,
-    close_after: bool,
+    answer: Answer,
     seen: Arc<Mutex<Vec<Raw>>>,
 ) {
     let mut buf = Vec::new();
@@ -107,11 +116,17 @@ async fn serve(
             body,
             connection,
         });
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        if stream.write_all(answer).await.is_err() {
+        let bytes: &[u8] = match answer {
+            Answer::Stall => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok",
+            Answer::Keep | Answer::CloseAfter => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        };
+        if stream.write_all(bytes).await.is_err() {
             return;
         }
-        if close_after {
+        if answer == Answer::Stall {
+            std::future::pending::<()>().await;
+        }
+        if answer == Answer::CloseAfter {
             // A moment later, while the relay keeps the connection idle.
             tokio::time::sleep(Duration::from_millis(20)).await;
             return;
@@ -122,7 +137,8 @@ async fn serve(
 fn config(target_url: &str) -> String {
     format!(
         "{SOURCES}\n[[targets]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{target_url}\"\n\
-         concurrency = 1\nheaders = {{ \"X-Team\" = \"ops\" }}\n"
+         concurrency = 1\nheaders = {{ \"X-Team\" = \"ops\" }}\ntimeout = \"300ms\"\n\
+         retry = {{ initial_delay = \"50ms\", jitter = 0.0 }}\n"
     )
 }
 
@@ -146,7 +162,7 @@ fn sg_body(n: usize) -> String {
 #[tokio::test]
 async fn deliveries_share_one_kept_connection_and_write_the_documented_head() {
     let dir = tempdir();
-    let receiver = RawReceiver::start(false).await;
+    let receiver = RawReceiver::start(Answer::Keep).await;
     let target = format!("http://127.0.0.1:{}/in/hook?x=1&y=%20z", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
     for n in 0..5 {
@@ -212,7 +228,7 @@ fn take(headers: &mut Vec<(String, String)>, name: &str) -> String {
 #[tokio::test]
 async fn a_connection_the_receiver_closed_costs_no_attempt() {
     let dir = tempdir();
-    let receiver = RawReceiver::start(true).await;
+    let receiver = RawReceiver::start(Answer::CloseAfter).await;
     let target = format!("http://127.0.0.1:{}/hook", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
     for n in 0..4 {
@@ -296,7 +312,7 @@ async fn a_proxy_in_the_environment_carries_plain_http_deliveries() {
 #[tokio::test]
 async fn credentials_in_the_url_are_sent_as_basic_authentication() {
     let dir = tempdir();
-    let receiver = RawReceiver::start(false).await;
+    let receiver = RawReceiver::start(Answer::Keep).await;
     let target = format!("http://ops:s%40cret@127.0.0.1:{}/hook", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
     let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(0)).await;
@@ -310,4 +326,30 @@ async fn credentials_in_the_url_are_sent_as_basic_authentication() {
         "{}",
         got[0].head
     );
+}
+
+/// A response whose head came in time is its status, though its body never ends: the
+/// delivery is done after one request (as it was with reqwest, whose timeout cut the body
+/// short). Guards the deadline's split between the head and the body: with the whole exchange
+/// under one timeout, the attempt is a timeout and the event is sent again and again.
+#[tokio::test]
+async fn a_body_that_never_ends_does_not_undo_its_status() {
+    let dir = tempdir();
+    let receiver = RawReceiver::start(Answer::Stall).await;
+    let target = format!("http://127.0.0.1:{}/hook", receiver.port);
+    let relay = spawn_relay(&config(&target), dir.path()).await;
+    let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(0)).await;
+    assert_eq!(status, 200);
+    let done =
+        wait_until_async(|| async { !relay.store().attempts(1).await.unwrap().is_empty() }).await;
+    assert!(done, "no attempt was recorded");
+    // Time for a retry, were there one (the timeout is 300 ms, the first retry 50 ms later).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let attempts = relay.store().attempts(1).await.unwrap();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.status, a.response_excerpt.clone()))
+        .collect();
+    assert_eq!(seen, [(Some(200), Some("ok".to_owned()))]);
+    assert_eq!(receiver.requests().len(), 1);
 }

@@ -17,16 +17,18 @@
 //! `host`, `user-agent` (the configured one unless the target sets its own) and `accept: */*`,
 //! with the body's `content-length`. Both report the same outcomes: a connection that could
 //! not be opened is [`AttemptResult::Connect`], a request that ran out of the target's timeout
-//! (or of the connect timeout) is [`AttemptResult::Timeout`], anything else that went wrong on
-//! the wire is [`AttemptResult::Io`]. Neither follows redirects.
+//! (or of the connect timeout) before the response's head came is [`AttemptResult::Timeout`],
+//! anything else that went wrong on the wire is [`AttemptResult::Io`]; a response whose head
+//! came in time is its status, however its body ends. Neither follows redirects.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
-use std::time::{Duration, SystemTime};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper::client::conn::http1::SendRequest;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, HOST, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, Url};
@@ -39,14 +41,24 @@ use crate::error_chain;
 /// Idle connections kept per origin; more are closed when their request ends.
 pub const IDLE_PER_ORIGIN: usize = 64;
 
+/// A kept connection idle this long is closed rather than used (as reqwest's pool did).
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+/// TCP keepalive on the relay's connections: first probe after this much idle time, then at
+/// this interval (as reqwest set them).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// A response body is read to its end, so its connection can carry the next request, when it
-/// is at most this long; a longer one closes the connection once the excerpt is read.
+/// says it is at most this long; otherwise the connection is closed once the excerpt is read.
 const DRAIN_BYTES: usize = 64 * 1024;
 
 /// Environment variables that send plain-HTTP requests through a proxy (reqwest's reading).
 const HTTP_PROXY_VARS: [&str; 4] = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"];
 
 type Sender = SendRequest<Full<Bytes>>;
+
+/// A host and port.
+type Origin = (String, u16);
 
 /// Cheap to clone: every clone shares the connections.
 #[derive(Clone)]
@@ -61,7 +73,8 @@ struct Inner {
     own_http: bool,
     connect_timeout: Duration,
     user_agent: HeaderValue,
-    idle: Mutex<HashMap<(String, u16), Vec<Sender>>>,
+    /// Per origin, oldest first, with when each was last used.
+    idle: Mutex<HashMap<Origin, Vec<(Sender, Instant)>>>,
 }
 
 impl Client {
@@ -108,17 +121,20 @@ impl Client {
         if url.scheme() != "http" || credentials || !self.inner.own_http {
             return via_reqwest(&self.inner.reqwest, method, url, headers, body, timeout).await;
         }
-        tokio::time::timeout(timeout, self.exchange(method, url, headers, body))
-            .await
-            .unwrap_or(AttemptResult::Timeout)
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.exchange(method, url, headers, body, deadline).await
     }
 
+    /// The exchange, until `deadline`: a response whose head came in time is its status, even
+    /// when its body is cut short by the deadline (as it was with reqwest); the status is what
+    /// the retry policy judges.
     async fn exchange(
         &self,
         method: Method,
         url: Url,
         headers: HeaderMap,
         body: Bytes,
+        deadline: tokio::time::Instant,
     ) -> AttemptResult {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return AttemptResult::Invalid("the URL has no host".into());
@@ -128,49 +144,65 @@ impl Client {
             Ok(r) => r,
             Err(e) => return AttemptResult::Invalid(e),
         };
-        let (sender, response) = match self.checkout(&origin).await {
-            Some(mut sender) => match sender.try_send_request(request).await {
-                Ok(response) => (sender, response),
-                // The kept connection closed before the request went out on it (the server
-                // timed it out): nothing was sent, so a new connection sends it.
-                Err(mut e) => match e.take_message() {
-                    Some(request) => match self.send_fresh(&origin, request).await {
-                        Ok(sent) => sent,
-                        Err(failed) => return failed,
-                    },
-                    None => return AttemptResult::Io(error_chain(&e.into_error())),
-                },
-            },
-            None => match self.send_fresh(&origin, request).await {
-                Ok(sent) => sent,
-                Err(failed) => return failed,
-            },
+        let sent = tokio::time::timeout_at(deadline, self.head(&origin, request)).await;
+        let (sender, response) = match sent {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(failed)) => return failed,
+            Err(_) => return AttemptResult::Timeout,
         };
         let (status, headers) = (response.status(), response.headers().clone());
         let mut body = response.into_body();
         let mut excerpt = Vec::new();
         let mut read = 0;
         let ended = loop {
-            match body.frame().await {
-                Some(Ok(frame)) => {
+            // Past the excerpt, the rest is read only when the response said it is short.
+            if excerpt.len() == EXCERPT_BYTES
+                && body
+                    .size_hint()
+                    .upper()
+                    .is_none_or(|rest| read + rest as usize > DRAIN_BYTES)
+            {
+                break false;
+            }
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         read += data.len();
                         let room = EXCERPT_BYTES - excerpt.len();
                         excerpt.extend_from_slice(&data[..data.len().min(room)]);
-                        if read > DRAIN_BYTES {
-                            break false;
-                        }
                     }
                 }
-                None => break true,
-                // The status is what counts; a body cut short only shortens the excerpt.
-                Some(Err(_)) => break false,
+                Ok(None) => break true,
+                // The status is what counts; a body cut short (or late) only shortens the
+                // excerpt, and its connection is not kept.
+                Ok(Some(Err(_))) | Err(_) => break false,
             }
         };
         if ended && !sender.is_closed() {
             self.checkin(origin, sender);
         }
         responded(status, &headers, &excerpt)
+    }
+
+    /// Sends `request` on a kept connection to `origin`, or on a new one, and waits for the
+    /// response's head.
+    async fn head(
+        &self,
+        origin: &Origin,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<(Sender, hyper::Response<hyper::body::Incoming>), AttemptResult> {
+        let Some(mut sender) = self.checkout(origin) else {
+            return self.send_fresh(origin, request).await;
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((sender, response)),
+            // The kept connection closed before the request went out on it (the server timed
+            // it out): nothing was sent, so a new connection sends it.
+            Err(mut e) => match e.take_message() {
+                Some(request) => self.send_fresh(origin, request).await,
+                None => Err(AttemptResult::Io(error_chain(&e.into_error()))),
+            },
+        }
     }
 
     /// The request in origin form, with `host` (the URL's) and the default headers, where the
@@ -213,38 +245,48 @@ impl Client {
     }
 
     /// An idle connection to `origin` that is ready for a request now, the one used last
-    /// first. One that is closed, or not ready at once (still finishing its last exchange,
-    /// which it should not be), is dropped rather than waited for.
-    async fn checkout(&self, origin: &(String, u16)) -> Option<Sender> {
-        loop {
-            let mut sender = {
-                let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-                idle.get_mut(origin)?.pop()?
+    /// first. Closed ones, and ones idle for [`IDLE_FOR`] (a middlebox may have forgotten them
+    /// without a word), are dropped; one not ready yet (its connection task has not yet taken
+    /// in the end of its last exchange) is left for later. Never waits.
+    fn checkout(&self, origin: &Origin) -> Option<Sender> {
+        let now = Instant::now();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = idle.get_mut(origin)?;
+        kept.retain(|(_, since)| now.duration_since(*since) < IDLE_FOR);
+        let mut later = Vec::new();
+        let found = loop {
+            let Some((mut sender, since)) = kept.pop() else {
+                break None;
             };
-            let ready = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await;
-            if let Poll::Ready(Ok(())) = ready {
-                return Some(sender);
+            match sender.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => break Some(sender),
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => later.push((sender, since)),
             }
-        }
+        };
+        kept.splice(0..0, later);
+        found
     }
 
-    fn checkin(&self, origin: (String, u16), sender: Sender) {
+    fn checkin(&self, origin: Origin, sender: Sender) {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
         let kept = idle.entry(origin).or_default();
         if kept.len() < IDLE_PER_ORIGIN {
-            kept.push(sender);
+            kept.push((sender, Instant::now()));
         }
     }
 
     /// Opens a connection to `origin` and sends `request` on it.
     async fn send_fresh(
         &self,
-        origin: &(String, u16),
+        origin: &Origin,
         request: hyper::Request<Full<Bytes>>,
     ) -> Result<(Sender, hyper::Response<hyper::body::Incoming>), AttemptResult> {
-        let stream = match tokio::time::timeout(self.inner.connect_timeout, connect(origin)).await {
+        let timeout = self.inner.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, connect(origin, timeout)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(AttemptResult::Connect(e)),
+            Ok(Err(failed)) => return Err(failed),
             Err(_) => return Err(AttemptResult::Timeout),
         };
         let io = hyper_util::rt::TokioIo::new(stream);
@@ -262,24 +304,38 @@ impl Client {
     }
 }
 
-/// A TCP connection to the URL's host, trying its addresses in turn. The message names the
-/// host and port, never the URL (its query may hold a secret).
-async fn connect(origin: &(String, u16)) -> Result<tokio::net::TcpStream, String> {
+/// A TCP connection to the URL's host, trying its addresses in turn, each for its share of
+/// `timeout` (so one address that does not answer leaves time for the next). A failure is
+/// [`AttemptResult::Connect`], or [`AttemptResult::Timeout`] when the last address tried did
+/// not answer in time; its message names the address, never the URL (its query may hold a
+/// secret).
+async fn connect(
+    origin: &Origin,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, AttemptResult> {
     let (host, port) = (origin.0.as_str(), origin.1);
     // An address is taken as it is; a name is resolved (on a blocking thread).
     let name = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((name, port)).await {
         Ok(addrs) => addrs.collect(),
-        Err(e) => return Err(format!("resolving {host}: {e}")),
+        Err(e) => return Err(AttemptResult::Connect(format!("resolving {host}: {e}"))),
     };
-    let mut last = format!("{}:{port} has no address", origin.0);
+    let each = timeout / addrs.len().max(1) as u32;
+    let mut last = AttemptResult::Connect(format!("{host}:{port} has no address"));
     for addr in addrs {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(stream) => {
+        match tokio::time::timeout(each, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                // Probes keep an idle kept connection known to middleboxes, and find a peer
+                // that went away.
+                let probes = socket2::TcpKeepalive::new()
+                    .with_time(KEEPALIVE)
+                    .with_interval(KEEPALIVE);
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes);
                 return Ok(stream);
             }
-            Err(e) => last = format!("connecting to {addr}: {e}"),
+            Ok(Err(e)) => last = AttemptResult::Connect(format!("connecting to {addr}: {e}")),
+            Err(_) => last = AttemptResult::Timeout,
         }
     }
     Err(last)
