@@ -102,11 +102,6 @@ impl Client {
         })
     }
 
-    /// Whether plain-HTTP requests go out on the relay's own connections (no proxy is set).
-    pub fn own_http(&self) -> bool {
-        self.inner.own_http
-    }
-
     /// One request, its whole exchange (connecting, sending, reading the status, headers and
     /// up to [`EXCERPT_BYTES`] of the body) within `timeout`.
     pub async fn send(
