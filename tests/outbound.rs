@@ -142,6 +142,12 @@ fn config(target_url: &str) -> String {
     )
 }
 
+/// Sends StatusGator webhook `n` to the relay; it must be accepted.
+async fn send(relay: &hookrelay::Relay, n: usize) {
+    let (status, _) = post(&url(relay, SG), Some("application/json"), sg_body(n)).await;
+    assert_eq!(status, 200);
+}
+
 fn sg_body(n: usize) -> String {
     serde_json::json!({
         "type": "StatusChange",
@@ -166,8 +172,7 @@ async fn deliveries_share_one_kept_connection_and_write_the_documented_head() {
     let target = format!("http://127.0.0.1:{}/in/hook?x=1&y=%20z", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
     for n in 0..5 {
-        let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(n)).await;
-        assert_eq!(status, 200);
+        send(&relay, n).await;
         receiver.wait_for(n + 1).await;
     }
     let got = receiver.requests();
@@ -232,8 +237,7 @@ async fn a_connection_the_receiver_closed_costs_no_attempt() {
     let target = format!("http://127.0.0.1:{}/hook", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
     for n in 0..4 {
-        let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(n)).await;
-        assert_eq!(status, 200);
+        send(&relay, n).await;
         receiver.wait_for(n + 1).await;
         // The connection is closed while idle, before the next delivery.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -315,8 +319,7 @@ async fn credentials_in_the_url_are_sent_as_basic_authentication() {
     let receiver = RawReceiver::start(Answer::Keep).await;
     let target = format!("http://ops:s%40cret@127.0.0.1:{}/hook", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
-    let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(0)).await;
-    assert_eq!(status, 200);
+    send(&relay, 0).await;
     let got = receiver.wait_for(1).await;
     let mut lines = got[0].head.lines();
     assert_eq!(lines.next(), Some("POST /hook HTTP/1.1"));
@@ -338,8 +341,7 @@ async fn a_body_that_never_ends_does_not_undo_its_status() {
     let receiver = RawReceiver::start(Answer::Stall).await;
     let target = format!("http://127.0.0.1:{}/hook", receiver.port);
     let relay = spawn_relay(&config(&target), dir.path()).await;
-    let (status, _) = post(&url(&relay, SG), Some("application/json"), sg_body(0)).await;
-    assert_eq!(status, 200);
+    send(&relay, 0).await;
     let done =
         wait_until_async(|| async { !relay.store().attempts(1).await.unwrap().is_empty() }).await;
     assert!(done, "no attempt was recorded");

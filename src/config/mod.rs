@@ -114,7 +114,7 @@ pub enum Backend {
 pub struct DeliveryConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
-    pub user_agent: String,
+    pub user_agent: reqwest::header::HeaderValue,
 }
 
 #[derive(Debug, Clone)]
@@ -580,15 +580,20 @@ impl Validator<'_> {
                 Duration::from_secs(30),
             )?,
             user_agent: match &raw.delivery.user_agent {
-                None => concat!("hookrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
-                Some(u) if reqwest::header::HeaderValue::from_str(u.get_ref()).is_err() => {
-                    return self.err(
-                        Some(u.span()),
-                        "delivery.user_agent",
-                        format!("{:?} is not a valid header value", u.get_ref()),
-                    )
-                }
-                Some(u) => u.get_ref().clone(),
+                None => reqwest::header::HeaderValue::from_static(concat!(
+                    "hookrelay/",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                Some(u) => match reqwest::header::HeaderValue::from_str(u.get_ref()) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        return self.err(
+                            Some(u.span()),
+                            "delivery.user_agent",
+                            format!("{:?} is not a valid header value", u.get_ref()),
+                        )
+                    }
+                },
             },
         };
         let default_concurrency = self.int(

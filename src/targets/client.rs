@@ -88,15 +88,12 @@ impl Client {
         let own_http = !HTTP_PROXY_VARS
             .iter()
             .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-        // The configuration checked that it is a header value.
-        let user_agent = HeaderValue::from_str(&config.user_agent)
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
         Ok(Client {
             inner: Arc::new(Inner {
                 reqwest,
                 own_http,
                 connect_timeout: config.connect_timeout,
-                user_agent,
+                user_agent: config.user_agent.clone(),
                 idle: Mutex::default(),
             }),
         })
