@@ -185,6 +185,14 @@ async fn serve_then_send_test_then_sigterm() {
         .contains("/status/in"));
     let child = serve(&config, dir.path(), "warn,hookrelay=info");
     assert!(listening(port).await, "relay did not start listening");
+    // Guards `no_huge_pages` in `main`: without it the kernel reports 1 here.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "transparent huge pages are still on for the relay: {status}"
+    );
 
     // Two events have different ordering keys, so the default four lanes may deliver them in
     // either order; each is awaited before the next is sent to check what each line holds.

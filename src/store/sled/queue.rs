@@ -308,6 +308,9 @@ impl Builder {
             if !items.is_sorted_by_key(|&(p, s, _)| (p, s)) {
                 items.sort_unstable_by_key(|&(p, s, _)| (p, s));
             }
+            // The vector grew by doubling while the store was read: up to half of it is
+            // spare: 21 of 49 MB with 1.16 million pending on a thousand keys (heaptrack).
+            items.shrink_to_fit();
             let t = queue.targets.entry(target).or_default();
             let &(_, seq, due) = items.first().expect("a key has a delivery");
             t.ready.insert((due, seq, key));
@@ -462,6 +465,19 @@ mod tests {
         let order = drain(&mut added);
         assert_eq!(order, [1, 3, 2, 4, 5]);
         assert_eq!(drain(&mut built), order);
+    }
+
+    /// Guards the `shrink_to_fit` in `Builder::build`: a rebuilt key's queue keeps no spare
+    /// room (without it, 1,025 deliveries sit in room for 2,048).
+    #[test]
+    fn a_built_queue_keeps_no_spare_room() {
+        let mut builder = Builder::default();
+        for seq in 1..=1025 {
+            builder.add(1, 7, seq, seq, 0);
+        }
+        let built = builder.build();
+        let items = &built.targets[&1].keys[&7].items;
+        assert_eq!((items.len(), items.capacity()), (1025, 1025));
     }
 
     /// Changes made while the queue is read at opening are held and applied on top of what
