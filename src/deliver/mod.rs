@@ -557,13 +557,17 @@ impl<S: Store> Worker<S> {
             let wait = match self.attempt_next().await {
                 Ok(Step::Tried(attempted)) => {
                     let me = self.clone();
-                    recording.spawn(async move {
+                    // Boxed: the recording future is large (it holds every state of the
+                    // store's write and the accounting), and tokio moves a task's future
+                    // and its stage several times between spawn and drop; a box makes
+                    // those moves a pointer's.
+                    recording.spawn(Box::pin(async move {
                         let recorded = me.record(attempted).await;
                         // The key is free again (or due later): a lane waiting for work
                         // looks again.
                         me.target.notify.notify_one();
                         recorded
-                    });
+                    }));
                     continue;
                 }
                 Ok(Step::Idle(Outcome::Idle { next_due_ms })) => next_due_ms

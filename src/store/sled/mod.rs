@@ -388,13 +388,25 @@ impl SledStore {
     ) -> Result<Claim, StoreError> {
         self.queue_loaded().await?;
         loop {
-            let claimed = pick(&mut self.shared.queue());
+            let (claimed, fresh) = {
+                let mut queue = self.shared.queue();
+                let claimed = pick(&mut queue);
+                let fresh = match claimed {
+                    Claimed::Due { seq, .. } => queue.take_fresh(seq),
+                    _ => None,
+                };
+                (claimed, fresh)
+            };
             let (seq, key) = match claimed {
                 Claimed::Due { seq, key } => (seq, key),
                 Claimed::Wait(due) => return Ok(Claim::Wait(due)),
                 Claimed::Empty => return Ok(Claim::Empty),
             };
-            let problem = match self.read_delivery(seq) {
+            let read = match fresh {
+                Some(record) => Ok(Some(record)),
+                None => self.read_delivery(seq),
+            };
+            let problem = match read {
                 Ok(Some(d)) if d.state == crate::store::DeliveryState::Pending => {
                     return Ok(Claim::Due(d))
                 }

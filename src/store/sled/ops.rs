@@ -122,6 +122,9 @@ impl Writer {
         };
         batch.insert_new(keys::pending(seq).as_slice(), pending.value());
         entry.extend_from_slice(&seq.to_be_bytes());
+        batch
+            .effects
+            .push(Effect::Remember(Box::new(pending.record(seq))));
         batch.effects.push(Effect::Add {
             target: d.target,
             key,

@@ -517,3 +517,37 @@ async fn a_pending_key_says_whether_its_delivery_has_a_record() {
     );
     store.close().await.unwrap();
 }
+
+/// A new delivery's first claim takes the record the writer made, which is the record its
+/// pending key holds, and leaves none behind; after a retry the next claim reads the store's
+/// record. Guards the record kept for the first claim (not kept: the queue holds none after
+/// the ingest), its agreement with the store (a field made differently differs from the
+/// read) and its taking (left behind, it is still kept after the claim). The queue's own
+/// tests guard its dropping when a delivery changes.
+#[tokio::test]
+async fn a_new_deliverys_first_claim_takes_the_record_the_writer_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.target_ids(&["t".into()]).await.unwrap();
+    store.ingest(one_event(1, &[1], 1_000)).await.unwrap();
+    // Changes wait while the queue is read at opening.
+    store.queue_loaded().await.unwrap();
+    let kept = |store: &SledStore| store.shared.queue().fresh(1).cloned();
+    let made = kept(&store).expect("the new delivery's record is kept");
+    assert_eq!(Some(&made), store.read_delivery(1).unwrap().as_ref());
+
+    let Claim::Due(d) = store.claim(1, 1_000).await.unwrap() else {
+        panic!("nothing due")
+    };
+    assert_eq!(d, made);
+    assert_eq!(kept(&store), None, "a claim takes the kept record");
+    store
+        .finish(&d, attempt(1, 1_000), Next::Retry { due_ms: 9_000 })
+        .await
+        .unwrap();
+    let Claim::Due(d) = store.claim(1, 9_000).await.unwrap() else {
+        panic!("nothing due")
+    };
+    assert_eq!((d.seq, d.attempts, d.due_ms), (1, 1, 9_000));
+    store.close().await.unwrap();
+}
