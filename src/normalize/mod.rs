@@ -399,10 +399,7 @@ impl Parsed {
             "alert_received_time_utc".into(),
             at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         );
-        alert.insert(
-            "alert_received_week_time_utc".into(),
-            at.format("%G-W%V-%uT%H:%M:%SZ").to_string(),
-        );
+        alert.insert("alert_received_week_time_utc".into(), time::week_time(at));
         Event {
             id: uuid::Uuid::now_v7().to_string(),
             source: received.source.to_owned(),

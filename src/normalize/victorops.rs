@@ -66,6 +66,10 @@ pub const PAYLOAD_VALUE_LIMIT: usize = 20_480;
 pub fn clamp_fields(alert: &mut BTreeMap<String, String>) {
     for (k, v) in alert.iter_mut() {
         let limit = field_limit(k);
+        // No more bytes than the limit means no more characters: nothing to count.
+        if v.len() <= limit {
+            continue;
+        }
         if let Some((cut, _)) = v.char_indices().nth(limit) {
             v.truncate(cut);
         }
