@@ -11,7 +11,7 @@ use crate::normalize::{normalize, Event, Received};
 use crate::rules::{routing, Routing};
 use crate::store::Delivery;
 use crate::targets::incident::{step, FireOn, Incident, Phase};
-use crate::targets::{Prepared, Target};
+use crate::targets::{Outgoing, Prepared, Target};
 
 pub struct DryRun {
     pub source: String,
@@ -271,12 +271,12 @@ fn write_outcome(f: &mut fmt::Formatter<'_>, outcome: &Outcome) -> fmt::Result {
             writeln!(f, "append one line to {}", path.display())?;
             write!(f, "{}", String::from_utf8_lossy(line))
         }
-        Prepared::Http {
+        Prepared::Http(Outgoing {
             method,
             url,
             headers,
             body,
-        } => {
+        }) => {
             writeln!(f, "{method} {url}")?;
             for (k, v) in headers {
                 writeln!(f, "{k}: {}", String::from_utf8_lossy(v.as_bytes()))?;

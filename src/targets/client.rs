@@ -60,6 +60,15 @@ type Sender = SendRequest<Full<Bytes>>;
 /// A host and port.
 type Origin = (String, u16);
 
+/// One HTTP request of a delivery, as its target prepared it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
 /// Cheap to clone: every clone shares the connections.
 #[derive(Clone)]
 pub struct Client {
@@ -101,38 +110,26 @@ impl Client {
 
     /// One request, its whole exchange (connecting, sending, reading the status, headers and
     /// up to [`EXCERPT_BYTES`] of the body) within `timeout`.
-    pub async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        body: Bytes,
-        timeout: Duration,
-    ) -> AttemptResult {
+    pub async fn send(&self, request: Outgoing, timeout: Duration) -> AttemptResult {
+        let url = &request.url;
         let credentials = !url.username().is_empty() || url.password().is_some();
         if url.scheme() != "http" || credentials || !self.inner.own_http {
-            return via_reqwest(&self.inner.reqwest, method, url, headers, body, timeout).await;
+            return via_reqwest(&self.inner.reqwest, request, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        self.exchange(method, url, headers, body, deadline).await
+        self.exchange(request, deadline).await
     }
 
     /// The exchange, until `deadline`: a response whose head came in time is its status, even
     /// when its body is cut short by the deadline (as it was with reqwest); the status is what
     /// the retry policy judges.
-    async fn exchange(
-        &self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        body: Bytes,
-        deadline: tokio::time::Instant,
-    ) -> AttemptResult {
+    async fn exchange(&self, request: Outgoing, deadline: tokio::time::Instant) -> AttemptResult {
+        let url = &request.url;
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return AttemptResult::Invalid("the URL has no host".into());
         };
         let origin = (host.to_owned(), port);
-        let request = match self.request(method, &url, headers, body) {
+        let request = match self.request(request) {
             Ok(r) => r,
             Err(e) => return AttemptResult::Invalid(e),
         };
@@ -199,13 +196,13 @@ impl Client {
 
     /// The request in origin form, with `host` (the URL's) and the default headers, where the
     /// target did not set them.
-    fn request(
-        &self,
-        method: Method,
-        url: &Url,
-        mut headers: HeaderMap,
-        body: Bytes,
-    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+    fn request(&self, request: Outgoing) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let Outgoing {
+            method,
+            url,
+            mut headers,
+            body,
+        } = request;
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
@@ -335,16 +332,13 @@ async fn connect(
 
 async fn via_reqwest(
     client: &reqwest::Client,
-    method: Method,
-    url: Url,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Outgoing,
     timeout: Duration,
 ) -> AttemptResult {
     let request = client
-        .request(method, url)
-        .headers(headers)
-        .body(body)
+        .request(request.method, request.url)
+        .headers(request.headers)
+        .body(request.body)
         .timeout(timeout);
     let mut response = match request.send().await {
         Ok(r) => r,

@@ -15,9 +15,7 @@ mod webhook;
 
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
-
-pub use client::Client;
+pub use client::{Client, Outgoing};
 pub use snowplow::PLATFORMS;
 pub use statushub::{
     DEFAULT_BODY as STATUSHUB_BODY, DEFAULT_KEY_FIELD, DEFAULT_URL as STATUSHUB_DEFAULT_URL,
@@ -53,13 +51,9 @@ pub const EXCERPT_BYTES: usize = 1024;
 /// The request a target would make for one delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prepared {
-    Http {
-        method: reqwest::Method,
-        url: reqwest::Url,
-        headers: HeaderMap,
-        /// Shared with the event when it is `{{json event}}` (see `Event::template_json`).
-        body: bytes::Bytes,
-    },
+    /// Its body is shared with the event when it is `{{json event}}` (see
+    /// `Event::template_json`).
+    Http(Outgoing),
     /// One line to append to a file.
     Line {
         path: std::path::PathBuf,
@@ -133,12 +127,7 @@ impl Target {
                 Target::File(f) => f.append(&line).await,
                 _ => AttemptResult::Invalid("only a file target writes lines".into()),
             },
-            Ok(Prepared::Http {
-                method,
-                url,
-                headers,
-                body,
-            }) => client.send(method, url, headers, body, timeout).await,
+            Ok(Prepared::Http(request)) => client.send(request, timeout).await,
         }
     }
 }

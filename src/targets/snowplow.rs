@@ -22,7 +22,7 @@
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 
-use super::Prepared;
+use super::{Outgoing, Prepared};
 use crate::config::SnowplowSpec;
 use crate::normalize::parse_time;
 
@@ -88,12 +88,12 @@ impl Snowplow {
         let url = reqwest::Url::parse(&url).map_err(|e| format!("collector URL {url:?}: {e}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        Ok(Prepared::Http {
+        Ok(Prepared::Http(Outgoing {
             method: reqwest::Method::POST,
             url,
             headers,
             body: body.into(),
-        })
+        }))
     }
 }
 

@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
 use super::webhook::{id_headers, render_url};
-use super::Prepared;
+use super::{Outgoing, Prepared};
 use crate::template::{Context, ContextNeeds, TemplateRef, Templates};
 
 /// The part of a REST endpoint URL's path before the API key.
@@ -49,14 +49,14 @@ impl Victorops {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         id_headers(&mut headers, ctx);
         let body = alert_body(&ctx.data()["alert"]);
-        Ok(Prepared::Http {
+        Ok(Prepared::Http(Outgoing {
             method: reqwest::Method::POST,
             url,
             headers,
             body: serde_json::to_vec(&body)
                 .expect("JSON values serialize")
                 .into(),
-        })
+        }))
     }
 }
 

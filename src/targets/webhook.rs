@@ -7,7 +7,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use super::signing::message_id;
-use super::{redacted, same_origin, Prepared};
+use super::{redacted, same_origin, Outgoing, Prepared};
 use crate::config::WebhookSpec;
 use crate::normalize::Event;
 use crate::template::{Context, RenderFailure, Shape, TemplateRef, Templates};
@@ -74,12 +74,12 @@ impl Webhook {
         if !self.spec.signing.is_empty() {
             self.sign(&mut headers, &message_id(&event.id, seq), &body);
         }
-        Some(Prepared::Http {
+        Some(Prepared::Http(Outgoing {
             method: self.spec.method.clone(),
             url: direct.url.clone(),
             headers,
             body,
-        })
+        }))
     }
 
     fn sign(&self, headers: &mut HeaderMap, id: &str, body: &[u8]) {
@@ -117,12 +117,12 @@ impl Webhook {
             let id = message_id(&text(&ctx.data()["event"]["id"]), delivery_seq(ctx));
             self.sign(&mut headers, &id, &body);
         }
-        Ok(Prepared::Http {
+        Ok(Prepared::Http(Outgoing {
             method: self.spec.method.clone(),
             url: parsed,
             headers,
             body: body.into(),
-        })
+        }))
     }
 }
 
@@ -207,12 +207,12 @@ url = "http://127.0.0.1:9/{{alert.entity_id}}"
 "#;
 
     fn parts(p: Prepared) -> (reqwest::Method, String, Vec<(String, String)>, Vec<u8>) {
-        let Prepared::Http {
+        let Prepared::Http(Outgoing {
             method,
             url,
             headers,
             body,
-        } = p
+        }) = p
         else {
             panic!("not a request")
         };

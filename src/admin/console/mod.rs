@@ -19,7 +19,7 @@ use super::{ok, Admin, AdminError, Answer};
 use crate::config::Config;
 use crate::dry_run::{DryRun, Outcome};
 use crate::store::Store;
-use crate::targets::Prepared;
+use crate::targets::{Outgoing, Prepared};
 
 const PAGE: &str = include_str!("index.html");
 
@@ -145,7 +145,7 @@ fn hide_credentials(run: &mut DryRun) {
         let Outcome::Send(prepared) = &mut target.outcome else {
             continue;
         };
-        let Prepared::Http { url, headers, .. } = prepared.as_mut() else {
+        let Prepared::Http(Outgoing { url, headers, .. }) = prepared.as_mut() else {
             continue;
         };
         for (name, value) in headers.iter_mut() {
