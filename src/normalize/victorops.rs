@@ -65,14 +65,19 @@ pub const PAYLOAD_VALUE_LIMIT: usize = 20_480;
 /// Cuts every alert field to its VictorOps limit.
 pub fn clamp_fields(alert: &mut BTreeMap<String, String>) {
     for (k, v) in alert.iter_mut() {
-        let limit = field_limit(k);
-        // No more bytes than the limit means no more characters: nothing to count.
-        if v.len() <= limit {
-            continue;
-        }
-        if let Some((cut, _)) = v.char_indices().nth(limit) {
-            v.truncate(cut);
-        }
+        clamp_field(k, v);
+    }
+}
+
+/// Cuts `value`, the value of alert field `field`, to the field's VictorOps limit.
+pub fn clamp_field(field: &str, value: &mut String) {
+    let limit = field_limit(field);
+    // No more bytes than the limit means no more characters: nothing to count.
+    if value.len() <= limit {
+        return;
+    }
+    if let Some((cut, _)) = value.char_indices().nth(limit) {
+        value.truncate(cut);
     }
 }
 

@@ -37,7 +37,7 @@ use serde_json::Value;
 use crate::config::rules::{Condition, Expansion, FieldRef, Part, Rule, BACKTRACKING_MAX_INPUT};
 pub use crate::config::rules::{Rules, PAYLOAD_PREFIX};
 use crate::config::{Receive, TargetConfig};
-use crate::normalize::victorops::{field_limit, PAYLOAD_VALUE_LIMIT};
+use crate::normalize::victorops::{clamp_field, PAYLOAD_VALUE_LIMIT};
 
 /// What the rules did to one event.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -231,16 +231,18 @@ impl Rules {
             // Values are computed against the alert as it was, except that a field this rule
             // sets reads its new value (`set` is ordered so it is there first).
             let mut set: Vec<(&str, String)> = Vec::with_capacity(rule.set.len());
+            // Every value is cut to its field's limit as it is made, so no field is ever
+            // longer than that between rules either: a value can repeat fields and captures,
+            // and rules that each doubled a field would otherwise grow it exponentially.
             for (field, value) in &rule.set {
-                let v = value.expand(alert, &set, payload, &captures);
+                let mut v = value.expand(alert, &set, payload, &captures);
+                clamp_field(field, &mut v);
                 set.push((field, v));
             }
             let mut annotations = Vec::with_capacity(rule.annotations.len());
             for (field, value) in &rule.annotations {
                 let mut v = value.expand(alert, &set, payload, &captures);
-                if let Some((cut, _)) = v.char_indices().nth(field_limit(field)) {
-                    v.truncate(cut);
-                }
+                clamp_field(field, &mut v);
                 annotations.push((field.clone(), v));
             }
             for (field, v) in set {

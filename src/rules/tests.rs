@@ -423,3 +423,19 @@ fn annotations_keep_1124_characters() {
     r.apply(&mut a, &Value::Null);
     assert_eq!(a["vo_annotate.s.n"].chars().count(), 1124);
 }
+
+/// Guards the limit between rules: each rule's value is cut to its field's limit as it is
+/// made, so rules that each double a field leave it at the limit instead of growing it
+/// exponentially (sixteen doublings make 65 million characters of 1,000; forty would make
+/// a terabyte). (Seen failing with the cut of `set` values removed.)
+#[test]
+fn rules_that_double_a_field_keep_it_within_its_limit() {
+    let doubling = "[[rules]]\nfield = \"host\"\nwildcard = \"*\"\nset = { host = '${{host}}${{host}}', state_message = '${{host}}${{host}}' }\n";
+    let r = rules(&doubling.repeat(16)).unwrap();
+    let mut a = alert(&[("host", &"é".repeat(1000))]);
+    let trace = r.apply(&mut a, &Value::Null);
+    assert_eq!(trace.matched.len(), 16);
+    assert_eq!(a["host"], "é".repeat(1024));
+    // The state message keeps 20,480 characters: two of the host's 1,024.
+    assert_eq!(a["state_message"], "é".repeat(2048));
+}
