@@ -19,7 +19,8 @@
 //! - `and` adds a second condition; `routing_key` adds a wildcard condition on the
 //!   `routing_key` field and moves the rule to the end.
 //! - `set` writes fields (creating them if needed). Values expand `${{field}}` (another alert
-//!   field as it was when the rule matched, or its new value when this rule sets it too),
+//!   field as it was when the rule matched, or its new value, cut to the field's limit, when
+//!   this rule sets it too),
 //!   `${{payload.path}}` and `${{\1}}`… (the primary condition's capture groups; for a
 //!   wildcard, each `*` is a group, earlier stars taking as little as they can). A missing
 //!   field expands to nothing.

@@ -7,11 +7,12 @@
 //! background instead (a checkpoint). After a crash the records newer than the last checkpoint
 //! are applied to sled again when the store opens.
 //!
-//! Every record carries a log sequence number (LSN), and the batch that applies it to sled also
-//! writes that LSN (`keys::APPLIED_LSN`) atomically with it. sled recovers a prefix of its
-//! batches, so the LSN it holds says exactly which records it already contains: replay skips
-//! those and applies the rest in order. Records are physical (keys and values), so applying one
-//! again yields the same state.
+//! Every record carries a log sequence number (LSN). The applier writes a table of records into
+//! sled key by key and then the LSN of its last record (`keys::APPLIED_LSN`), so the LSN sled
+//! holds says which records it surely contains; it may hold some keys of later records too (a
+//! crash in the middle of a table). Replay applies every record after that LSN in order, and
+//! records are physical (keys and values): applying one again yields the same state, and the
+//! log's last write of each key wins.
 //!
 //! The log is also where event bodies live. A body in sled would be copied again each time
 //! sled rewrites the page around it (about 10 KB written per 1 KB event); instead each body is
