@@ -178,7 +178,12 @@ impl Queue {
 
     pub fn apply(&mut self, effect: Effect) {
         if let Some(held) = &mut self.loading {
-            held.push(effect);
+            // A kept record only saves a claim a read, and the store is read at opening while
+            // every ingest goes on: holding one per new delivery until then would be memory
+            // for a bound's worth at most. Those deliveries' first claims read the store.
+            if !matches!(effect, Effect::Remember(_)) {
+                held.push(effect);
+            }
             return;
         }
         // A delivery changed is no longer as its kept record says. (Its `Add` comes right

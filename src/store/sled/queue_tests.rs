@@ -178,6 +178,21 @@ fn a_kept_record_goes_when_its_delivery_changes_and_past_the_bound() {
     assert!(q.fresh(12).is_none() && q.fresh(13).is_some());
 }
 
+/// Guards what a queue holds while the store is read at opening: the changes, but not the
+/// records a writer offers to keep (without the filter, the queue holds all three and keeps
+/// them once loaded).
+#[test]
+fn a_loading_queue_holds_no_records() {
+    let mut q = Queue::loading();
+    for seq in 1..=3 {
+        remember(&mut q, seq);
+    }
+    assert_eq!(q.loading.as_ref().map(Vec::len), Some(3), "the three adds");
+    q.loaded(Queue::default());
+    assert!(q.fresh.is_empty());
+    assert_eq!(q.claim(1, u64::MAX), Claimed::Due { seq: 1, key: 7 });
+}
+
 /// Guards the `shrink_to_fit` in `Builder::build`: a rebuilt key's queue keeps no spare
 /// room (without it, 1,025 deliveries sit in room for 2,048).
 #[test]
