@@ -346,6 +346,18 @@ impl Builder {
             .push((pos, seq, due));
     }
 
+    /// Adds what `other` read (a later slice of the seqs) after what this one holds.
+    pub fn merge(&mut self, other: Builder) {
+        for (key, items) in other.keys {
+            match self.keys.entry(key) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(items);
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().extend(items),
+            }
+        }
+    }
+
     pub fn build(self) -> Queue {
         let mut queue = Queue::default();
         for ((target, key), mut items) in self.keys {
