@@ -104,10 +104,10 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
 /// Reads every pending delivery (`P` keys) into the queue, on threads of its own, so the
 /// relay answers before a large backlog is read (864,756 pending: 0.7 s, see
 /// [`read_pending`]). Until it is done the queue holds the changes made meanwhile and claims
-/// wait ([`SledStore::queue_loaded`]). Nothing writes sled meanwhile (the applier starts once this thread ends, see `apply::start`),
-/// so the scan sees exactly the state opening left; the held changes are the log records after
-/// it, applied on top in order. A scan that fails stops the store (the relay exits with the
-/// cause, as a failed opening did).
+/// wait ([`SledStore::queue_loaded`]). Nothing writes sled meanwhile (the applier starts once
+/// this thread ends, see `apply::start`), so the scan sees exactly the state opening left; the
+/// held changes are the log records after it, applied on top in order. A scan that fails stops
+/// the store (the relay exits with the cause, as a failed opening did).
 pub fn load_queue(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
     #[cfg(test)]
     let hold = tests::HOLD.with(|h| h.borrow_mut().take());
