@@ -3,9 +3,8 @@
 //! It runs on a thread of its own, off the acknowledgement path. It freezes the active
 //! memtable once it is a moment old (or large), writes its keys into sled (in an order that
 //! fills sled's leaves, [`leaf_order`]) with the LSN of its last record (`keys::APPLIED_LSN`),
-//! and drops it. About once a second it flushes sled and
-//! publishes the LSN that flush made durable ("checkpointed"): the log segments before it may
-//! then be deleted by the writer.
+//! and drops it. About once a second it flushes sled and publishes the LSN that flush made
+//! durable ("checkpointed"): the log segments before it may then be deleted by the writer.
 //!
 //! sled never holds a write the log does not (tables are published after their sync), and the
 //! LSN it holds is written after the table's keys. A crash at any point leaves sled a state
