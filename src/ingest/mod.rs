@@ -425,7 +425,8 @@ pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Ru
             .entry("routing_key".into())
             .or_insert_with(|| rk.clone());
     }
-    // Rules see values within VictorOps' limits, and leave them within.
+    // Rules see values within VictorOps' limits, and leave them within: every value a rule
+    // makes is cut to its field's limit as it is made.
     victorops::clamp_fields(&mut event.alert);
     let payload = if rules.needs_payload() {
         event.payload()
@@ -433,7 +434,6 @@ pub(crate) fn prepare_alert(event: &mut Event, source: &SourceConfig, rules: &Ru
         serde_json::Value::Null
     };
     let trace = rules.apply(&mut event.alert, &payload);
-    victorops::clamp_fields(&mut event.alert);
     event.matched_rules.clone_from(&trace.matched);
     trace
 }

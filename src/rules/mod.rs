@@ -216,7 +216,8 @@ impl Rules {
     }
 
     /// Runs the rules over `alert`. `payload` is the sender's payload, read by `payload.`
-    /// paths (`Value::Null` when [`Rules::needs_payload`] is false).
+    /// paths (`Value::Null` when [`Rules::needs_payload`] is false). Every value it writes is
+    /// cut to its field's VictorOps limit, so an alert within the limits stays within them.
     pub fn apply(&self, alert: &mut BTreeMap<String, String>, payload: &Value) -> Trace {
         let mut trace = Trace::default();
         for rule in &self.rules {

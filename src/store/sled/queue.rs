@@ -290,6 +290,17 @@ impl Queue {
         self.fresh.get(&seq)
     }
 
+    /// Claims and ends every delivery of `target`, in the order claims take them.
+    #[cfg(test)]
+    pub fn drain(&mut self, target: TargetId) -> Vec<Seq> {
+        let mut order = Vec::new();
+        while let Claimed::Due { seq, key } = self.claim(target, u64::MAX) {
+            order.push(seq);
+            self.apply(Effect::Remove { target, key, seq });
+        }
+        order
+    }
+
     /// Ends the claim on `seq` with nothing changed: the key's head is claimable again.
     pub fn release(&mut self, seq: Seq) {
         if let Some((target, key)) = self.leases.remove(&seq) {
@@ -349,11 +360,11 @@ impl Builder {
     /// Adds what `other` read (a later slice of the seqs) after what this one holds.
     pub fn merge(&mut self, other: Builder) {
         for (key, items) in other.keys {
-            match self.keys.entry(key) {
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(items);
-                }
-                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().extend(items),
+            let held = self.keys.entry(key).or_default();
+            if held.is_empty() {
+                *held = items;
+            } else {
+                held.extend(items);
             }
         }
     }

@@ -121,21 +121,9 @@ fn a_built_queue_is_the_queue_added_one_by_one() {
     }
     let mut built = builder.build();
     assert_eq!(built.pending(1), 5);
-    let drain = |q: &mut Queue| {
-        let mut order = Vec::new();
-        while let Claimed::Due { seq, key } = q.claim(1, u64::MAX) {
-            order.push(seq);
-            q.apply(Effect::Remove {
-                target: 1,
-                key,
-                seq,
-            });
-        }
-        order
-    };
-    let order = drain(&mut added);
+    let order = added.drain(1);
     assert_eq!(order, [1, 3, 2, 4, 5]);
-    assert_eq!(drain(&mut built), order);
+    assert_eq!(built.drain(1), order);
 }
 
 fn remember(q: &mut Queue, seq: Seq) {

@@ -575,16 +575,7 @@ async fn the_queue_read_in_slices_is_the_queue_read_whole() {
     }
     applied(&store).await;
 
-    let drain = |mut q: Queue| {
-        let mut order = Vec::new();
-        for target in [1, 2] {
-            while let queue::Claimed::Due { seq, key } = q.claim(target, u64::MAX) {
-                order.push(seq);
-                q.apply(queue::Effect::Remove { target, key, seq });
-            }
-        }
-        order
-    };
+    let drain = |mut q: Queue| [q.drain(1), q.drain(2)].concat();
     let (whole, n) = recovery::read_pending(&store.shared, 1, u64::MAX).unwrap();
     assert_eq!(n, 397);
     // Pending from seq 2 to 400: four slices from 2 (from `P`), 101, 200 and 299 (all three
