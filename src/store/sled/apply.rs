@@ -2,14 +2,16 @@
 //!
 //! It runs on a thread of its own, off the acknowledgement path. It freezes the active
 //! memtable once it is a moment old (or large), writes its keys into sled (in an order that
-//! fills sled's leaves, [`leaf_order`]) with the LSN of its last record (`keys::APPLIED_LSN`),
-//! and drops it. About once a second it flushes sled and publishes the LSN that flush made
-//! durable ("checkpointed"): the log segments before it may then be deleted by the writer.
+//! fills sled's leaves, [`leaf_order`]; new deliveries' pending keys packed, see
+//! [`super::packs`]) with the LSN of its last record (`keys::APPLIED_LSN`), and drops it.
+//! About once a second it flushes sled and publishes the LSN that flush made durable
+//! ("checkpointed"): the log segments before it may then be deleted by the writer.
 //!
 //! sled never holds a write the log does not (tables are published after their sync), and the
 //! LSN it holds is written after the table's keys. A crash at any point leaves sled a state
 //! from which replaying the log after that LSN gives the same result: records are physical
-//! key writes, applied again in order.
+//! key writes, applied again in order (a pending key into the pack that spans its seq, as the
+//! applier would).
 //!
 //! Any sled error here is fatal ([`super::commit::Failure`]): the group was acknowledged, so it
 //! cannot be refused any more, and sled's own errors are sticky. The restart replays the log.
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::keys;
 use super::memtable::{Slot, Table};
+use super::packs::Packs;
 use super::Shared;
 
 /// How often sled is flushed so the log behind it can be deleted. Longer means fewer page
@@ -78,7 +81,7 @@ fn run(shared: &Shared, stop: &AtomicBool) {
                 // Stopped meanwhile: what the log holds is replayed at the next start.
                 return;
             }
-            if let Err(e) = apply(&shared.db, &table) {
+            if let Err(e) = apply(&shared.db, &shared.mem.packs, &table) {
                 shared.failure.fail("applying the log to sled", &e);
                 return;
             }
@@ -132,22 +135,17 @@ fn leaf_order(n: usize) -> Vec<usize> {
     order
 }
 
-/// Writes a frozen table into sled (in [`leaf_order`]), then the LSN it reaches. The order of
-/// the table's keys is free: each is written once, and a crash midway is replayed whole.
-fn apply(db: &sled::Db, table: &Table) -> sled::Result<()> {
+/// Writes a frozen table into sled (in [`leaf_order`]; new deliveries' pending keys packed,
+/// see [`Packs`]), then the LSN it reaches. The order of the table's keys is free: each is
+/// written once, and a crash midway is replayed whole.
+fn apply(db: &sled::Db, packs: &Packs, table: &Table) -> sled::Result<()> {
     let writes = table.writes();
     let writes: Vec<(&Vec<u8>, &Slot)> = writes.iter().collect();
-    for i in leaf_order(writes.len()) {
+    let ordered = leaf_order(writes.len()).into_iter().map(|i| {
         let (key, slot) = writes[i];
-        match slot {
-            Slot::Put(v) | Slot::Fresh(v) => {
-                db.insert(key.as_slice(), v.as_slice())?;
-            }
-            Slot::Remove => {
-                db.remove(key.as_slice())?;
-            }
-        }
-    }
+        (key.as_slice(), slot)
+    });
+    packs.write(db, ordered, true)?;
     db.insert(keys::APPLIED_LSN, &table.last_lsn().to_be_bytes())?;
     Ok(())
 }
@@ -228,7 +226,7 @@ mod tests {
                 .collect();
             mem.publish(writes, table + 1);
             let frozen = mem.freeze(Duration::ZERO, true).expect("a table to apply");
-            apply(&db, &frozen).unwrap();
+            apply(&db, &Packs::default(), &frozen).unwrap();
             mem.applied();
         }
         assert_eq!(db.scan_prefix(b"L").count(), 4800);

@@ -6,7 +6,8 @@
 //! | `D` | source, 0, dedup key | expiry ms (8), event id (16) |
 //! | `L` | seq (8) | delivery record, from its first attempt or change on (before it, the `P` key stands for it) |
 //! | `A` | seq (8), attempt (4) | an earlier attempt (the record holds the last one) |
-//! | `P` | seq (8) | target (4), due ms (8), place in its key's queue (8), created ms (8), event id (16), ordering key: the pending deliveries, from which the queue is rebuilt at opening; a delivery with no `L` record yet is this one, as created |
+//! | `P` | seq (8) | target (4), due ms (8), place in its key's queue (8), created ms (8), event id (16), ordering key: the pending deliveries, from which the queue is rebuilt at opening; a delivery with no `L` record yet is this one, as created. sled keeps those of seqs a pack spans in the pack (`N`) |
+//! | `N` | first seq (8), last seq (8) | pending keys' values of the seqs between, packed (see `packs`): sled keeps a `P` key of such a seq here, not as its own key |
 //! | `Z` | ms (8), LSN (8), part (2) | event ids (16 each): events to look at for pruning once `ms` is past the retention of delivered events (a delivery of each was delivered or skipped by then, or it was stored with none); one key per write group (and per 256 events), `ms` the group's latest |
 //! | `Y` | ms (8), LSN (8), part (2) | the same for dead letters (a delivery of each died by then) |
 //! | `X` | target (4), dead ms (8), seq (8) | empty: dead letters |
@@ -15,7 +16,7 @@
 //! | `C` | target (4) | pending (8), dead (8) |
 //! | `I` | target (4), ordering key (its length (2) and bytes) | a key's state value (see `key_state`) |
 //! | `G` | log segment (8, its first LSN) | event bodies (8) stored in it and not yet pruned |
-//! | `M` | `seq` | the next delivery seq (8), written by pruning (opening takes the larger of it and the seq after the last `L`) |
+//! | `M` | `seq` | the next delivery seq (8), written by pruning (opening takes the larger of it and the seq after the last `L`, `P` or pack) |
 //! | `M` | `wal` | the LSN (8) of the last write-ahead log record whose writes sled holds |
 
 use crate::store::{Seq, TargetId};

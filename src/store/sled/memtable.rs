@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::store::StoreError;
 
+use super::packs::Packs;
 use super::wal::Lsn;
 
 /// One write of a key.
@@ -115,6 +116,8 @@ struct Levels {
 
 pub struct Memtables {
     levels: RwLock<Levels>,
+    /// Where sled keeps pending keys, for reads that reach sled.
+    pub packs: Packs,
     /// Tests: while set, nothing is frozen for the applier.
     #[cfg(test)]
     pub hold: std::sync::atomic::AtomicBool,
@@ -137,6 +140,7 @@ impl Default for Memtables {
                 active: Arc::default(),
                 frozen: None,
             }),
+            packs: Packs::default(),
             #[cfg(test)]
             hold: Default::default(),
             signal: Mutex::new(()),
@@ -146,20 +150,31 @@ impl Default for Memtables {
 }
 
 impl Memtables {
+    /// Memtables over a sled that holds `packs`.
+    pub fn new(packs: Packs) -> Memtables {
+        Memtables {
+            packs,
+            ..Memtables::default()
+        }
+    }
+
     pub(super) fn tables(&self) -> (Arc<Table>, Option<Arc<Table>>) {
         let l = self.levels.read().unwrap_or_else(|p| p.into_inner());
         (l.active.clone(), l.frozen.clone())
     }
 
-    /// A key as the log has it: the tables, then sled.
+    /// A key as the log has it: the tables, then sled (a pending key from its pack, if sled
+    /// keeps it in one).
     pub fn get(&self, db: &sled::Db, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        let (active, frozen) = self.tables();
-        for table in std::iter::once(&active).chain(frozen.as_ref()) {
-            if let Some(v) = table.get(key) {
-                return Ok(v.map(sled::IVec::from));
-            }
+        match self.held(key) {
+            Some(v) => Ok(v.map(sled::IVec::from)),
+            None => Ok(self.packs.get(db, key)?),
         }
-        Ok(db.get(key)?)
+    }
+
+    /// A key's last write in the tables, if they hold one.
+    fn held(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        held_in(&self.tables(), key)
     }
 
     /// The keys in `[from, to)` as the log has them, in order (`rev`: in reverse), merged from
@@ -171,29 +186,7 @@ impl Memtables {
         to: &[u8],
         rev: bool,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a {
-        let (active, frozen) = self.tables();
-        let mut held = BTreeMap::new();
-        let bounds = (Bound::Included(from), Bound::Excluded(to));
-        if let Some(f) = &frozen {
-            f.range_into(bounds.0, bounds.1, &mut held);
-        }
-        active.range_into(bounds.0, bounds.1, &mut held);
-        let stored = db.range(from.to_vec()..to.to_vec());
-        let stored: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if rev {
-            Box::new(stored.rev())
-        } else {
-            Box::new(stored)
-        };
-        let held: Box<dyn Iterator<Item = (Vec<u8>, Slot)>> = if rev {
-            Box::new(held.into_iter().rev())
-        } else {
-            Box::new(held.into_iter())
-        };
-        Merged {
-            stored: stored.peekable(),
-            held: held.peekable(),
-            rev,
-        }
+        range_in(&self.tables(), db, from, to, rev)
     }
 
     /// Adds a synced group's writes to the active table.
@@ -304,6 +297,51 @@ impl Memtables {
     /// Wakes a waiting applier (at close).
     pub fn nudge(&self) {
         self.wake();
+    }
+}
+
+/// Which tables a reader looks in: the active one and the frozen one, as one moment had them.
+pub type Tables = (Arc<Table>, Option<Arc<Table>>);
+
+/// A key's last write in `tables`, if they hold one.
+pub fn held_in(tables: &Tables, key: &[u8]) -> Option<Option<Vec<u8>>> {
+    let (active, frozen) = tables;
+    std::iter::once(active)
+        .chain(frozen.as_ref())
+        .find_map(|table| table.get(key))
+}
+
+/// [`Memtables::range`] over `tables`.
+pub fn range_in<'a>(
+    tables: &Tables,
+    db: &'a sled::Db,
+    from: &[u8],
+    to: &[u8],
+    rev: bool,
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a {
+    let (active, frozen) = tables;
+
+    let mut held = BTreeMap::new();
+    let bounds = (Bound::Included(from), Bound::Excluded(to));
+    if let Some(f) = &frozen {
+        f.range_into(bounds.0, bounds.1, &mut held);
+    }
+    active.range_into(bounds.0, bounds.1, &mut held);
+    let stored = db.range(from.to_vec()..to.to_vec());
+    let stored: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if rev {
+        Box::new(stored.rev())
+    } else {
+        Box::new(stored)
+    };
+    let held: Box<dyn Iterator<Item = (Vec<u8>, Slot)>> = if rev {
+        Box::new(held.into_iter().rev())
+    } else {
+        Box::new(held.into_iter())
+    };
+    Merged {
+        stored: stored.peekable(),
+        held: held.peekable(),
+        rev,
     }
 }
 

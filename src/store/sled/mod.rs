@@ -8,6 +8,7 @@
 //! | `queue` | pending deliveries in memory: per-key FIFOs and the ready index (pure logic) |
 //! | `memtable` | writes that are durable but not yet in sled, which every read sees |
 //! | `apply` | the applier: memtables into sled, and checkpoints |
+//! | `packs` | how sled holds pending keys: those of new deliveries packed, many to a sled key |
 //! | `compact` | log compaction |
 //! | `recovery` | opening: manifest and format version, replay, rebuilding the queue |
 //! | `read` | the read views |
@@ -29,6 +30,7 @@ mod key_state;
 mod keys;
 mod memtable;
 mod ops;
+mod packs;
 mod prune;
 mod queue;
 mod read;
@@ -157,7 +159,7 @@ impl SledStore {
         let shared = Arc::new(Shared {
             db: opened.db,
             dir: path.to_path_buf(),
-            mem: memtable::Memtables::default(),
+            mem: memtable::Memtables::new(opened.packs),
             queue: Mutex::new(Queue::loading()),
             loaded: tokio::sync::watch::Sender::new(recovery::Load::Reading),
             hasher: std::collections::hash_map::RandomState::new(),

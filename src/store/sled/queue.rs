@@ -2,9 +2,10 @@
 //! deliveries in sequence order, and a ready index holding each key's head by due time.
 //!
 //! It is derived state. What is durable is the set of pending deliveries (the `P` keys: a
-//! delivery's target, due time and ordering key), written with the log record that creates,
-//! reschedules or ends a delivery; opening the store reads them and adds each one here. So the
-//! queue needs no keys of its own in sled, and claiming reads no index from disk.
+//! delivery's target, due time and ordering key; in sled, most of them packed, see `packs`),
+//! written with the log record that creates, reschedules or ends a delivery; opening the store
+//! reads them and adds each one here. So the queue needs no keys of its own in sled, and
+//! claiming reads no index from disk.
 //!
 //! The rules that keep per-key order:
 //! - a key's deliveries are kept in sequence order, and only its first (its head) is ever

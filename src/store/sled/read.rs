@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::wal::{self, Pointer};
-use super::{counts_of_value, decode_delivery, keys, SledStore};
+use super::{counts_of_value, decode_delivery, keys, memtable, packs, SledStore};
 use crate::normalize::Event;
 use crate::store::{
     codec, Attempt, Delivery, DeliveryState, Seq, Stats, StoreError, TargetCounts, TargetId,
@@ -202,10 +202,26 @@ impl SledStore {
                 DeliveryState::Superseded => stats.superseded += 1,
             }
         }
-        // Every pending delivery has its pending key, with or without a record.
-        for item in self.shared.mem.range(&self.shared.db, b"P", b"Q", false) {
+        // Every pending delivery has its pending key, with or without a record: its own, or an
+        // entry in a pack (counted unless the tables write its key). One look at the tables
+        // for both, so a table applied meanwhile is not counted from it and from its packs.
+        let (db, mem) = (&self.shared.db, &self.shared.mem);
+        let tables = mem.tables();
+        for item in memtable::range_in(&tables, db, b"P", b"Q", false) {
             item?;
             stats.pending += 1;
+        }
+        for (first, last) in mem.packs.between(0, u64::MAX) {
+            let Some(value) = db.get(packs::pack_key(first, last))? else {
+                continue;
+            };
+            let entries = packs::entries(&value).ok_or_else(|| {
+                StoreError::Corrupt(format!("the pack from {first} is malformed"))
+            })?;
+            stats.pending += entries
+                .iter()
+                .filter(|(seq, _)| memtable::held_in(&tables, &keys::pending(*seq)).is_none())
+                .count() as u64;
         }
         Ok(stats)
     }

@@ -2,11 +2,13 @@
 //! making everything durable before any log segment goes, and the queue rebuilt (in the
 //! background).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::memtable::{self, Slot};
+use super::packs::{self, Packs};
 use super::queue::{key_hash, Builder, Queue};
 use super::wal::{self, LogOp, Lsn, Segments, Wal, WalError};
 use super::{io_error, keys, LogOptions, Shared, SledStore, WAL_DIR};
@@ -18,9 +20,13 @@ use crate::store::{Seq, StoreError};
 /// to 359 MB with 1M pending, at the same throughput.
 const CACHE_BYTES: u64 = 4 << 20;
 
+/// How much of the log's writes replay gathers before it writes them into sled.
+const REPLAY_BATCH_BYTES: usize = 16 << 20;
+
 /// What opening found, for the writer and the store to start from.
 pub struct Opened {
     pub db: sled::Db,
+    pub packs: Packs,
     pub last_lsn: Lsn,
     pub next_seq: Seq,
     pub live: HashMap<Lsn, u64>,
@@ -34,9 +40,10 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
     wal::create_private_dir(path).map_err(io_error)?;
     let manifest = Manifest::read(path)?;
     let db = open_sled(path)?;
+    let packs = Packs::open(&db)?;
     let sled_opened = started.elapsed();
     let wal_dir = path.join(WAL_DIR);
-    let last_lsn = replay(&db, &wal_dir, accept_damage)?;
+    let last_lsn = replay(&db, &packs, &wal_dir, accept_damage)?;
     // A crashed predecessor's writes to sled may still be only in the page cache, where sled
     // reads them back as if durable; they and the replay are made durable before any log
     // segment can be deleted (a power cut would otherwise lose what both held).
@@ -48,9 +55,9 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
         .get(keys::NEXT_SEQ)?
         .and_then(|v| keys::seq_of(&v))
         .unwrap_or(1);
-    // A delivery has its record (`L`) from its first attempt on, its pending key (`P`) until
-    // it ends: the last seq given out has one or both.
-    let mut next_seq = stored;
+    // A delivery has its record (`L`) from its first attempt on, its pending key (`P`, or in
+    // a pack) until it ends: the last seq given out has one or both.
+    let mut next_seq = stored.max(packs.last_seq().map_or(1, |s| s + 1));
     for prefix in [b"L", b"P"] {
         if let Some(k) = db.scan_prefix(prefix).keys().next_back() {
             next_seq = next_seq.max(keys::seq_of(&k?[1..]).map_or(1, |s| s + 1));
@@ -93,6 +100,7 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
     );
     Ok(Opened {
         db,
+        packs,
         last_lsn,
         next_seq,
         live,
@@ -101,8 +109,8 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
     })
 }
 
-/// Reads every pending delivery (`P` keys) into the queue, on threads of its own, so the
-/// relay answers before a large backlog is read (864,756 pending: 0.7 s, see
+/// Reads every pending delivery (`P` keys and packs) into the queue, on threads of its own, so
+/// the relay answers before a large backlog is read (844,552 pending: 0.15 – 0.2 s, see
 /// [`read_pending`]). Until it is done the queue holds the changes made meanwhile and claims
 /// wait ([`SledStore::queue_loaded`]). Nothing writes sled meanwhile (the applier starts once
 /// this thread ends, see `apply::start`), so the scan sees exactly the state opening left; the
@@ -184,22 +192,23 @@ impl SledStore {
 /// Pending deliveries fewer than this are read by one thread.
 const READ_SLICE_MIN: u64 = 50_000;
 
-/// Reads the pending deliveries (`P` keys) in slices of their seqs, on `threads` threads (one
-/// per core, at most four), each slice at least `min_per_slice` seqs wide. sled 0.34 looks
-/// each key of a scan up from the root again, so the read is bound by the CPU (1.0 – 1.4 s for
-/// 864,756 on one thread of this machine, 0.66 – 0.73 s on two), and the slices divide it; the
-/// queue is built from all of them together.
+/// Reads the pending deliveries (their own `P` keys and the packs) in slices of their seqs, on
+/// `threads` threads (one per core, at most four), each slice at least `min_per_slice` seqs
+/// wide; the queue is built from all of them together. sled 0.34 looks each key of a scan up
+/// from the root again, so a read of a key per delivery was bound by the CPU (1.0 – 1.4 s for
+/// 864,756 on one thread of this machine, 0.66 – 0.73 s on two); packed, 844,552 are read in
+/// 0.15 – 0.2 s on two.
 pub(super) fn read_pending(
     shared: &Shared,
     threads: usize,
     min_per_slice: u64,
 ) -> Result<(Queue, usize), StoreError> {
-    let bounds = slices(&shared.db, threads, min_per_slice)?;
+    let bounds = slices(&shared.db, &shared.mem.packs, threads, min_per_slice)?;
     let read: Vec<Result<(Builder, usize), StoreError>> = std::thread::scope(|scope| {
         let readers: Vec<_> = bounds
             .windows(2)
             .map(|w| {
-                let (from, to) = (&w[0], &w[1]);
+                let (from, to) = (w[0], w[1]);
                 scope.spawn(move || read_slice(shared, from, to))
             })
             .collect();
@@ -218,43 +227,63 @@ pub(super) fn read_pending(
     Ok((builder.build(), n))
 }
 
-/// The bounds of the slices of the `P` keys: `threads` or fewer ranges of seqs of about equal
-/// width (at least `min_width`), each from one bound (included) to the next (excluded), the
-/// first from `P` and the last to `Q`, so together they hold every `P` key once.
+/// The bounds of the slices of the pending deliveries' seqs: `threads` or fewer ranges of
+/// about equal width (at least `min_width`), each from one bound (included) to the next
+/// (excluded), the first from 0 and the last to `u64::MAX`, so together they hold every
+/// pending delivery once, whether sled keeps it as its own key or in a pack (a pack goes with
+/// the slice of its first seq).
 pub(super) fn slices(
     db: &sled::Db,
+    packs: &Packs,
     threads: usize,
     min_width: u64,
-) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut bounds = vec![b"P".to_vec()];
-    let first = db.scan_prefix(b"P").keys().next().transpose()?;
-    let last = db.scan_prefix(b"P").keys().next_back().transpose()?;
-    if let (Some(first), Some(last)) = (first, last) {
-        let (lo, hi) = (
-            keys::seq_of(&first[1..]).unwrap_or(0),
-            keys::seq_of(&last[1..]).unwrap_or(u64::MAX),
-        );
+) -> Result<Vec<Seq>, StoreError> {
+    let mut bounds = vec![0];
+    let seq = |k: Option<sled::IVec>| k.and_then(|k| keys::seq_of(&k[1..]));
+    let first = seq(db.scan_prefix(b"P").keys().next().transpose()?);
+    let last = seq(db.scan_prefix(b"P").keys().next_back().transpose()?);
+    let lo = first.into_iter().chain(packs.first_seq()).min();
+    let hi = last.into_iter().chain(packs.last_seq()).max();
+    if let (Some(lo), Some(hi)) = (lo, hi) {
         let width = hi.saturating_sub(lo);
         let n = (threads as u64).min(width / min_width.max(1)).max(1);
         for i in 1..n {
-            bounds.push(keys::pending(lo + width / n * i).to_vec());
+            bounds.push(lo + width / n * i);
         }
     }
-    bounds.push(b"Q".to_vec());
+    bounds.push(u64::MAX);
     Ok(bounds)
 }
 
-fn read_slice(shared: &Shared, from: &[u8], to: &[u8]) -> Result<(Builder, usize), StoreError> {
+fn read_slice(shared: &Shared, from: Seq, to: Seq) -> Result<(Builder, usize), StoreError> {
     let mut builder = Builder::default();
     let mut n = 0;
-    for item in shared.db.range(from..to) {
-        let (k, v) = item?;
-        let (Some(seq), Some(p)) = (keys::seq_of(&k[1..]), keys::Pending::parse(&v)) else {
-            return Err(StoreError::Corrupt("malformed pending delivery key".into()));
+    let mut add = |seq: Option<Seq>, value: &[u8]| {
+        let (Some(seq), Some(p)) = (seq, keys::Pending::parse(value)) else {
+            return Err(StoreError::Corrupt("malformed pending delivery".into()));
         };
         let key = key_hash(&shared.hasher, p.target, p.ordering_key);
         builder.add(p.target, key, seq, p.pos, p.due_ms);
         n += 1;
+        Ok(())
+    };
+    let end = match to {
+        u64::MAX => b"Q".to_vec(),
+        to => keys::pending(to).to_vec(),
+    };
+    for item in shared.db.range(keys::pending(from).to_vec()..end) {
+        let (k, v) = item?;
+        add(keys::seq_of(&k[1..]), &v)?;
+    }
+    for (first, last) in shared.mem.packs.between(from, to) {
+        let Some(value) = shared.db.get(packs::pack_key(first, last))? else {
+            continue;
+        };
+        let entries = packs::entries(&value)
+            .ok_or_else(|| StoreError::Corrupt(format!("the pack from {first} is malformed")))?;
+        for (seq, v) in entries {
+            add(Some(seq), v)?;
+        }
     }
     Ok((builder, n))
 }
@@ -328,22 +357,43 @@ pub fn sync_files(path: &Path) -> std::io::Result<()> {
 
 /// Applies the log records sled does not hold yet and returns the last LSN (the log is then
 /// started afresh after it).
-fn replay(db: &sled::Db, dir: &Path, accept_damage: bool) -> Result<Lsn, StoreError> {
+fn replay(
+    db: &sled::Db,
+    packs: &Packs,
+    dir: &Path,
+    accept_damage: bool,
+) -> Result<Lsn, StoreError> {
     let applied = db
         .get(keys::APPLIED_LSN)?
         .and_then(|v| keys::seq_of(&v))
         .unwrap_or(0);
-    // Key by key, like the applier: the applied LSN is written once at the end, so a crash
-    // during replay makes the next start replay the same records again.
+    // Like the applier: the records' writes gathered (each key's last write) a batch at a time
+    // and written key by key, a pending key into the pack that spans its seq (so a record that
+    // ends a packed delivery does not rewrite its pack on its own). The applied LSN is written
+    // once at the end, so a crash during replay makes the next start replay the same records
+    // again.
+    let mut writes: BTreeMap<Vec<u8>, Slot> = BTreeMap::new();
+    let mut bytes = 0;
+    let flush = |writes: &mut BTreeMap<Vec<u8>, Slot>| {
+        let it = writes.iter().map(|(k, s)| (k.as_slice(), s));
+        packs.write(db, it, false)?;
+        writes.clear();
+        Ok::<(), sled::Error>(())
+    };
     let last = wal::replay(dir, applied, accept_damage, |_, ops| {
         for op in ops {
-            match op {
-                LogOp::Insert(k, v) => db.insert(k, v).map(drop),
-                LogOp::Remove(k) => db.remove(k).map(drop),
+            let (key, slot) = match op {
+                LogOp::Insert(k, v) => (k, Slot::Put(v.to_vec())),
+                LogOp::Remove(k) => (k, Slot::Remove),
                 // A body stays where it is.
-                LogOp::Body => Ok(()),
-            }
-            .map_err(|e| WalError::Io(std::io::Error::other(e)))?;
+                LogOp::Body => continue,
+            };
+            bytes += key.len() + slot.value().map_or(0, <[u8]>::len);
+            memtable::put(&mut writes, key.to_vec(), slot);
+        }
+        if bytes >= REPLAY_BATCH_BYTES {
+            bytes = 0;
+            flush(&mut writes).map_err(|e| WalError::Io(std::io::Error::other(e)))?;
         }
         Ok(())
     })
@@ -354,6 +404,7 @@ fn replay(db: &sled::Db, dir: &Path, accept_damage: bool) -> Result<Lsn, StoreEr
              to start with what is readable"
         )),
     })?;
+    flush(&mut writes)?;
     if last > applied {
         db.insert(keys::APPLIED_LSN, &last.to_be_bytes())?;
         tracing::info!(
@@ -373,10 +424,10 @@ pub struct Manifest;
 
 const MANIFEST: &str = "hookrelay.manifest";
 
-/// The format this build writes and reads. 3: a new delivery has no record (`L`) until its
-/// first attempt, and its pending key (`P`) carries its event, its creation time and whether
-/// it has a record.
-pub const FORMAT: u64 = 3;
+/// The format this build writes and reads. 4: sled keeps new deliveries' pending keys in packs
+/// (`N`, see `packs`). Since 3: a new delivery has no record (`L`) until its first attempt, and
+/// its pending key (`P`) carries its event, its creation time and whether it has a record.
+pub const FORMAT: u64 = 4;
 
 impl Manifest {
     fn read(dir: &Path) -> Result<Option<Seq>, StoreError> {
