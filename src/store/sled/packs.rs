@@ -14,9 +14,9 @@
 //! So each seq has one place: a new pack spans only seqs given out during its table (seqs
 //! only grow, and opening starts them above every pack), and it ends before any seq the same
 //! table writes as its own key (a new delivery that died and was given back its pending key,
-//! a dead letter replayed, within moments). The cost: a pack is rewritten (up to [`PACK`]
-//! entries) in each table that changes any of its seqs, where a key per delivery cost a
-//! removal per delivery.
+//! a dead letter replayed, within moments); it spans at most [`SPAN`] seqs, which bounds its
+//! entries for good. The cost: a pack is rewritten whole in each table that changes any of
+//! its seqs, where a key per delivery cost a removal per delivery.
 //!
 //! Replay after a crash writes the log's records through the same routing ([`Packs::write`]),
 //! so a pack the applier wrote before the crash takes the writes of its seqs again, and a table
@@ -35,6 +35,11 @@ use crate::store::{Seq, StoreError};
 
 /// The most entries a pack is made with.
 pub const PACK: usize = 128;
+
+/// The most seqs a pack spans (its last minus its first, plus one). Later writes of the seqs
+/// it spans go into it, including seqs it was made without (a dead letter replayed), so this
+/// bounds its entries for good: a pack is at most this many entries, rewritten whole.
+pub const SPAN: u64 = 4 * PACK as u64;
 
 /// A pack's sled key: `N`, its first seq and its last.
 pub fn pack_key(first: Seq, last: Seq) -> [u8; 17] {
@@ -116,7 +121,8 @@ pub fn encode<'a>(entries: impl ExactSizeIterator<Item = (Seq, &'a [u8])> + Clon
     out
 }
 
-fn malformed(first: Seq) -> String {
+/// What a malformed pack is reported as.
+pub fn malformed(first: Seq) -> String {
     format!("the pack of pending deliveries from {first} is malformed")
 }
 
@@ -133,8 +139,9 @@ impl Packs {
         let mut index = BTreeMap::new();
         for key in db.scan_prefix(b"N").keys() {
             let key = key?;
-            let (first, last) =
-                parse_pack_key(&key).ok_or_else(|| sled::Error::Unsupported(malformed(0)))?;
+            let (first, last) = parse_pack_key(&key).ok_or_else(|| {
+                sled::Error::Unsupported("a pack of pending deliveries has a malformed key".into())
+            })?;
             index.insert(first, last);
         }
         Ok(Packs {
@@ -207,13 +214,15 @@ impl Packs {
             match (self.around(seq), slot) {
                 (Some(range), _) => touched.entry(range).or_default().push((seq, slot)),
                 (None, Slot::Fresh(v)) if pack => fresh.push((seq, v)),
-                (None, _) => {
-                    own.push(seq);
-                    match slot.value() {
-                        Some(v) => db.insert(key, v)?,
-                        None => db.remove(key)?,
-                    };
-                }
+                (None, _) => match slot.value() {
+                    Some(v) => {
+                        own.push(seq);
+                        db.insert(key, v)?;
+                    }
+                    None => {
+                        db.remove(key)?;
+                    }
+                },
             }
         }
         for ((first, last), changes) in touched {
@@ -236,8 +245,12 @@ impl Packs {
             let n = rest
                 .iter()
                 .take(PACK)
-                .take_while(|(seq, _)| stop.is_none_or(|f| *seq < f))
+                .take_while(|(seq, _)| seq - first < SPAN && stop.is_none_or(|f| *seq < f))
                 .count();
+            debug_assert!(
+                n > 0,
+                "each key once, so no seq is both fresh and its own key"
+            );
             let (chunk, after) = rest.split_at(n);
             let last = chunk[n - 1].0;
             db.insert(pack_key(first, last), encode(chunk.iter().copied()))?;
@@ -267,11 +280,17 @@ impl Packs {
                 .collect(),
             None => BTreeMap::new(),
         };
+        // A pack the index lists and sled does not hold is dropped from the index below.
+        let mut changed = stored.is_none();
         for (seq, slot) in &changes {
-            match slot.value() {
-                Some(v) => entries.insert(*seq, v),
-                None => entries.remove(seq),
+            changed |= match slot.value() {
+                Some(v) => entries.insert(*seq, v) != Some(v),
+                None => entries.remove(seq).is_some(),
             };
+        }
+        if !changed {
+            // Replay removes again what a cancelled fresh key never put here.
+            return Ok(());
         }
         if entries.is_empty() {
             db.remove(key)?;
@@ -474,6 +493,23 @@ mod tests {
         );
         assert_eq!(get(&packs, &db, 3), None);
         assert_eq!(db.scan_prefix(b"P").count(), 0);
+    }
+
+    /// Guards the span of new packs: fresh seqs further apart than [`SPAN`] go to two packs, so
+    /// dead letters replayed into the gaps between a pack's entries (the later writes of
+    /// every seq it spans go into it) never make it larger than that. A removal outside every
+    /// pack, by contrast, does not end a pack (nothing of it is left in sled to hide).
+    #[test]
+    fn a_new_pack_spans_at_most_span_seqs() {
+        let (_dir, db) = sled();
+        let packs = Packs::default();
+        let mut table = fresh([1, 3, SPAN, SPAN + 1]);
+        table.push((keys::pending(2).to_vec(), Slot::Remove));
+        write(&packs, &db, &table, true);
+        assert_eq!(
+            packs.between(0, u64::MAX),
+            [(1, SPAN), (SPAN + 1, SPAN + 1)]
+        );
     }
 
     /// Guards the bound on new packs: fresh keys on both sides of an existing pack make two

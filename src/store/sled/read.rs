@@ -215,9 +215,8 @@ impl SledStore {
             let Some(value) = db.get(packs::pack_key(first, last))? else {
                 continue;
             };
-            let entries = packs::entries(&value).ok_or_else(|| {
-                StoreError::Corrupt(format!("the pack from {first} is malformed"))
-            })?;
+            let entries = packs::entries(&value)
+                .ok_or_else(|| StoreError::Corrupt(packs::malformed(first)))?;
             stats.pending += entries
                 .iter()
                 .filter(|(seq, _)| memtable::held_in(&tables, &keys::pending(*seq)).is_none())

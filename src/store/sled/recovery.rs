@@ -20,8 +20,10 @@ use crate::store::{Seq, StoreError};
 /// to 359 MB with 1M pending, at the same throughput.
 const CACHE_BYTES: u64 = 4 << 20;
 
-/// How much of the log's writes replay gathers before it writes them into sled.
+/// How much of the log's writes replay gathers before it writes them into sled: bytes of keys
+/// and values, and keys.
 const REPLAY_BATCH_BYTES: usize = 16 << 20;
+const REPLAY_BATCH_KEYS: usize = 100_000;
 
 /// What opening found, for the writer and the store to start from.
 pub struct Opened {
@@ -279,8 +281,8 @@ fn read_slice(shared: &Shared, from: Seq, to: Seq) -> Result<(Builder, usize), S
         let Some(value) = shared.db.get(packs::pack_key(first, last))? else {
             continue;
         };
-        let entries = packs::entries(&value)
-            .ok_or_else(|| StoreError::Corrupt(format!("the pack from {first} is malformed")))?;
+        let entries =
+            packs::entries(&value).ok_or_else(|| StoreError::Corrupt(packs::malformed(first)))?;
         for (seq, v) in entries {
             add(Some(seq), v)?;
         }
@@ -391,7 +393,7 @@ fn replay(
             bytes += key.len() + slot.value().map_or(0, <[u8]>::len);
             memtable::put(&mut writes, key.to_vec(), slot);
         }
-        if bytes >= REPLAY_BATCH_BYTES {
+        if bytes >= REPLAY_BATCH_BYTES || writes.len() >= REPLAY_BATCH_KEYS {
             bytes = 0;
             flush(&mut writes).map_err(|e| WalError::Io(std::io::Error::other(e)))?;
         }
