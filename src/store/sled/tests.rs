@@ -95,6 +95,14 @@ async fn applied(store: &SledStore) {
     panic!("the applier did not catch up")
 }
 
+/// Holds the applier while `on` (nothing is frozen for it), so the writes meanwhile make one
+/// table.
+fn hold(store: &SledStore, on: bool) {
+    let mem = &store.shared.mem;
+    mem.hold.store(on, std::sync::atomic::Ordering::Relaxed);
+    mem.nudge();
+}
+
 /// A delivery that ends within moments of being stored costs sled its final record and its
 /// pruning key only: its pending key is written and removed inside one memtable. One still
 /// pending when the table is applied reaches sled (in a pack) and leaves it when it ends.
@@ -134,16 +142,11 @@ async fn pending_deliveries_are_packed_in_sled_and_survive_a_crash() {
     store.target_ids(&["t".into()]).await.unwrap();
     let n = 2 * packs::PACK + 44;
     // One table for all of them, so they make three packs.
-    let hold = |on: bool| {
-        let mem = &store.shared.mem;
-        mem.hold.store(on, std::sync::atomic::Ordering::Relaxed);
-        mem.nudge();
-    };
-    hold(true);
+    hold(&store, true);
     for i in 1..=n {
         store.ingest(one_event(i, &[1], 1_000)).await.unwrap();
     }
-    hold(false);
+    hold(&store, false);
     applied(&store).await;
     assert_eq!(store.shared.db.scan_prefix(b"P").count(), 0);
     assert_eq!(store.shared.db.scan_prefix(b"N").count(), 3);
@@ -180,12 +183,7 @@ async fn a_dead_letter_replayed_within_its_table_keeps_one_pending_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     store.target_ids(&["a".into(), "b".into()]).await.unwrap();
-    let hold = |on: bool| {
-        let mem = &store.shared.mem;
-        mem.hold.store(on, std::sync::atomic::Ordering::Relaxed);
-        mem.nudge();
-    };
-    hold(true);
+    hold(&store, true);
     // Seq 2 goes to target 2, seqs 1 and 3 – 5 to target 1.
     for (n, target) in [(1, 1), (2, 2), (3, 1), (4, 1), (5, 1)] {
         store.ingest(one_event(n, &[target], 1_000)).await.unwrap();
@@ -199,7 +197,7 @@ async fn a_dead_letter_replayed_within_its_table_keeps_one_pending_key() {
         .await
         .unwrap();
     assert_eq!(store.replay(vec![2], 1_100).await.unwrap(), 1);
-    hold(false);
+    hold(&store, false);
     applied(&store).await;
     assert_eq!(in_sled(&store, b"P"), 5);
 
@@ -275,11 +273,7 @@ async fn acknowledged_writes_only_in_memory_survive_a_crash() {
     let store = SledStore::open(dir.path()).unwrap();
     store.target_ids(&["t".into()]).await.unwrap();
     // Nothing reaches sled before the crash.
-    store
-        .shared
-        .mem
-        .hold
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    hold(&store, true);
     for n in 1..=3 {
         store.ingest(one_event(n, &[1], 1_000)).await.unwrap();
     }
@@ -681,11 +675,6 @@ async fn the_queue_read_in_slices_is_the_queue_read_whole() {
             store.target_ids(&["a".into(), "b".into()]).await.unwrap(),
             [1, 2]
         );
-        let hold = |store: &SledStore, on: bool| {
-            let mem = &store.shared.mem;
-            mem.hold.store(on, std::sync::atomic::Ordering::Relaxed);
-            mem.nudge();
-        };
         // One table for everything, whichever way it reaches sled.
         hold(&store, true);
         // Seqs 1 – 400: target 1 takes the odd ones, target 2 the even ones, each on one key.
