@@ -45,7 +45,11 @@ pub fn open(path: &Path, accept_damage: bool, log: &LogOptions) -> Result<Opened
     let packs = Packs::open(&db)?;
     let sled_opened = started.elapsed();
     let wal_dir = path.join(WAL_DIR);
-    let last_lsn = replay(&db, &packs, &wal_dir, accept_damage)?;
+    let batch = ReplayBatch {
+        bytes: REPLAY_BATCH_BYTES,
+        keys: REPLAY_BATCH_KEYS,
+    };
+    let last_lsn = replay(&db, &packs, &wal_dir, accept_damage, batch)?;
     // A crashed predecessor's writes to sled may still be only in the page cache, where sled
     // reads them back as if durable; they and the replay are made durable before any log
     // segment can be deleted (a power cut would otherwise lose what both held).
@@ -359,11 +363,19 @@ pub fn sync_files(path: &Path) -> std::io::Result<()> {
 
 /// Applies the log records sled does not hold yet and returns the last LSN (the log is then
 /// started afresh after it).
-fn replay(
+/// How many of the log's writes replay gathers before it writes them into sled.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReplayBatch {
+    pub bytes: usize,
+    pub keys: usize,
+}
+
+pub(super) fn replay(
     db: &sled::Db,
     packs: &Packs,
     dir: &Path,
     accept_damage: bool,
+    batch: ReplayBatch,
 ) -> Result<Lsn, StoreError> {
     let applied = db
         .get(keys::APPLIED_LSN)?
@@ -393,7 +405,7 @@ fn replay(
             bytes += key.len() + slot.value().map_or(0, <[u8]>::len);
             memtable::put(&mut writes, key.to_vec(), slot);
         }
-        if bytes >= REPLAY_BATCH_BYTES || writes.len() >= REPLAY_BATCH_KEYS {
+        if bytes >= batch.bytes || writes.len() >= batch.keys {
             bytes = 0;
             flush(&mut writes).map_err(|e| WalError::Io(std::io::Error::other(e)))?;
         }

@@ -223,6 +223,70 @@ async fn a_dead_letter_replayed_within_its_table_keeps_one_pending_key() {
     store.close().await.unwrap();
 }
 
+/// A store whose deliveries were packed in sled, then ended (three), killed and given back
+/// their pending key (one) and added (two) in the log only, and which then crashed.
+async fn crash_with_a_log_that_changes_packs(dir: &std::path::Path) {
+    let store = SledStore::open(dir).unwrap();
+    store.target_ids(&["t".into()]).await.unwrap();
+    for n in 1..=10 {
+        store.ingest(one_event(n, &[1], 1_000)).await.unwrap();
+    }
+    applied(&store).await;
+    assert_eq!(store.shared.db.scan_prefix(b"N").count(), 1);
+    hold(&store, true);
+    for seq in 1..=3 {
+        assert_eq!(deliver(&store, 1, 2_000).await, seq);
+    }
+    let Claim::Due(d) = store.claim(1, 2_000).await.unwrap() else {
+        panic!("nothing due")
+    };
+    store
+        .finish(&d, attempt(1, 2_000), Next::Dead)
+        .await
+        .unwrap();
+    assert_eq!(store.replay(vec![4], 2_100).await.unwrap(), 1);
+    for n in 11..=12 {
+        store.ingest(one_event(n, &[1], 2_200)).await.unwrap();
+    }
+    store.crash().await;
+}
+
+/// Guards replay's gathering of the log's writes (each key's last write, a batch at a time):
+/// of two stores crashed alike, with a log that ends packed deliveries, kills one and gives it
+/// back its pending key, and adds new ones, one replayed a record at a time and one all at
+/// once hold the same pending deliveries. (Seen failing with a batch's writes dropped when the
+/// next record starts a new batch.)
+#[tokio::test]
+async fn replay_gathered_leaves_what_replay_record_by_record_leaves() {
+    let (by_record, gathered) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&by_record, &gathered] {
+        crash_with_a_log_that_changes_packs(dir.path()).await;
+    }
+    let pending = |path: &std::path::Path, keys_per_batch: usize| {
+        let db = recovery::open_sled(path).unwrap();
+        let packs = packs::Packs::open(&db).unwrap();
+        let batch = recovery::ReplayBatch {
+            bytes: usize::MAX,
+            keys: keys_per_batch,
+        };
+        recovery::replay(&db, &packs, &path.join(WAL_DIR), false, batch).unwrap();
+        (1..=20)
+            .filter_map(|seq| {
+                let v = packs.get(&db, &keys::pending(seq)).unwrap()?;
+                let p = keys::Pending::parse(&v).unwrap();
+                Some((seq, p.recorded, p.due_ms))
+            })
+            .collect::<Vec<_>>()
+    };
+    let by_record = pending(by_record.path(), 1);
+    let gathered = pending(gathered.path(), usize::MAX);
+    assert_eq!(gathered, by_record);
+    let seqs: Vec<Seq> = gathered.iter().map(|(seq, ..)| *seq).collect();
+    // Seq 4 died and was given back its key (its place in the queue took seq 11).
+    assert_eq!(seqs, [4, 5, 6, 7, 8, 9, 10, 12, 13]);
+    assert!(gathered[0].1, "the replayed dead letter has a record");
+}
+
 /// A new delivery gets no record (`L`) until its first attempt: its pending key stands for it,
 /// and reads of it, the store's counts and the seq counter all see it through that key, after
 /// a crash as well. Guards the derived record (reads would find no delivery) and opening's
