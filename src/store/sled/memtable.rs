@@ -158,7 +158,7 @@ impl Memtables {
         }
     }
 
-    pub(super) fn tables(&self) -> (Arc<Table>, Option<Arc<Table>>) {
+    pub(super) fn tables(&self) -> Tables {
         let l = self.levels.read().unwrap_or_else(|p| p.into_inner());
         (l.active.clone(), l.frozen.clone())
     }
@@ -166,15 +166,10 @@ impl Memtables {
     /// A key as the log has it: the tables, then sled (a pending key from its pack, if sled
     /// keeps it in one).
     pub fn get(&self, db: &sled::Db, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        match self.held(key) {
+        match held_in(&self.tables(), key) {
             Some(v) => Ok(v.map(sled::IVec::from)),
-            None => Ok(self.packs.get(db, key)?),
+            None => self.packs.get(db, key),
         }
-    }
-
-    /// A key's last write in the tables, if they hold one.
-    fn held(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        held_in(&self.tables(), key)
     }
 
     /// The keys in `[from, to)` as the log has them, in order (`rev`: in reverse), merged from
@@ -320,7 +315,6 @@ pub fn range_in<'a>(
     rev: bool,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a {
     let (active, frozen) = tables;
-
     let mut held = BTreeMap::new();
     let bounds = (Bound::Included(from), Bound::Excluded(to));
     if let Some(f) = &frozen {

@@ -42,7 +42,7 @@ pub const PACK: usize = 128;
 pub const SPAN: u64 = 4 * PACK as u64;
 
 /// A pack's sled key: `N`, its first seq and its last.
-pub fn pack_key(first: Seq, last: Seq) -> [u8; 17] {
+fn pack_key(first: Seq, last: Seq) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = b'N';
     k[1..9].copy_from_slice(&first.to_be_bytes());
@@ -51,7 +51,7 @@ pub fn pack_key(first: Seq, last: Seq) -> [u8; 17] {
 }
 
 /// `(first, last)` from a pack's key.
-pub fn parse_pack_key(key: &[u8]) -> Option<(Seq, Seq)> {
+fn parse_pack_key(key: &[u8]) -> Option<(Seq, Seq)> {
     if key.len() != 17 || key[0] != b'N' {
         return None;
     }
@@ -59,7 +59,7 @@ pub fn parse_pack_key(key: &[u8]) -> Option<(Seq, Seq)> {
 }
 
 /// The seq of a `P` key.
-pub fn pending_seq(key: &[u8]) -> Option<Seq> {
+fn pending_seq(key: &[u8]) -> Option<Seq> {
     match key {
         [b'P', rest @ ..] if rest.len() == 8 => keys::seq_of(rest),
         _ => None,
@@ -106,7 +106,7 @@ fn entry(value: &[u8], seq: Seq) -> Option<Option<Vec<u8>>> {
 }
 
 /// A pack's value from its entries, in seq order.
-pub fn encode<'a>(entries: impl ExactSizeIterator<Item = (Seq, &'a [u8])> + Clone) -> Vec<u8> {
+fn encode<'a>(entries: impl ExactSizeIterator<Item = (Seq, &'a [u8])> + Clone) -> Vec<u8> {
     let n = entries.len();
     let bytes: usize = entries.clone().map(|(_, v)| v.len()).sum();
     let mut out = Vec::with_capacity(4 + 12 * n + bytes);
@@ -122,7 +122,7 @@ pub fn encode<'a>(entries: impl ExactSizeIterator<Item = (Seq, &'a [u8])> + Clon
 }
 
 /// What a malformed pack is reported as.
-pub fn malformed(first: Seq) -> String {
+fn malformed(first: Seq) -> String {
     format!("the pack of pending deliveries from {first} is malformed")
 }
 
@@ -172,6 +172,28 @@ impl Packs {
     pub fn first_seq(&self) -> Option<Seq> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         index.keys().next().copied()
+    }
+
+    /// Calls `f` with every entry of the packs whose first seq is in `[from, to)`, pack by
+    /// pack, each in seq order.
+    pub fn each_entry(
+        &self,
+        db: &sled::Db,
+        from: Seq,
+        to: Seq,
+        mut f: impl FnMut(Seq, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for (first, last) in self.between(from, to) {
+            // Emptied and removed since the index was read: nothing of it is pending.
+            let Some(value) = db.get(pack_key(first, last))? else {
+                continue;
+            };
+            let entries = entries(&value).ok_or_else(|| StoreError::Corrupt(malformed(first)))?;
+            for (seq, v) in entries {
+                f(seq, v)?;
+            }
+        }
+        Ok(())
     }
 
     /// A key as sled holds it: a pending key from its pack if one spans its seq.

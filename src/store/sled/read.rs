@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::wal::{self, Pointer};
-use super::{counts_of_value, decode_delivery, keys, memtable, packs, SledStore};
+use super::{counts_of_value, decode_delivery, keys, memtable, SledStore};
 use crate::normalize::Event;
 use crate::store::{
     codec, Attempt, Delivery, DeliveryState, Seq, Stats, StoreError, TargetCounts, TargetId,
@@ -211,17 +211,12 @@ impl SledStore {
             item?;
             stats.pending += 1;
         }
-        for (first, last) in mem.packs.between(0, u64::MAX) {
-            let Some(value) = db.get(packs::pack_key(first, last))? else {
-                continue;
-            };
-            let entries = packs::entries(&value)
-                .ok_or_else(|| StoreError::Corrupt(packs::malformed(first)))?;
-            stats.pending += entries
-                .iter()
-                .filter(|(seq, _)| memtable::held_in(&tables, &keys::pending(*seq)).is_none())
-                .count() as u64;
-        }
+        mem.packs.each_entry(db, 0, u64::MAX, |seq, _| {
+            if memtable::held_in(&tables, &keys::pending(seq)).is_none() {
+                stats.pending += 1;
+            }
+            Ok(())
+        })?;
         Ok(stats)
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::memtable::{self, Slot};
-use super::packs::{self, Packs};
+use super::packs::Packs;
 use super::queue::{key_hash, Builder, Queue};
 use super::wal::{self, LogOp, Lsn, Segments, Wal, WalError};
 use super::{io_error, keys, LogOptions, Shared, SledStore, WAL_DIR};
@@ -281,16 +281,10 @@ fn read_slice(shared: &Shared, from: Seq, to: Seq) -> Result<(Builder, usize), S
         let (k, v) = item?;
         add(keys::seq_of(&k[1..]), &v)?;
     }
-    for (first, last) in shared.mem.packs.between(from, to) {
-        let Some(value) = shared.db.get(packs::pack_key(first, last))? else {
-            continue;
-        };
-        let entries =
-            packs::entries(&value).ok_or_else(|| StoreError::Corrupt(packs::malformed(first)))?;
-        for (seq, v) in entries {
-            add(Some(seq), v)?;
-        }
-    }
+    shared
+        .mem
+        .packs
+        .each_entry(&shared.db, from, to, |seq, v| add(Some(seq), v))?;
     Ok((builder, n))
 }
 
@@ -361,8 +355,6 @@ pub fn sync_files(path: &Path) -> std::io::Result<()> {
     wal::sync_dir(path)
 }
 
-/// Applies the log records sled does not hold yet and returns the last LSN (the log is then
-/// started afresh after it).
 /// How many of the log's writes replay gathers before it writes them into sled.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ReplayBatch {
@@ -370,6 +362,8 @@ pub(super) struct ReplayBatch {
     pub keys: usize,
 }
 
+/// Applies the log records sled does not hold yet and returns the last LSN (the log is then
+/// started afresh after it).
 pub(super) fn replay(
     db: &sled::Db,
     packs: &Packs,
